@@ -1,0 +1,393 @@
+"""The ``noisystudent`` command line.
+
+Every command that a user can get wrong exits with code 2 and one line naming the field, flag or file
+(``UserError``). Pipelines are imported lazily so ``--help`` stays fast and the core does not depend on Ray.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import yaml
+
+from .errors import UserError
+
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def _user_errors(fn):
+    """Turn UserError into ``error: ...`` on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise click.BadParameter(f"value of {key} is not valid YAML: {raw!r}", param_hint="--set") from None
+    return out
+
+
+def _load(config: str, sets: tuple[str, ...] = (), **flags: Any):
+    from .config import load_config
+
+    overrides = _parse_sets(sets)
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    return load_config(config, overrides)
+
+
+set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                          help="Override a config field, e.g. --set teacher_train.epochs=2 (repeatable). Flags win over the file.")
+address_option = click.option("--ray-address", default=None, help="Connect to this Ray cluster instead of starting a local one.")
+workers_option = click.option("--workers", type=click.IntRange(0), default=None,
+                              help="Ray Train workers for training (0: train in this process).")
+gpus_option = click.option("--gpus-per-worker", type=click.FloatRange(0), default=None, help="GPUs per Ray Train worker.")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="noisystudent")
+def main() -> None:
+    """Noisy Student self-training and knowledge distillation of image classifiers, on Ray."""
+
+
+# --------------------------------------------------------------------------------------------------
+# one generation's steps
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="The run folder.")
+@click.option("--role", type=click.Choice(["teacher", "supervised", "oracle"]), default="teacher", show_default=True,
+              help="teacher: generation 0 of the run; supervised / oracle: a baseline in baselines/<role>.")
+@click.option("--labels-per-class", type=click.IntRange(1), default=None, help="Labeled images per class (oracle: all).")
+@click.option("--force", is_flag=True, help="Train again even if finished.")
+@set_option
+@address_option
+@workers_option
+@gpus_option
+@quiet_option
+@_user_errors
+def teacher(config, run_dir, role, labels_per_class, force, sets, ray_address, workers, gpus_per_worker, quiet):
+    """Train the generation-0 teacher (or a supervised baseline) from CONFIG."""
+    from pipelines import steps
+    from pipelines.state import RunDir
+
+    cfg = _load(config, sets, **{"ray.address": ray_address, "ray.workers": workers, "ray.gpus_per_worker": gpus_per_worker})
+    run = RunDir(run_dir)
+    cfg = run.freeze_config(cfg)
+    if role == "teacher":
+        if labels_per_class is not None:
+            raise click.BadParameter("only for --role supervised/oracle; set data.labels_per_class in the config for the teacher",
+                                     param_hint="--labels-per-class")
+        m = steps.train_teacher(run, cfg, force=force, progress=not quiet)
+        where = run.teacher_dir()
+    else:
+        lpc = labels_per_class or (6000 if role == "oracle" and cfg.data.kind == "fashion_mnist" else None)
+        m = steps.train_baseline(run, cfg, role, lpc, progress=not quiet, force=force)
+        where = run.baseline_dir(role)
+    click.echo(f"{role}: test accuracy {m.get('test_acc', float('nan')):.4f} -> {where / 'model.pt'}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--generation", "-g", type=click.IntRange(1), required=True, help="Generation to label for (>= 1).")
+@click.option("--teacher", "teachers", multiple=True, type=click.Path(), help="Teacher checkpoint(s); several = an ensemble. Default: the promoted model of generation G-1.")
+@click.option("--force", is_flag=True, help="Label again even if finished.")
+@address_option
+@quiet_option
+@_user_errors
+def label(run_dir, generation, teachers, force, ray_address, quiet):
+    """Pseudo-label the unlabeled images of RUN_DIR with Ray workers into gen-G/labels/ (Parquet)."""
+    from pipelines import steps
+    from pipelines.state import RunDir
+
+    run = RunDir(run_dir)
+    cfg = run.load_config()
+    if ray_address:
+        cfg.ray.address = ray_address
+    s = steps.label(run, cfg, generation, teachers=list(teachers) or None, force=force, progress=not quiet)
+    click.echo(f"labeled {s.get('rows')} images ({s.get('rejected')} rejected) -> {run.labels_dir(generation)}")
+
+
+@main.command("select")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--generation", "-g", type=click.IntRange(1), required=True)
+@click.option("--force", is_flag=True)
+@_user_errors
+def select_cmd(run_dir, generation, force):
+    """Filter by confidence and balance classes: gen-G/labels -> gen-G/selected."""
+    from pipelines import steps
+    from pipelines.state import RunDir
+
+    run = RunDir(run_dir)
+    s = steps.select(run, run.load_config(), generation, force=force)
+    click.echo(json.dumps({k: v for k, v in s.items() if not isinstance(v, (dict, list))}, indent=1))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--generation", "-g", type=click.IntRange(1), required=True)
+@click.option("--force", is_flag=True)
+@address_option
+@workers_option
+@gpus_option
+@quiet_option
+@_user_errors
+def student(run_dir, generation, force, ray_address, workers, gpus_per_worker, quiet):
+    """Train generation G's noised student on labeled + selected pseudo-labeled images."""
+    from pipelines import steps
+    from pipelines.state import RunDir
+
+    run = RunDir(run_dir)
+    cfg = run.load_config()
+    for key, val in (("address", ray_address), ("workers", workers), ("gpus_per_worker", gpus_per_worker)):
+        if val is not None:
+            setattr(cfg.ray, key, val)
+    m = steps.train_student(run, cfg, generation, force=force, progress=not quiet)
+    steps.evaluate_generation(run, cfg, generation, force=True)
+    steps.promote(run, generation)
+    click.echo(f"student gen {generation}: test accuracy {m.get('test_acc', float('nan')):.4f}")
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole loop
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False))
+@click.option("--generations", "-n", type=click.IntRange(0), default=None, help="Student generations (default: the config's).")
+@click.option("--baselines", is_flag=True, help="Also train the supervised baseline and the all-labels oracle.")
+@set_option
+@address_option
+@workers_option
+@gpus_option
+@quiet_option
+@_user_errors
+def run(config, run_dir, generations, baselines, sets, ray_address, workers, gpus_per_worker, quiet):
+    """Run (or resume) Noisy Student end to end: teacher, then N generations of label/select/student."""
+    from pipelines.loop import run_all
+
+    cfg = _load(config, sets, **{"ray.address": ray_address, "ray.workers": workers, "ray.gpus_per_worker": gpus_per_worker,
+                                 "student.generations": generations})
+    rows = run_all(cfg, run_dir, progress=not quiet, baselines=baselines)
+    for r in rows:
+        click.echo(f"gen {r['generation']}: {r['model']} test accuracy {r['test_acc']:.4f}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_user_errors
+def status(run_dir, as_json):
+    """A table of RUN_DIR: generation, model, steps done, test and pseudo-label accuracy, time."""
+    from pipelines.loop import status_rows
+    from pipelines.state import RunDir
+
+    rows = status_rows(RunDir(run_dir))
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+
+    def f(v):
+        return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+    head = ["gen", "model", "steps", "test_acc", "pl_acc", "pl_acc_sel", "seconds"]
+    table = [[f(r["generation"]), r["model"], r["steps_done"], f(r["test_acc"]), f(r["pseudo_label_acc"]),
+              f(r["pseudo_label_acc_selected"]), f(r["seconds"])] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *table)]
+    for line in [head] + table:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
+
+
+# --------------------------------------------------------------------------------------------------
+# using a checkpoint
+
+
+def _source_for(path: str, in_chans: int, labeled: bool):
+    from .data.folder import ImageFolderSource, UnlabeledFolderSource
+    from .data.manifest import ManifestSource
+
+    p = Path(path)
+    if p.suffix.lower() in (".csv", ".parquet"):
+        return ManifestSource(p, in_chans)
+    if not p.exists():
+        raise UserError(f"data path not found: {p}")
+    return ImageFolderSource(p, in_chans) if labeled else UnlabeledFolderSource(p, in_chans)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--data", required=True, help="Labeled test data: an ImageFolder tree, a CSV/Parquet manifest, or 'fashion-mnist[:ROOT]'.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the metrics JSON here.")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@quiet_option
+@_user_errors
+def evaluate(checkpoint, data, output, batch_size, quiet):
+    """Accuracy, per-class accuracy and confusion matrix of CHECKPOINT on labeled data."""
+    from .checkpoint import load_checkpoint
+    from .evaluate import evaluate as run_eval
+    from .io import write_json
+    from .transforms import create_transform
+
+    ckpt = load_checkpoint(checkpoint)
+    spec = ckpt.spec
+    if data.startswith("fashion-mnist"):
+        from .config import DataConfig
+        from .data import create_data
+
+        root = data.split(":", 1)[1] if ":" in data else DataConfig().root
+        source = create_data(DataConfig(root=root, labels_per_class=1)).test
+    else:
+        source = _source_for(data, spec.in_chans, labeled=True)
+    unknown = sorted(set(source.classes) - set(spec.classes))
+    if unknown:
+        raise UserError(f"--data has classes the checkpoint does not know: {', '.join(unknown[:5])}")
+    if list(source.classes) != list(spec.classes):
+        import numpy as np
+
+        remap = np.array([spec.classes.index(c) for c in source.classes])
+        source.labels = remap[source.labels]
+        source.classes = list(spec.classes)
+    tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
+    m = run_eval(ckpt.build_model(), source, tf, batch_size=batch_size, classes=spec.classes, progress=not quiet)
+    click.echo(f"top-1 {m['top1']:.4f} on {m['n']} images ({m['skipped']} skipped)")
+    for name, acc in m["per_class_accuracy"].items():
+        click.echo(f"  {name:<24} {'-' if acc is None else f'{acc:.4f}'}")
+    if output:
+        write_json(output, m)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Predictions Parquet file.")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--topk", type=click.IntRange(1), default=5, show_default=True)
+@quiet_option
+@_user_errors
+def predict(checkpoint, images, output, batch_size, topk, quiet):
+    """Predict classes of IMAGES (files or folders) with CHECKPOINT into a Parquet file."""
+    import numpy as np
+    import pandas as pd
+
+    from .checkpoint import load_checkpoint
+    from .data.folder import UnlabeledFolderSource
+    from .evaluate import predict_probs
+    from .io import atomic_path
+    from .transforms import create_transform
+
+    ckpt = load_checkpoint(checkpoint)
+    spec = ckpt.spec
+    tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
+    model = ckpt.build_model()
+    frames, rejected = [], 0
+    for item in images:
+        p = Path(item)
+        if not p.exists():
+            raise UserError(f"image path not found: {p}")
+        src = UnlabeledFolderSource(p.parent if p.is_file() else p, spec.in_chans)
+        if p.is_file():
+            ids = [i for i in range(len(src)) if src.image_id(i) == p.name]
+            if not ids:
+                raise UserError(f"not an image file: {p}")
+            src = src.subset(ids)
+        idx, probs = predict_probs(model, src, tf, batch_size=batch_size, progress=not quiet)
+        rejected += len(src) - len(idx)
+        k = min(topk, spec.num_classes)
+        order = np.argsort(-probs, axis=1)[:, :k] if len(idx) else np.zeros((0, k), dtype=int)
+        frames.append(pd.DataFrame({
+            "path": [str((p.parent if p.is_file() else p) / src.image_id(int(i))) for i in idx],
+            "label": probs.argmax(1).astype("int32") if len(idx) else np.zeros(0, "int32"),
+            "class_name": [spec.classes[int(c)] for c in (probs.argmax(1) if len(idx) else [])],
+            "confidence": probs.max(1).astype("float32") if len(idx) else np.zeros(0, "float32"),
+            "topk_classes": [row.astype("int32").tolist() for row in order],
+            "topk_probs": [probs[j, order[j]].astype("float32").tolist() for j in range(len(idx))],
+        }))
+    df = pd.concat(frames, ignore_index=True)
+    with atomic_path(output) as tmp:
+        df.to_parquet(tmp, index=False)
+    click.echo(f"{len(df)} predictions ({rejected} unreadable images skipped) -> {output}")
+
+
+# --------------------------------------------------------------------------------------------------
+# pseudo-label store
+
+
+@main.group()
+def labels() -> None:
+    """Look into pseudo-label Parquet sets."""
+
+
+@labels.command("inspect")
+@click.argument("path", type=click.Path())
+@click.option("--rows", type=click.IntRange(0), default=5, show_default=True, help="Sample rows to show.")
+@_user_errors
+def labels_inspect(path, rows):
+    """Row count, schema, metadata, class and confidence histograms and a few rows of PATH."""
+    from pseudo_labels.inspect import inspect_labels
+
+    if not Path(path).exists():
+        raise UserError(f"path not found: {path}")
+    click.echo(inspect_labels(path, n_rows=rows))
+
+
+@main.command()
+def doctor() -> None:
+    """Versions, whether Ray can start, GPUs seen, dataset paths found."""
+    import platform
+
+    from .config import DataConfig
+
+    def line(k, v):
+        click.echo(f"{k:<22} {v}")
+
+    line("python", platform.python_version())
+    for mod in ("noisystudent", "torch", "torchvision", "ray", "albumentations", "pandas", "pyarrow", "click"):
+        try:
+            m = __import__(mod)
+            line(mod, getattr(m, "__version__", "?"))
+        except Exception as exc:  # noqa: BLE001 - doctor reports every failure
+            line(mod, f"NOT IMPORTABLE ({exc})")
+    import torch
+
+    line("cuda available", torch.cuda.is_available())
+    line("gpus", ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none")
+    root = Path(DataConfig().root)
+    found = (root / "train-images-idx3-ubyte.gz").is_file()
+    line("fashion-mnist", f"{root} ({'found' if found else 'missing: apt-get install dataset-fashion-mnist'})")
+    try:
+        from pipelines.ray_runtime import init_ray
+
+        import ray
+
+        res = init_ray(os.environ.get("RAY_ADDRESS"))
+        line("ray", f"started: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs")
+        ray.shutdown()
+    except Exception as exc:  # noqa: BLE001
+        line("ray", f"FAILED to start: {exc}")
+
+
+if __name__ == "__main__":
+    main()

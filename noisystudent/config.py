@@ -1,0 +1,300 @@
+"""Experiment configuration: one YAML file validated into dataclasses.
+
+Why dataclasses and a hand-written validator instead of a schema library: the stack is fixed by the
+user (no pydantic), and the rules are few: every key must be known, every value must have the declared
+type, numbers must lie in their range. Errors raise :class:`ConfigError` naming the dotted field
+(``student.ladder[1].drop_path_rate``), which the CLI prints as one line with exit code 2.
+
+CLI flags override the file (``apply_overrides``), never the reverse; the resolved config is frozen into
+the run folder as ``config.yaml`` at the first step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from .errors import ConfigError, UserError
+
+
+def _range(lo=None, hi=None, lo_open=False, hi_open=False):
+    return {"range": (lo, hi, lo_open, hi_open)}
+
+
+@dataclass
+class NoiseConfig:
+    """Input noise for training (RandAugment plus flips and crops). The teacher labels clean images."""
+
+    randaugment_n: int = field(default=2, metadata=_range(0, 14))
+    randaugment_m: float = field(default=9.0, metadata=_range(0, 30))
+    hflip: bool = True
+    crop_padding: int = field(default=2, metadata=_range(0, 64))
+    random_erasing: float = field(default=0.0, metadata=_range(0, 1))
+
+
+@dataclass
+class TrainConfig:
+    """One supervised (or student) training job."""
+
+    epochs: int = field(default=10, metadata=_range(1, 10_000))
+    batch_size: int = field(default=128, metadata=_range(1, 65_536))
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = field(default=0.1, metadata=_range(0, 10, lo_open=True))
+    momentum: float = field(default=0.9, metadata=_range(0, 1))
+    weight_decay: float = field(default=5e-4, metadata=_range(0, 1))
+    warmup_epochs: float = field(default=0.0, metadata=_range(0, 1000))
+    label_smoothing: float = field(default=0.0, metadata=_range(0, 1, hi_open=True))
+    ema_decay: Optional[float] = field(default=None, metadata=_range(0, 1, hi_open=True))
+    num_workers: int = field(default=0, metadata=_range(0, 256))
+    steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))
+    eval_every: int = field(default=1, metadata=_range(1))
+
+
+@dataclass
+class ModelConfig:
+    """A model of the ladder with its own noise: student models get dropout, drop path and RandAugment."""
+
+    name: str = "resnet14"
+    drop_rate: float = field(default=0.0, metadata=_range(0, 1, hi_open=True))
+    drop_path_rate: float = field(default=0.0, metadata=_range(0, 1, hi_open=True))
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+
+
+@dataclass
+class DataConfig:
+    """Where labeled, unlabeled and test images come from.
+
+    ``kind``: ``fashion_mnist`` (idx files under ``root``, seeded split of ``labels_per_class`` labeled
+    images per class, the rest unlabeled with hidden labels), ``folder`` (ImageFolder trees for
+    ``labeled``/``test``, any folder of images for ``unlabeled``) or ``manifest`` (CSV/Parquet files
+    with ``path[,label]``).
+    """
+
+    kind: Literal["fashion_mnist", "folder", "manifest"] = "fashion_mnist"
+    root: str = "/usr/share/datasets/fashion-mnist"
+    labels_per_class: Optional[int] = field(default=100, metadata=_range(1))
+    unlabeled_limit: Optional[int] = field(default=None, metadata=_range(1))
+    test_limit: Optional[int] = field(default=None, metadata=_range(1))
+    split_seed: int = 0
+    labeled: Optional[str] = None
+    unlabeled: Optional[str] = None
+    test: Optional[str] = None
+    image_size: int = field(default=28, metadata=_range(8, 4096))
+    in_chans: int = field(default=1, metadata=_range(1, 3))
+    mean: list[float] = field(default_factory=lambda: [0.2860])
+    std: list[float] = field(default_factory=lambda: [0.3530])
+
+
+@dataclass
+class PseudoLabelConfig:
+    """How the teacher labels unlabeled images and which labels the student sees.
+
+    ``per_class``: the paper's balancing K; classes with fewer than K selected images are duplicated up
+    to K, classes with more keep their K most confident. ``None`` keeps the filtered set unbalanced;
+    ``0`` means auto: K = number of selected images / number of classes.
+    """
+
+    temperature: float = field(default=1.0, metadata=_range(0, 100, lo_open=True))
+    topk: Optional[int] = field(default=None, metadata=_range(1))
+    soft: bool = True
+    threshold: float = field(default=0.0, metadata=_range(0, 1))
+    per_class: Optional[int] = field(default=0, metadata=_range(0))
+    batch_size: int = field(default=512, metadata=_range(1))
+    num_actors: int = field(default=1, metadata=_range(1, 1024))
+    num_gpus_per_actor: float = field(default=0.0, metadata=_range(0, 8))
+    num_cpus_per_actor: float = field(default=1.0, metadata=_range(0, 256))
+
+
+@dataclass
+class StudentConfig:
+    """The noised student and the generation loop."""
+
+    generations: int = field(default=3, metadata=_range(0, 100))
+    ladder: list[ModelConfig] = field(default_factory=lambda: [ModelConfig(name="resnet20", drop_rate=0.3, drop_path_rate=0.1)])
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ratio: float = field(default=3.0, metadata=_range(0, 1000))
+    loss: Literal["soft", "hard", "hinton"] = "soft"
+    temperature: float = field(default=1.0, metadata=_range(0, 100, lo_open=True))
+    alpha: float = field(default=0.5, metadata=_range(0, 1))
+    unlabeled_weight: float = field(default=1.0, metadata=_range(0, 1000))
+    finetune_epochs: int = field(default=0, metadata=_range(0, 10_000))
+    finetune_lr: float = field(default=0.01, metadata=_range(0, 10, lo_open=True))
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None
+    num_cpus: Optional[int] = field(default=None, metadata=_range(1))
+    # 0 trains in the driver process; N >= 1 trains on Ray Train with N workers (DDP when N > 1)
+    workers: int = field(default=1, metadata=_range(0, 4096))
+    gpus_per_worker: float = field(default=0.0, metadata=_range(0, 8))
+    max_failures: int = field(default=1, metadata=_range(-1, 1000))
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(name="resnet14"))
+    teacher_train: TrainConfig = field(default_factory=TrainConfig)
+    pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def student_model(self, generation: int) -> ModelConfig:
+        """The ladder's model for ``generation`` (1-based); the last rung repeats for later generations."""
+        if generation < 1:
+            raise ValueError("students start at generation 1")
+        ladder = self.student.ladder
+        return ladder[min(generation, len(ladder)) - 1]
+
+
+# --------------------------------------------------------------------------------------------------
+# validation
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, name: str, meta: dict) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], name, meta)
+    if value is None:
+        raise ConfigError(name, f"must be {_type_name(tp)}, got null")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(name, f"must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(name, f"must be a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = args
+        return [_convert(v, item_tp, f"{name}[{i}]", {}) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, name)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(name, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(name, f"must be an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(name, f"must be a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(name, f"must be a string, got {value!r}")
+    if "range" in meta:
+        lo, hi, lo_open, hi_open = meta["range"]
+        if lo is not None and (value < lo or (lo_open and value == lo)):
+            raise ConfigError(name, f"must be {'>' if lo_open else '>='} {lo}, got {value!r}")
+        if hi is not None and (value > hi or (hi_open and value == hi)):
+            raise ConfigError(name, f"must be {'<' if hi_open else '<='} {hi}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if isinstance(data, cls):
+        data = dataclasses.asdict(data)
+    if not isinstance(data, dict):
+        raise ConfigError(prefix or "<root>", f"must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(where, f"unknown key; known keys here: {', '.join(fields)}")
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        kwargs[key] = _convert(value, hints[key], name, dict(fields[key].metadata))
+    return cls(**kwargs)
+
+
+def _check(cfg: ExperimentConfig) -> ExperimentConfig:
+    d = cfg.data
+    n = d.in_chans
+    if len(d.mean) != n:
+        raise ConfigError("data.mean", f"needs {n} value(s) for in_chans={n}, got {len(d.mean)}")
+    if len(d.std) != n:
+        raise ConfigError("data.std", f"needs {n} value(s) for in_chans={n}, got {len(d.std)}")
+    if any(s <= 0 for s in d.std):
+        raise ConfigError("data.std", "values must be > 0")
+    if d.kind in ("folder", "manifest"):
+        for key in ("labeled", "test"):
+            if not getattr(d, key):
+                raise ConfigError(f"data.{key}", f"is required when data.kind is {d.kind}")
+    if d.kind == "fashion_mnist" and d.labels_per_class is None:
+        raise ConfigError("data.labels_per_class", "is required for fashion_mnist (use 6000 for all labels)")
+    if not cfg.student.ladder:
+        raise ConfigError("student.ladder", "needs at least one model")
+    from .models import list_models  # local import: models import torch
+
+    known = list_models()
+    for name, mc in [("teacher.name", cfg.teacher)] + [
+        (f"student.ladder[{i}].name", m) for i, m in enumerate(cfg.student.ladder)
+    ]:
+        if mc.name not in known:
+            raise ConfigError(name, f"unknown model {mc.name!r}; known: {', '.join(known)}")
+    return cfg
+
+
+def config_from_dict(data: dict) -> ExperimentConfig:
+    return _check(_build(ExperimentConfig, data or {}, ""))
+
+
+def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> ExperimentConfig:
+    """Read, override and validate a config file. Raises :class:`UserError` on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("<root>", f"{path} must hold a mapping")
+    data = apply_overrides(data, overrides or {})
+    return config_from_dict(data)
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    """Set dotted keys (``student.generations``) in a nested dict; None values are ignored."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(dotted, "cannot override inside a non-mapping")
+        node[parts[-1]] = value
+    return data
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

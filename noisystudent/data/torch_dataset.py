@@ -1,0 +1,119 @@
+"""An :class:`ImageSource` as a torch ``Dataset`` that survives unreadable images.
+
+Why return ``None`` instead of raising: one corrupt file in a million must not stop an epoch (or, under
+Ray Train, make a worker fail and restart). :func:`collate_skip_none` drops the ``None`` items.
+
+The training loop's contract with :func:`collate_skip_none`:
+
+- a batch is the usual ``(images, targets, indices)`` with fewer rows than requested when some images
+  were unreadable (``len(indices)`` tells how many arrived);
+- a batch in which *every* image was unreadable comes back as :data:`EMPTY_BATCH` (``None``); the loop
+  must skip it: ``if batch is None: continue``.
+
+:attr:`SourceDataset.skipped` counts unreadable images *in the process that loaded them*: with
+``DataLoader(num_workers > 0)`` each worker holds its own copy of the dataset, so the main process's
+counter stays 0. Count dropped rows from batch sizes (requested minus ``len(indices)``) when the total
+matters.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from ..errors import ImageDecodeError
+from .base import ImageSource
+
+log = logging.getLogger(__name__)
+
+#: What :func:`collate_skip_none` returns when every item of a batch was unreadable.
+EMPTY_BATCH = None
+
+Transform = Callable[..., Any]
+
+
+def _to_tensor(image: Any) -> torch.Tensor:
+    """A transform's output as a CHW float tensor; HWC uint8 arrays are scaled to [0, 1]."""
+    if isinstance(image, torch.Tensor):
+        return image
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    arr = np.ascontiguousarray(arr.transpose(2, 0, 1))
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    t = torch.from_numpy(arr)
+    return t.float().div_(255.0) if arr.dtype == np.uint8 else t.float()
+
+
+def _is_albumentations(transform: Any) -> bool:
+    return type(transform).__module__.startswith("albumentations")
+
+
+class SourceDataset(Dataset):
+    """Items ``(image_tensor, target, index)`` of ``source``; ``None`` for an unreadable image.
+
+    - ``transform``: an albumentations transform (called as ``transform(image=img)["image"]``), any
+      callable on an HWC uint8 array, or None (plain conversion to a CHW float tensor in [0, 1]).
+      A numpy result is converted to a CHW float tensor the same way.
+    - ``targets``: overrides the source's labels, e.g. pseudo-labels aligned with the source's indices:
+      an int array ``(N,)`` of hard labels (int64 tensor targets) or a float array ``(N, C)`` of soft
+      labels (float32 tensor targets). Without it the target is ``source.labels[i]``, or ``-1`` for an
+      unlabeled source.
+    - ``index`` is the position in ``source`` so callers can map a row back to its image id.
+    """
+
+    def __init__(self, source: ImageSource, transform: Optional[Transform] = None,
+                 targets: Optional[np.ndarray] = None) -> None:
+        self.source = source
+        self.transform = transform
+        if targets is not None:
+            targets = np.asarray(targets)
+            if len(targets) != len(source):
+                raise ValueError(f"targets has {len(targets)} rows but the source has {len(source)} images")
+            if targets.ndim not in (1, 2):
+                raise ValueError(f"targets must be (N,) class indices or (N, C) probabilities, got shape {targets.shape}")
+            if targets.ndim == 1 and not np.issubdtype(targets.dtype, np.integer):
+                raise ValueError(f"1-D targets must be integer class indices, got {targets.dtype}")
+            targets = targets.astype(np.int64) if targets.ndim == 1 else targets.astype(np.float32)
+        self.targets = targets
+        self.skipped = 0  # per process: see the module docstring
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def target(self, i: int) -> torch.Tensor:
+        if self.targets is not None:
+            return torch.as_tensor(self.targets[i])
+        labels = self.source.labels
+        return torch.tensor(int(labels[i]) if labels is not None else -1, dtype=torch.int64)
+
+    def __getitem__(self, i: int) -> Optional[tuple[torch.Tensor, torch.Tensor, int]]:
+        i = int(i)
+        try:
+            image = self.source.load(i)
+        except ImageDecodeError as exc:
+            self.skipped += 1
+            if self.skipped <= 5:
+                log.warning("skipping unreadable image %s: %s", exc.image_id, exc.reason)
+            return None
+        if self.transform is None:
+            out = image
+        elif _is_albumentations(self.transform):
+            out = self.transform(image=image)["image"]
+        else:
+            out = self.transform(image)
+        return _to_tensor(out), self.target(i), i
+
+
+def collate_skip_none(batch: list[Any]) -> Any:
+    """``default_collate`` of the items that are not ``None``; :data:`EMPTY_BATCH` (``None``) if none
+    are left, which the training loop skips."""
+    items = [b for b in batch if b is not None]
+    if not items:
+        return EMPTY_BATCH
+    return default_collate(items)

@@ -1,0 +1,78 @@
+"""Losses for supervised, self-training and distillation targets.
+
+All take raw student logits. Targets for pseudo-labeled images are probability rows (soft labels from
+the teacher, already sharpened or softened by the labeling temperature) or class indices (hard labels).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy against a probability distribution per row, optionally weighted per row (mean over rows)."""
+    loss = -(target_probs * F.log_softmax(logits, dim=-1)).sum(dim=-1)
+    if weight is not None:
+        return (loss * weight).sum() / weight.sum().clamp_min(1e-12)
+    return loss.mean()
+
+
+def hinton_kd(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. (2015) distillation term: KL(teacher_T || student_T) * T^2.
+
+    ``teacher_probs`` are the teacher's probabilities at temperature T (the labeling job stores them so);
+    the T^2 factor keeps gradient size independent of T.
+    """
+    log_p = F.log_softmax(student_logits / temperature, dim=-1)
+    q = teacher_probs.clamp_min(1e-12)
+    kl = (teacher_probs * (q.log() - log_p)).sum(dim=-1).mean()
+    return kl * temperature**2
+
+
+def pseudo_label_loss(
+    logits: torch.Tensor,
+    target_probs: torch.Tensor,
+    mode: str,
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+) -> torch.Tensor:
+    """The loss on pseudo-labeled images for ``mode`` in ``soft``, ``hard`` or ``hinton``.
+
+    - ``soft``: cross-entropy against the teacher distribution (the paper's soft pseudo-labels).
+    - ``hard``: cross-entropy against the teacher argmax.
+    - ``hinton``: ``alpha * hard CE + (1 - alpha) * T^2 KL`` (ground truth is not known for these images,
+      so the teacher argmax stands in for it, as in the distillation literature's unlabeled setting).
+    """
+    if mode == "soft":
+        return soft_cross_entropy(logits, target_probs)
+    hard = target_probs.argmax(dim=-1)
+    if mode == "hard":
+        return F.cross_entropy(logits, hard)
+    if mode == "hinton":
+        return alpha * F.cross_entropy(logits, hard) + (1 - alpha) * hinton_kd(logits, target_probs, temperature)
+    raise ValueError(f"unknown pseudo-label loss {mode!r}")
+
+
+def student_loss(
+    labeled_logits: torch.Tensor,
+    labels: torch.Tensor,
+    unlabeled_logits: torch.Tensor,
+    target_probs: torch.Tensor,
+    mode: str = "soft",
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+    unlabeled_weight: float = 1.0,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Noisy Student loss: CE on labeled + ``unlabeled_weight`` * pseudo-label loss, each a mean over its batch.
+
+    Returns the total and its parts (floats) for logging.
+    """
+    sup = F.cross_entropy(labeled_logits, labels, label_smoothing=label_smoothing) if labels.numel() else labeled_logits.sum() * 0
+    if unlabeled_logits.numel():
+        unsup = pseudo_label_loss(unlabeled_logits, target_probs, mode, temperature, alpha)
+    else:
+        unsup = sup * 0
+    total = sup + unlabeled_weight * unsup
+    return total, {"loss_labeled": float(sup.detach()), "loss_unlabeled": float(unsup.detach())}

@@ -1,0 +1,122 @@
+"""CIFAR-style ResNets (He et al. 2016, section 4.2) for small images (28x28, 32x32).
+
+Depth 6n+2: a 3x3 stem, three stages of n basic blocks with 16/32/64 channels (strides 1/2/2), global
+pooling and a linear classifier. They are the CPU-scale ladder of this project (resnet8 -> resnet26), so
+a student can be the same size as its teacher or larger. Projection shortcuts (1x1 conv + BN, "option B")
+are used where the shape changes. Every residual branch ends in a
+:class:`torchvision.ops.StochasticDepth` (drop path), its rate rising linearly over the blocks.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
+
+from noisystudent.errors import UserError
+from noisystudent.models._registry import register_model
+from noisystudent.models.layers import Classifier, ClassifierHead, drop_path_rates
+
+__all__ = ["BasicBlock", "CifarResNet", "resnet8", "resnet14", "resnet20", "resnet26"]
+
+STAGE_WIDTHS = (16, 32, 64)
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN on the branch, drop path on it, then add the shortcut and ReLU."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, drop_path: float = 0.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.drop_path = StochasticDepth(drop_path, mode="row")
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(self.drop_path(out) + self.shortcut(x))
+
+
+class CifarResNet(Classifier):
+    """ResNet-(6n+2) for small images; ``forward_features`` returns the (N, 64, H/4, W/4) map."""
+
+    def __init__(
+        self,
+        depth: int,
+        num_classes: int,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise UserError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
+        blocks_per_stage = (depth - 2) // 6
+        rates = iter(drop_path_rates(3 * blocks_per_stage, drop_path_rate))
+        self.depth = depth
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, STAGE_WIDTHS[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(STAGE_WIDTHS[0]),
+            nn.ReLU(inplace=True),
+        )
+        stages = []
+        in_planes = STAGE_WIDTHS[0]
+        for i, planes in enumerate(STAGE_WIDTHS):
+            blocks = []
+            for j in range(blocks_per_stage):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(BasicBlock(in_planes, planes, stride, drop_path=next(rates)))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = in_planes
+        self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
+        _init_weights(self)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.stages(self.stem(x))
+
+
+def _init_weights(model: nn.Module) -> None:
+    """He (fan_out) init for convs, unit BN, as in torchvision's ResNet; linear layers keep PyTorch's default."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _create_cifar_resnet(depth: int, **kwargs) -> CifarResNet:
+    return CifarResNet(depth=depth, **kwargs)
+
+
+@register_model
+def resnet8(**kwargs) -> CifarResNet:
+    """ResNet-8: one block per stage, ~78k parameters; the smallest teacher."""
+    return _create_cifar_resnet(8, **kwargs)
+
+
+@register_model
+def resnet14(**kwargs) -> CifarResNet:
+    """ResNet-14: two blocks per stage, ~0.17M parameters."""
+    return _create_cifar_resnet(14, **kwargs)
+
+
+@register_model
+def resnet20(**kwargs) -> CifarResNet:
+    """ResNet-20 of the ResNet paper's CIFAR table, ~0.27M parameters."""
+    return _create_cifar_resnet(20, **kwargs)
+
+
+@register_model
+def resnet26(**kwargs) -> CifarResNet:
+    """ResNet-26: four blocks per stage, ~0.37M parameters."""
+    return _create_cifar_resnet(26, **kwargs)

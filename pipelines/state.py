@@ -1,0 +1,189 @@
+"""The run folder and its ``state.json``: which steps are done, when, and with which artifacts.
+
+A step counts as done only when its entry is in ``state.json``; the entry is written (atomically)
+after every artifact of the step exists under its final name. A killed run therefore shows the step
+as not done, and running again redoes or resumes only that step. The resolved config is frozen in
+``config.yaml`` at the first step; a later call with a different config is refused (exit code 2).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from noisystudent.config import ExperimentConfig, config_from_dict, dump_config, to_dict
+from noisystudent.errors import UserError
+from noisystudent.io import read_json, sha256_file, write_json, write_text
+
+# Fields that may change between calls on the same run: where Ray runs, how many generations to go.
+RUNTIME_FIELDS = ("ray", "student.generations", "device")
+
+STEPS = ("label", "select", "student", "evaluate", "promote")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _strip_runtime(d: dict) -> dict:
+    d = json.loads(json.dumps(d))
+    for dotted in RUNTIME_FIELDS:
+        node = d
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            node = node.get(p, {})
+        node.pop(parts[-1], None)
+    return d
+
+
+def config_digest(cfg: ExperimentConfig) -> str:
+    blob = json.dumps(_strip_runtime(to_dict(cfg)), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return [] if a == b else [prefix]
+
+
+def check_writable(path: Path, min_free_bytes: int = 50 << 20) -> None:
+    """Fail before any work if the run folder cannot be written or its disk is (nearly) full."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"run directory {path} is not writable: {exc.strerror or exc}") from None
+    free = shutil.disk_usage(path).free
+    if free < min_free_bytes:
+        raise UserError(f"run directory {path} has only {free >> 20} MiB free; need at least {min_free_bytes >> 20} MiB")
+
+
+@dataclass
+class RunDir:
+    """A run folder: paths of every artifact and the step ledger."""
+
+    root: Path
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+
+    # ---- paths -----------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / "state.json"
+
+    def gen(self, g: int) -> Path:
+        return self.root / f"gen-{g}"
+
+    def teacher_dir(self) -> Path:
+        return self.gen(0) / "teacher"
+
+    def labels_dir(self, g: int) -> Path:
+        return self.gen(g) / "labels"
+
+    def selected_dir(self, g: int) -> Path:
+        return self.gen(g) / "selected"
+
+    def student_dir(self, g: int) -> Path:
+        return self.gen(g) / "student"
+
+    def baseline_dir(self, role: str) -> Path:
+        return self.root / "baselines" / role
+
+    def model_dir(self, g: int) -> Path:
+        """The trained model of generation ``g``: the teacher at 0, the student after."""
+        return self.teacher_dir() if g == 0 else self.student_dir(g)
+
+    def teacher_of(self, g: int) -> Path:
+        """The checkpoint that labels for generation ``g`` (the promoted model of ``g - 1``)."""
+        promoted = self.state().get("teachers", {}).get(str(g))
+        return self.root / promoted if promoted else self.model_dir(g - 1) / "model.pt"
+
+    # ---- config ----------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def load_config(self) -> ExperimentConfig:
+        if not self.exists():
+            raise UserError(f"{self.root} is not a run folder (no config.yaml); start one with `noisystudent run CONFIG --run-dir {self.root}`")
+        return config_from_dict(yaml.safe_load(self.config_path.read_text(encoding="utf-8")))
+
+    def freeze_config(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        """Write ``config.yaml`` on first use; afterwards refuse a config that differs in a non-runtime field.
+
+        Runtime fields (Ray address and workers, generation count, device) may change; the frozen file
+        is updated with them.
+        """
+        check_writable(self.root)
+        if self.exists():
+            old = self.load_config()
+            if config_digest(old) != config_digest(cfg):
+                changed = _diff(_strip_runtime(to_dict(old)), _strip_runtime(to_dict(cfg)))
+                raise UserError(
+                    f"run {self.root} was started with a different config (changed: {', '.join(changed[:5])}); "
+                    "use a new --run-dir or the original config"
+                )
+        write_text(self.config_path, dump_config(cfg))
+        st = self.state()
+        st.setdefault("name", cfg.name)
+        st.setdefault("created", _now())
+        st["config_digest"] = config_digest(cfg)
+        self._write_state(st)
+        return cfg
+
+    # ---- state -----------------------------------------------------------------------------------
+    def state(self) -> dict:
+        if not self.state_path.is_file():
+            return {"steps": {}}
+        return read_json(self.state_path)
+
+    def _write_state(self, st: dict) -> None:
+        write_json(self.state_path, st)
+
+    def is_done(self, step: str) -> bool:
+        return step in self.state().get("steps", {})
+
+    def step_info(self, step: str) -> Optional[dict]:
+        return self.state().get("steps", {}).get(step)
+
+    def mark_done(self, step: str, seconds: float, artifacts: list[Path] = (), **extra: Any) -> None:
+        st = self.state()
+        st.setdefault("steps", {})[step] = {
+            "finished": _now(),
+            "seconds": round(float(seconds), 3),
+            "artifacts": {os.path.relpath(p, self.root): sha256_file(p) for p in artifacts if Path(p).is_file()},
+            **extra,
+        }
+        self._write_state(st)
+
+    def forget(self, step: str) -> None:
+        st = self.state()
+        st.get("steps", {}).pop(step, None)
+        self._write_state(st)
+
+    def promote(self, g: int, checkpoint: Path) -> None:
+        st = self.state()
+        st.setdefault("teachers", {})[str(g + 1)] = os.path.relpath(checkpoint, self.root)
+        self._write_state(st)
+
+
+def step_name(g: int, step: str) -> str:
+    return f"gen-{g}/{step}"

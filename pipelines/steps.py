@@ -1,0 +1,305 @@
+"""The steps of a run, each reading finished artifacts of the step before and writing its own.
+
+teacher (gen 0) -> label (gen g) -> select (gen g) -> student (gen g) -> evaluate (gen g) -> promote (gen g)
+
+Every step function is idempotent: a finished step (recorded in ``state.json``) returns its record
+without work unless ``force``; an unfinished one resumes from what it left (labeling shards, the
+training job's ``last.pt``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from noisystudent.checkpoint import load_checkpoint
+from noisystudent.config import ExperimentConfig
+from noisystudent.data import DataBundle, create_data
+from noisystudent.errors import UserError
+from noisystudent.io import read_json, write_json
+from noisystudent.train import PseudoLabeledSet, TrainJob, spec_for
+
+from .state import RunDir, step_name
+
+
+def _log(msg: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(msg)
+
+
+_DATA_CACHE: dict[str, DataBundle] = {}
+
+
+def load_data(cfg: ExperimentConfig) -> DataBundle:
+    """The run's data bundle, built once per process (folder scans and idx decoding are not free)."""
+    import json
+    from dataclasses import asdict
+
+    key = json.dumps(asdict(cfg.data), sort_keys=True)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = create_data(cfg.data)
+    return _DATA_CACHE[key]
+
+
+def _train(run: RunDir, cfg: ExperimentConfig, job: TrainJob) -> dict:
+    from .train_ray import train
+
+    return train(job, cfg.ray)
+
+
+# --------------------------------------------------------------------------------------------------
+# generation 0 and baselines
+
+
+def train_teacher(run: RunDir, cfg: ExperimentConfig, force: bool = False, progress: bool = True) -> dict:
+    """Train the generation-0 teacher on the labeled images only."""
+    step = step_name(0, "teacher")
+    out = run.teacher_dir()
+    if run.is_done(step) and not force:
+        return read_json(out / "metrics.json")
+    data = load_data(cfg)
+    t0 = time.perf_counter()
+    job = TrainJob(
+        spec=spec_for(cfg.teacher, cfg.data, data.classes),
+        model_cfg=cfg.teacher,
+        train_cfg=cfg.teacher_train,
+        labeled=data.labeled,
+        test=data.test,
+        out_dir=out,
+        seed=cfg.seed,
+        device=cfg.device,
+        generation=0,
+        role="teacher",
+        config=_cfg_dict(cfg),
+        progress=progress,
+    )
+    _log(f"[gen 0] teacher {cfg.teacher.name} on {len(data.labeled)} labeled images")
+    metrics = _train(run, cfg, job)
+    run.mark_done(step, time.perf_counter() - t0, [out / "model.pt", out / "metrics.json", out / "history.csv"],
+                  test_acc=metrics.get("test_acc"), model=cfg.teacher.name)
+    return metrics
+
+
+def train_baseline(run: RunDir, cfg: ExperimentConfig, role: str, labels_per_class: Optional[int], progress: bool = True,
+                   force: bool = False) -> dict:
+    """A supervised-only reference in ``baselines/<role>``: ``supervised`` (the config's labels, the
+    largest ladder model) or ``oracle`` (every training image labeled)."""
+    from dataclasses import replace
+
+    step = f"baselines/{role}"
+    out = run.baseline_dir(role)
+    if run.is_done(step) and not force:
+        return read_json(out / "metrics.json")
+    data_cfg = replace(cfg.data, labels_per_class=labels_per_class or cfg.data.labels_per_class)
+    bcfg = replace(cfg, data=data_cfg)
+    data = create_data(data_cfg)
+    model_cfg = replace(cfg.student.ladder[-1])
+    t0 = time.perf_counter()
+    job = TrainJob(
+        spec=spec_for(model_cfg, cfg.data, data.classes),
+        model_cfg=model_cfg,
+        train_cfg=cfg.teacher_train,
+        labeled=data.labeled,
+        test=data.test,
+        out_dir=out,
+        seed=cfg.seed,
+        device=cfg.device,
+        generation=0,
+        role=role,
+        config=_cfg_dict(bcfg),
+        progress=progress,
+    )
+    _log(f"[baseline] {role}: {model_cfg.name} on {len(data.labeled)} labeled images")
+    metrics = _train(run, cfg, job)
+    run.mark_done(step, time.perf_counter() - t0, [out / "model.pt"], test_acc=metrics.get("test_acc"), model=model_cfg.name)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# one generation
+
+
+def label(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[str]] = None, force: bool = False,
+          progress: bool = True) -> dict:
+    """The teacher (or an ensemble of teachers) labels every unlabeled image with Ray Data."""
+    from pseudo_labels import label_images
+
+    from .ray_runtime import init_ray
+
+    step = step_name(g, "label")
+    out = run.labels_dir(g)
+    if run.is_done(step) and not force:
+        return read_json(out / "summary.json")
+    data = load_data(cfg)
+    if data.unlabeled is None or len(data.unlabeled) == 0:
+        raise UserError("config field 'data.unlabeled': no unlabeled images to pseudo-label")
+    ckpts = [Path(t) for t in teachers] if teachers else [run.teacher_of(g)]
+    for c in ckpts:
+        load_checkpoint(c, expected_classes=data.classes)  # fail early, in the driver, with a clear message
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    pl = cfg.pseudo_labels
+    t0 = time.perf_counter()
+    _log(f"[gen {g}] labeling {len(data.unlabeled)} images with {', '.join(c.parent.name for c in ckpts)}")
+    summary = label_images(
+        data.unlabeled,
+        [str(c) for c in ckpts],
+        out,
+        temperature=pl.temperature,
+        topk=pl.topk,
+        batch_size=pl.batch_size,
+        num_actors=pl.num_actors,
+        num_gpus_per_actor=pl.num_gpus_per_actor,
+        num_cpus_per_actor=pl.num_cpus_per_actor,
+        force=force,
+        progress=progress,
+    )
+    run.mark_done(step, time.perf_counter() - t0, [out / "summary.json"], rows=summary.get("rows"),
+                  rejected=summary.get("rejected"), teachers=[str(c) for c in ckpts])
+    return summary
+
+
+def _true_labels(data: DataBundle, image_ids: pd.Series) -> Optional[np.ndarray]:
+    src = data.unlabeled
+    if src is None or src.hidden_labels is None:
+        return None
+    index = {src.image_id(i): i for i in range(len(src))}
+    pos = image_ids.map(index)
+    return src.hidden_labels[pos.to_numpy(dtype=np.int64)]
+
+
+def select(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False) -> dict:
+    """Confidence filter and per-class balancing of generation ``g``'s labels into ``selected/``."""
+    from pseudo_labels import read_labels, read_metadata, select_pseudo_labels, write_selection
+
+    step = step_name(g, "select")
+    out = run.selected_dir(g)
+    if run.is_done(step) and not force:
+        return read_json(out / "summary.json")
+    if not run.is_done(step_name(g, "label")):
+        raise UserError(f"generation {g} has no finished labels; run `noisystudent label {run.root} --generation {g}` first")
+    data = load_data(cfg)
+    t0 = time.perf_counter()
+    labels_dir = run.labels_dir(g)
+    meta = read_metadata(labels_dir)
+    df = read_labels(labels_dir)
+    true = _true_labels(data, df["image_id"])
+    if true is not None:
+        df["true_label"] = true
+    pl = cfg.pseudo_labels
+    selected, summary = select_pseudo_labels(df, meta.num_classes, threshold=pl.threshold, per_class=pl.per_class)
+    write_selection(out, selected, summary, meta)
+    _log(f"[gen {g}] selected {summary.get('rows_after', len(selected))} of {len(df)} pseudo-labels")
+    run.mark_done(step, time.perf_counter() - t0, [out / "summary.json"])
+    return summary
+
+
+def pseudo_set(run: RunDir, cfg: ExperimentConfig, g: int) -> PseudoLabeledSet:
+    """Generation ``g``'s selected pseudo-labels as a training set (soft rows from top-k, duplicate counts)."""
+    from pseudo_labels import read_selection, soft_targets
+
+    data = load_data(cfg)
+    df, meta = read_selection(run.selected_dir(g))
+    src = data.unlabeled
+    index = {src.image_id(i): i for i in range(len(src))}
+    missing = [i for i in df["image_id"] if i not in index]
+    if missing:
+        raise UserError(f"selected pseudo-labels of generation {g} name {len(missing)} images not in the unlabeled source (e.g. {missing[0]})")
+    positions = df["image_id"].map(index).to_numpy(dtype=np.int64)
+    targets = soft_targets(df, meta.num_classes).astype(np.float32)
+    if not cfg.pseudo_labels.soft:
+        targets = np.eye(meta.num_classes, dtype=np.float32)[targets.argmax(1)]
+    weights = df["weight"].to_numpy(dtype=np.int64) if "weight" in df else np.ones(len(df), dtype=np.int64)
+    return PseudoLabeledSet(source=src.subset(positions), targets=targets, weights=weights)
+
+
+def train_student(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False, progress: bool = True) -> dict:
+    """Train generation ``g``'s noised student on labeled + selected pseudo-labeled images."""
+    step = step_name(g, "student")
+    out = run.student_dir(g)
+    if run.is_done(step) and not force:
+        return read_json(out / "metrics.json")
+    if not run.is_done(step_name(g, "select")):
+        raise UserError(f"generation {g} has no selected pseudo-labels; run `noisystudent select {run.root} --generation {g}` first")
+    data = load_data(cfg)
+    model_cfg = cfg.student_model(g)
+    pseudo = pseudo_set(run, cfg, g)
+    t0 = time.perf_counter()
+    job = TrainJob(
+        spec=spec_for(model_cfg, cfg.data, data.classes),
+        model_cfg=model_cfg,
+        train_cfg=cfg.student.train,
+        labeled=data.labeled,
+        test=data.test,
+        out_dir=out,
+        pseudo=pseudo,
+        student=cfg.student,
+        seed=cfg.seed + g,
+        device=cfg.device,
+        generation=g,
+        role="student",
+        config=_cfg_dict(cfg),
+        progress=progress,
+    )
+    _log(f"[gen {g}] student {model_cfg.name} (drop {model_cfg.drop_rate}, drop path {model_cfg.drop_path_rate}, "
+         f"RandAugment n={model_cfg.noise.randaugment_n} m={model_cfg.noise.randaugment_m}) on {len(data.labeled)} labeled + "
+         f"{int(pseudo.weights.sum())} pseudo-labeled images")
+    metrics = _train(run, cfg, job)
+    run.mark_done(step, time.perf_counter() - t0, [out / "model.pt", out / "metrics.json", out / "history.csv"],
+                  test_acc=metrics.get("test_acc"), model=model_cfg.name)
+    return metrics
+
+
+def evaluate_generation(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False) -> dict:
+    """Gather generation ``g``'s figures into ``gen-g/metrics.json``: test accuracy, pseudo-label accuracy, timings."""
+    step = step_name(g, "evaluate")
+    path = run.gen(g) / "metrics.json"
+    if run.is_done(step) and not force:
+        return read_json(path)
+    t0 = time.perf_counter()
+    st = run.state().get("steps", {})
+    student = read_json(run.student_dir(g) / "metrics.json")
+    labels = read_json(run.labels_dir(g) / "summary.json")
+    selected = read_json(run.selected_dir(g) / "summary.json")
+    teacher_metrics = read_json(run.model_dir(g - 1) / "metrics.json")
+    out = {
+        "generation": g,
+        "model": cfg.student_model(g).name,
+        "teacher_model": teacher_metrics.get("model"),
+        "test_acc": student.get("test_acc"),
+        "teacher_test_acc": teacher_metrics.get("test_acc"),
+        "pseudo_label_acc": labels.get("pseudo_label_accuracy"),
+        "pseudo_label_acc_selected": selected.get("accuracy_after"),
+        "pseudo_labels": labels.get("rows"),
+        "rejected": labels.get("rejected"),
+        "selected": selected.get("rows_after"),
+        "labeling_images_per_s": labels.get("images_per_s"),
+        "student_images_per_s": student.get("images_per_s"),
+        "seconds": {s.split("/")[1]: st[s]["seconds"] for s in st if s.startswith(f"gen-{g}/")},
+    }
+    write_json(path, out)
+    run.mark_done(step, time.perf_counter() - t0, [path])
+    return out
+
+
+def promote(run: RunDir, g: int) -> None:
+    """The student of generation ``g`` becomes the teacher of generation ``g + 1``."""
+    step = step_name(g, "promote")
+    if run.is_done(step):
+        return
+    ckpt = run.student_dir(g) / "model.pt"
+    if not ckpt.is_file():
+        raise UserError(f"generation {g} has no student checkpoint to promote ({ckpt})")
+    run.promote(g, ckpt)
+    run.mark_done(step, 0.0, [ckpt])
+
+
+def _cfg_dict(cfg: ExperimentConfig) -> dict:
+    from noisystudent.config import to_dict
+
+    return to_dict(cfg)

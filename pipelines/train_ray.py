@@ -1,0 +1,102 @@
+"""Run a training job on Ray Train (``TorchTrainer``), or in the driver process.
+
+``ray.workers = 0`` runs :func:`noisystudent.train.run_training` right here (no Ray at all; handy for
+debugging and the fastest choice on a laptop). ``ray.workers = N >= 1`` launches N Ray Train workers:
+DDP over gloo on CPU or NCCL on GPU (Ray Train picks the backend), ``prepare_model`` /
+``prepare_data_loader`` for sharding, and every epoch's state reported as a Ray Train checkpoint so a
+worker that dies restarts from the last epoch (``FailureConfig(max_failures)``). Rank 0 writes the
+job's artifacts into the run folder, which must therefore be shared storage on a multi-node cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from noisystudent.config import RayConfig
+from noisystudent.errors import UserError
+from noisystudent.io import read_json
+from noisystudent.train import TrainHooks, TrainJob, run_training
+
+
+def _train_loop(config: dict) -> None:
+    """Body of every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    job: TrainJob = config["job"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    resume: Optional[bytes] = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            resume = (Path(d) / "last.pt").read_bytes()
+
+    def report(row: dict, blob: bytes) -> None:
+        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float, str))}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "last.pt").write_bytes(blob)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+    hooks = TrainHooks(
+        prepare_model=ray.train.torch.prepare_model,
+        prepare_loader=lambda dl: ray.train.torch.prepare_data_loader(dl, move_to_device=False),
+        is_main=rank == 0,
+        world_size=world,
+        report=report,
+        resume_state=resume,
+        fail_at_epoch=config.get("fail_at_epoch"),
+    )
+    if world > 1 or job.device == "auto":
+        job.device = str(ray.train.torch.get_device())
+    run_training(job, hooks)
+
+
+def train(job: TrainJob, ray_cfg: RayConfig, fail_at_epoch: Optional[int] = None) -> dict:
+    """Train ``job`` as the config says and return its final metrics (read from ``metrics.json``)."""
+    if ray_cfg.workers == 0:
+        return run_training(job, TrainHooks(fail_at_epoch=fail_at_epoch))
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from .ray_runtime import init_ray
+
+    resources = init_ray(ray_cfg.address, ray_cfg.num_cpus)
+    use_gpu = ray_cfg.gpus_per_worker > 0
+    cpus = float(resources.get("CPU", 1))
+    per_worker = {"CPU": max(1.0, cpus // ray_cfg.workers) if not ray_cfg.address else 1.0}
+    if use_gpu:
+        per_worker["GPU"] = ray_cfg.gpus_per_worker
+    out = Path(job.out_dir).resolve()
+    job.out_dir = out
+    job.progress = job.progress and ray_cfg.workers == 1
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"job": job, "fail_at_epoch": fail_at_epoch},
+        scaling_config=ScalingConfig(num_workers=ray_cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=f"{job.role}-gen{job.generation}",
+            storage_path=str(out.parent / "ray_train"),
+            failure_config=FailureConfig(max_failures=ray_cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            worker_runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}},
+        ),
+    )
+    try:
+        trainer.fit()
+    except Exception as exc:  # TrainingFailedError wraps the worker's exception
+        cause = exc.__cause__ or exc
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
+    if not (out / "metrics.json").is_file():
+        raise RuntimeError(f"Ray Train finished but {out / 'metrics.json'} is missing")
+    return read_json(out / "metrics.json")

@@ -1,0 +1,59 @@
+"""Shared fixtures: one real local Ray instance per test session, small real data sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FMNIST_ROOT = Path(os.environ.get("NOISYSTUDENT_FMNIST", "/usr/share/datasets/fashion-mnist"))
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long or browser tests (deselect with -m 'not slow')")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray instance shared by every test of the session (starting one costs ~5 s)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fmnist_available() -> bool:
+    return (FMNIST_ROOT / "train-images-idx3-ubyte.gz").exists()
+
+
+@pytest.fixture
+def require_fmnist(fmnist_available):
+    if not fmnist_available:
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    return FMNIST_ROOT
+
+
+def write_png_folder(root: Path, n_per_class: dict[str, int], size: int = 16, mode: str = "L", seed: int = 0) -> Path:
+    """Write an ImageFolder tree of small PNGs whose class is visible in the pixels (brightness pattern)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    classes = sorted(n_per_class)
+    for ci, cls in enumerate(classes):
+        d = root / cls
+        d.mkdir(parents=True, exist_ok=True)
+        for j in range(n_per_class[cls]):
+            arr = rng.integers(0, 40, size=(size, size), dtype=np.uint8)
+            arr[:, ci * size // len(classes) : (ci + 1) * size // len(classes)] += 200
+            img = Image.fromarray(arr, mode="L").convert(mode)
+            img.save(d / f"img_{j:04d}.png")
+    return root

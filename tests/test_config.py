@@ -1,0 +1,89 @@
+"""Config validation: wrong key, type or range names the field; the CLI exits 2 with one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from noisystudent.cli import main
+from noisystudent.config import ExperimentConfig, apply_overrides, config_from_dict, load_config
+from noisystudent.errors import ConfigError, UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_shipped_configs_validate_and_every_model_resolves(name):
+    cfg = load_config(ROOT / "configs" / name)
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.student.ladder, "a ladder needs at least one rung"
+
+
+@pytest.mark.parametrize(
+    "data, field, words",
+    [
+        ({"teacher_train": {"epochz": 3}}, "teacher_train.epochz", "unknown key"),
+        ({"teacher_train": {"epochs": "ten"}}, "teacher_train.epochs", "integer"),
+        ({"teacher_train": {"epochs": 0}}, "teacher_train.epochs", ">= 1"),
+        ({"teacher_train": {"lr": 0}}, "teacher_train.lr", "> 0"),
+        ({"teacher_train": {"optimizer": "lion"}}, "teacher_train.optimizer", "one of sgd, adamw"),
+        ({"student": {"ladder": [{"name": "resnet20", "drop_path_rate": 1.5}]}}, "student.ladder[0].drop_path_rate", "< 1"),
+        ({"student": {"ladder": [{"name": "resnet999"}]}}, "student.ladder[0].name", "unknown model"),
+        ({"student": {"loss": "kl"}}, "student.loss", "one of soft, hard, hinton"),
+        ({"pseudo_labels": {"threshold": 2}}, "pseudo_labels.threshold", "<= 1"),
+        ({"data": {"in_chans": 3}}, "data.mean", "needs 3 value"),
+        ({"data": {"kind": "folder"}}, "data.labeled", "required"),
+        ({"teacher_train": {"label_smoothing": True}}, "teacher_train.label_smoothing", "number"),
+        ({"pseudo_labels": {"soft": "yes"}}, "pseudo_labels.soft", "true or false"),
+    ],
+)
+def test_errors_name_the_field(data, field, words):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    assert info.value.field == field
+    assert field in str(info.value) and words in str(info.value)
+
+
+def test_overrides_win_over_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"teacher_train": {"epochs": 7}, "student": {"generations": 2}}))
+    cfg = load_config(p, {"teacher_train.epochs": 2, "student.generations": None})
+    assert cfg.teacher_train.epochs == 2 and cfg.student.generations == 2
+    assert apply_overrides({"a": {"b": 1}}, {"a.c": 2}) == {"a": {"b": 1, "c": 2}}
+
+
+def test_ladder_repeats_last_rung():
+    cfg = config_from_dict({"student": {"ladder": [{"name": "resnet14"}, {"name": "resnet20"}]}})
+    assert [cfg.student_model(g).name for g in (1, 2, 3, 4)] == ["resnet14", "resnet20", "resnet20", "resnet20"]
+
+
+def test_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize(
+    "content, flag, needle",
+    [
+        ({"teacher_train": {"epochs": -1}}, [], "teacher_train.epochs"),
+        ({"bogus": 1}, [], "'bogus'"),
+        ({}, ["--set", "teacher_train.batch_size=zero"], "teacher_train.batch_size"),
+        ({}, ["--set", "nonsense"], "--set"),
+    ],
+)
+def test_cli_exits_2_with_one_line(tmp_path, content, flag, needle):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(content))
+    res = CliRunner().invoke(main, ["teacher", str(p), "--run-dir", str(tmp_path / "run"), *flag])
+    assert res.exit_code == 2, res.output
+    assert needle in res.output
+    err_lines = [line for line in res.output.strip().splitlines() if line.startswith("error:")]
+    if needle != "--set":
+        assert len(err_lines) == 1

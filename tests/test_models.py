@@ -1,0 +1,216 @@
+"""The model factory: every registered model builds, runs, has the common face and honours its noise options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.ops import StochasticDepth
+
+from noisystudent.errors import UserError
+from noisystudent.models import create_model, is_model, list_models, model_num_params
+from noisystudent.models.layers import drop_path_rates
+from noisystudent.models.torchvision_models import TorchvisionNet
+
+ALL = list_models()
+SMALL = ["resnet8", "resnet14", "resnet20", "resnet26", "wrn_16_2", "wrn_16_4", "wrn_28_2", "wrn_28_10", "wrn_40_2"]
+IMAGENET = [
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "convnext_tiny",
+    "convnext_small",
+]
+NUM_CLASSES = 10
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _input(name: str, batch: int = 2, in_chans: int = 3) -> torch.Tensor:
+    """Small models see Fashion-MNIST/CIFAR sizes; torchvision ones (32x downsampling) their smallest, 32x32."""
+    size = 28 if name in SMALL and in_chans == 1 else 32
+    return torch.randn(batch, in_chans, size, size)
+
+
+def _noise_only_train(model: nn.Module) -> nn.Module:
+    """Everything in eval (BatchNorm uses running stats, so it adds no batch dependence) except the noise.
+
+    Then any difference between two forwards can only come from dropout or stochastic depth.
+    """
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, (StochasticDepth, nn.Dropout)):
+            m.train()
+    return model
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """assert_close relative to the tensors' scale.
+
+    Untrained networks in eval mode can have tiny outputs (EfficientNet's are ~1e-14 with fresh BatchNorm
+    statistics), where a fixed absolute tolerance would make every comparison pass.
+    """
+    scale = expected.abs().max().item() or 1.0
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+def _differ(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Exact inequality: a dropped sample or unit changes the output exactly, whatever its scale."""
+    return not torch.equal(a, b)
+
+
+def test_registry_lists_every_family() -> None:
+    assert ALL == sorted(ALL)
+    assert sorted(SMALL + IMAGENET) == ALL
+    assert all(is_model(name) for name in ALL)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_shape(name: str) -> None:
+    channels = (1, 3)
+    for in_chans in channels:
+        model = create_model(name, NUM_CLASSES, in_chans=in_chans).eval()
+        with torch.no_grad():
+            out = model(_input(name, in_chans=in_chans))
+        assert out.shape == (2, NUM_CLASSES)
+        assert torch.isfinite(out).all()
+        assert model.num_classes == NUM_CLASSES
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_features_and_head_compose_to_forward(name: str) -> None:
+    model = create_model(name, NUM_CLASSES).eval()
+    x = _input(name)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.ndim == 4 and feats.shape[:2] == (2, model.num_features)
+        assert isinstance(model.num_features, int)
+        pooled = model.forward_head(feats, pre_logits=True)
+        assert pooled.shape == (2, model.num_features)
+        expected = model.head.norm(feats.mean(dim=(2, 3), keepdim=True)).flatten(1)  # ConvNeXt norms; others Identity
+        _assert_close(pooled, expected)
+        _assert_close(model.forward_head(feats), model(x))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_drop_path_adds_noise_only_when_asked(name: str) -> None:
+    x = _input(name, batch=8)
+    noisy = _noise_only_train(create_model(name, NUM_CLASSES, drop_path_rate=0.5))
+    rates = [m.p for m in noisy.modules() if isinstance(m, StochasticDepth)]
+    assert rates and max(rates) > 0
+    with torch.no_grad():
+        assert _differ(noisy(x), noisy(x)), "drop path 0.5 in train mode changed nothing"
+        noisy.eval()  # the teacher labels clean: no noise at evaluation
+        _assert_close(noisy(x), noisy(x))
+
+    clean = _noise_only_train(create_model(name, NUM_CLASSES, drop_rate=0.0, drop_path_rate=0.0))
+    assert all(m.p == 0 for m in clean.modules() if isinstance(m, StochasticDepth))
+    with torch.no_grad():
+        _assert_close(clean(x), clean(x))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_dropout_before_classifier(name: str) -> None:
+    x = _input(name, batch=4)
+    model = create_model(name, NUM_CLASSES, drop_rate=0.5, drop_path_rate=0.0)
+    assert model.head.drop.p == 0.5
+    _noise_only_train(model)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        _assert_close(feats, model.forward_features(x))  # no noise before the head
+        assert _differ(model.forward_head(feats), model.forward_head(feats))
+
+
+@pytest.mark.parametrize("name", SMALL + ["resnet18", "resnet50"])
+def test_our_drop_path_rises_linearly_over_every_block(name: str) -> None:
+    model = create_model(name, NUM_CLASSES, drop_path_rate=0.3)
+    rates = [m.p for m in model.modules() if isinstance(m, StochasticDepth)]
+    blocks = [m for m in model.modules() if hasattr(m, "drop_path")]
+    assert len(rates) == len(blocks) > 1
+    assert rates == pytest.approx(drop_path_rates(len(rates), 0.3))
+    assert rates[0] == 0 and rates[-1] == pytest.approx(0.3)
+
+
+def test_none_options_are_dropped_and_defaults_are_noise_free() -> None:
+    for name in ("resnet8", "wrn_16_2", "efficientnet_b0", "convnext_tiny"):
+        model = create_model(name, NUM_CLASSES, drop_rate=None, drop_path_rate=None)
+        assert model.head.drop.p == 0
+        assert all(m.p == 0 for m in model.modules() if isinstance(m, StochasticDepth))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_reset_classifier_changes_output_width(name: str) -> None:
+    model = create_model(name, NUM_CLASSES).eval()
+    model.reset_classifier(3)
+    assert model.num_classes == 3
+    with torch.no_grad():
+        assert model(_input(name)).shape == (2, 3)
+
+
+def test_unknown_name_lists_known_names() -> None:
+    with pytest.raises(UserError) as err:
+        create_model("resnet9000", NUM_CLASSES)
+    message = str(err.value)
+    assert "resnet9000" in message
+    for name in ALL:
+        assert name in message
+    assert "wrn_D_K" in message
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"num_classes": 0}, {"in_chans": 0}, {"drop_rate": 1.0}, {"drop_path_rate": -0.1}]
+)
+def test_out_of_range_arguments_are_user_errors(kwargs: dict) -> None:
+    args = {"num_classes": NUM_CLASSES, **kwargs}
+    field = next(iter(kwargs))
+    with pytest.raises(UserError, match=field):
+        create_model("resnet8", **args)
+
+
+def test_any_wrn_depth_width_parses() -> None:
+    assert is_model("wrn_10_3") and not is_model("wrn_10_3_x")
+    model = create_model("wrn_10_3", NUM_CLASSES, in_chans=1).eval()
+    assert model.depth == 10 and model.num_features == 64 * 3
+    with torch.no_grad():
+        assert model(_input("wrn_16_2", in_chans=1)).shape == (2, NUM_CLASSES)
+    for bad in ("wrn_11_2", "wrn_4_2", "wrn_16_0"):
+        assert not is_model(bad)
+        with pytest.raises(UserError, match="unknown model"):
+            create_model(bad, NUM_CLASSES)
+
+
+def test_params_grow_along_the_ladders() -> None:
+    def params(name: str) -> int:
+        return model_num_params(create_model(name, NUM_CLASSES))
+
+    assert params("resnet8") < params("resnet14") < params("resnet20") < params("resnet26")
+    assert params("wrn_16_2") < params("wrn_28_2") < params("wrn_40_2")
+    assert params("wrn_16_2") < params("wrn_16_4")
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_2", "resnet18"])
+def test_gradients_reach_the_first_layer(name: str) -> None:
+    """One training step's worth: the loss flows from the classifier back to the (adapted) first conv."""
+    model = create_model(name, NUM_CLASSES, in_chans=1, drop_rate=0.2, drop_path_rate=0.2).train()
+    loss = nn.functional.cross_entropy(model(_input(name, batch=4, in_chans=1)), torch.arange(4))
+    loss.backward()
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert first_conv.in_channels == 1
+    assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
+
+
+def test_torchvision_models_match_torchvision_layout() -> None:
+    """The wrapper reuses torchvision's layers: same parameter count as torchvision's own model."""
+    import torchvision.models as tvm
+
+    for name in ("resnet50", "efficientnet_b0", "convnext_tiny"):
+        ours = create_model(name, NUM_CLASSES)
+        assert isinstance(ours, TorchvisionNet)
+        theirs = getattr(tvm, name)(weights=None, num_classes=NUM_CLASSES)
+        assert model_num_params(ours) == model_num_params(theirs)
