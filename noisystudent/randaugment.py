@@ -45,8 +45,13 @@ The grammar of :func:`parse_randaugment` (the timm convention): ``rand-m<M>-n<N>
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Callable
+
+# albumentations asks PyPI for a newer version at import (a network call in every fresh Ray worker);
+# clusters are often offline, so opt out unless the user decided otherwise.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A
 import cv2

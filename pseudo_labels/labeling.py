@@ -78,6 +78,27 @@ _OUT_SCHEMA = pa.schema(
 # the actor
 
 
+class _Pinned:
+    """A value put in the object store once by the driver and fetched by each actor in ``__init__``.
+
+    Why not pass the source and teachers directly: constructor arguments above Ray's inline limit
+    (100 KB) land in the object store without an owner that keeps them for actor restarts, and Ray
+    logs an error that restarting the actor could fail (ray-project/ray#53727). A reference wrapped in
+    an object is not resolved by Ray, keeps the constructor arguments tiny, and stays valid for as
+    long as the driver holds it, i.e. for the whole job, so a restarted actor can fetch it again.
+    """
+
+    def __init__(self, value: Any) -> None:
+        import ray
+
+        self.ref = ray.put(value)
+
+    def get(self) -> Any:
+        import ray
+
+        return ray.get(self.ref)
+
+
 class Labeler:
     """Ray Data callable class: decodes a batch of source indices and labels it with the teacher(s).
 
@@ -89,7 +110,7 @@ class Labeler:
     def __init__(
         self,
         source: Any,
-        teachers: Sequence[Checkpoint],
+        teachers: Sequence[Checkpoint] | _Pinned,
         temperature: float = 1.0,
         topk: Optional[int] = None,
         device: str = "cpu",
@@ -100,6 +121,10 @@ class Labeler:
 
         from noisystudent.transforms import create_transform
 
+        if isinstance(source, _Pinned):
+            source = source.get()
+        if isinstance(teachers, _Pinned):
+            teachers = teachers.get()
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
         if device == "cuda" and not torch.cuda.is_available():
@@ -356,8 +381,8 @@ def _run_ray(source: Any, teachers: list[Checkpoint], out: Path, chunks: list[in
         ds = ray.data.from_arrow(blocks).map_batches(
             Labeler,
             fn_constructor_kwargs={
-                "source": source,
-                "teachers": teachers,
+                "source": _Pinned(source),
+                "teachers": _Pinned(teachers),
                 "temperature": temperature,
                 "topk": topk,
                 "device": "cuda" if num_gpus_per_actor > 0 else "cpu",

@@ -35,7 +35,7 @@ def fmnist_available() -> bool:
     return (FMNIST_ROOT / "train-images-idx3-ubyte.gz").exists()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def require_fmnist(fmnist_available):
     if not fmnist_available:
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")

@@ -153,6 +153,9 @@ def test_subset_and_pickle_keep_ids_and_labels(tree: Path) -> None:
     np.testing.assert_array_equal(clone.load(0), src.load(9))
     with pytest.raises(IndexError):
         src.subset([len(src)])
+    mask = np.zeros(len(src), dtype=bool)
+    mask[[2, 5]] = True
+    assert src.subset(mask).image_ids() == [src.image_id(2), src.image_id(5)]
 
 
 def test_image_folder_errors(tmp_path: Path) -> None:
@@ -219,6 +222,21 @@ def test_unlabeled_folder_nested(tmp_path: Path) -> None:
         UnlabeledFolderSource(empty)
     with pytest.raises(UserError, match="not found"):
         UnlabeledFolderSource(tmp_path / "missing")
+
+
+def test_unlabeled_folder_verify_on_many_files_keeps_order(tmp_path: Path) -> None:
+    # enough files for the threaded check; the result must not depend on thread timing
+    root = tmp_path / "many"
+    root.mkdir()
+    for k in range(70):
+        _gray(4, 4, k).save(root / f"{k:03d}.png")
+    (root / "010x.png").write_bytes(b"bad")
+    (root / "050x.png").write_bytes(b"")
+    with pytest.warns(SkippedImagesWarning, match="skipped 2"):
+        src = UnlabeledFolderSource(root, in_chans=1, verify=True)
+    assert src.image_ids() == [f"{k:03d}.png" for k in range(70)]
+    assert [iid for iid, _ in src.skipped] == ["010x.png", "050x.png"]
+    assert src.load(69)[0, 0, 0] == 69
 
 
 # --------------------------------------------------------------------------------------------------
@@ -424,6 +442,12 @@ def test_source_dataset_skips_corrupt_images(tmp_path: Path) -> None:
     assert torch.allclose(images[1, 0, 0, 0], torch.tensor(10 / 255))
     assert targets.tolist() == [-1] * 5 and indices.tolist() == [2, 3, 4, 5, 6]
     assert ds.skipped == 2
+
+    # worker processes count their own skips: the main process's counter stays untouched
+    ds2 = SourceDataset(src)
+    loader2 = DataLoader(ds2, batch_size=3, num_workers=2, collate_fn=collate_skip_none)
+    got = sorted(int(i) for b in loader2 if b is not None for i in b[2])
+    assert got == [2, 3, 4, 5, 6] and ds2.skipped == 0
 
 
 def test_source_dataset_targets_and_transforms(tree: Path) -> None:

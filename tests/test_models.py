@@ -32,9 +32,13 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-def _input(name: str, batch: int = 2, in_chans: int = 3) -> torch.Tensor:
-    """Small models see Fashion-MNIST/CIFAR sizes; torchvision ones (32x downsampling) their smallest, 32x32."""
-    size = 28 if name in SMALL and in_chans == 1 else 32
+def _input(name: str, batch: int = 2, in_chans: int = 3, small_size: int | None = None) -> torch.Tensor:
+    """Small models see Fashion-MNIST/CIFAR sizes (or ``small_size`` to save time); torchvision ones
+    (32x downsampling) their smallest, 32x32."""
+    if name in SMALL:
+        size = small_size or (28 if in_chans == 1 else 32)
+    else:
+        size = 32
     return torch.randn(batch, in_chans, size, size)
 
 
@@ -100,7 +104,7 @@ def test_features_and_head_compose_to_forward(name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_drop_path_adds_noise_only_when_asked(name: str) -> None:
-    x = _input(name, batch=8)
+    x = _input(name, batch=8, small_size=16)
     noisy = _noise_only_train(create_model(name, NUM_CLASSES, drop_path_rate=0.5))
     rates = [m.p for m in noisy.modules() if isinstance(m, StochasticDepth)]
     assert rates and max(rates) > 0
@@ -117,7 +121,7 @@ def test_drop_path_adds_noise_only_when_asked(name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_dropout_before_classifier(name: str) -> None:
-    x = _input(name, batch=4)
+    x = _input(name, batch=4, small_size=16)
     model = create_model(name, NUM_CLASSES, drop_rate=0.5, drop_path_rate=0.0)
     assert model.head.drop.p == 0.5
     _noise_only_train(model)

@@ -89,8 +89,13 @@ class ImageSource:
         The original is left untouched; ``skipped`` is carried over because it describes how the
         source was built, not which images were kept.
         """
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = len(self)
+        raw = np.asarray(indices)
+        if raw.dtype == bool:  # a mask: an int cast would silently turn it into indices 0 and 1
+            if raw.shape != (n,):
+                raise IndexError(f"a boolean mask must have {n} entries, got shape {raw.shape}")
+            raw = np.flatnonzero(raw)
+        idx = raw.astype(np.int64).reshape(-1)
         if idx.size and (idx.min() < -n or idx.max() >= n):
             raise IndexError(f"subset index out of range for a source of {n} images")
         idx = np.where(idx < 0, idx + n, idx)

@@ -57,10 +57,12 @@ class ClassifierHead(nn.Module):
     def reset(self, num_classes: int) -> None:
         """Replace the linear layer with a freshly initialised one of ``num_classes`` outputs."""
         device = next(self.fc.parameters()).device
+        self.fc = nn.Linear(self.num_features, num_classes, device=device)
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.flatten(self.norm(self.pool(x)))
+        x = self.drop(x)
         return x if pre_logits else self.fc(x)
 
 
