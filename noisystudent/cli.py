@@ -350,7 +350,7 @@ def labels_inspect(path, rows):
 
     if not Path(path).exists():
         raise UserError(f"path not found: {path}")
-    click.echo(inspect_labels(path, n_rows=rows))
+    click.echo(inspect_labels(path, rows=rows))
 
 
 @main.command()

@@ -194,17 +194,19 @@ def select(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False) -> d
     pl = cfg.pseudo_labels
     selected, summary = select_pseudo_labels(df, meta.num_classes, threshold=pl.threshold, per_class=pl.per_class)
     write_selection(out, selected, summary, meta)
-    _log(f"[gen {g}] selected {summary.get('rows_after', len(selected))} of {len(df)} pseudo-labels")
+    _log(f"[gen {g}] selected {summary['rows_selected']} of {len(df)} pseudo-labels "
+         f"({summary['weighted_rows_selected']} after balancing duplicates)")
     run.mark_done(step, time.perf_counter() - t0, [out / "summary.json"])
     return summary
 
 
 def pseudo_set(run: RunDir, cfg: ExperimentConfig, g: int) -> PseudoLabeledSet:
     """Generation ``g``'s selected pseudo-labels as a training set (soft rows from top-k, duplicate counts)."""
-    from pseudo_labels import read_selection, soft_targets
+    from pseudo_labels import read_metadata, read_selection, soft_targets
 
     data = load_data(cfg)
-    df, meta = read_selection(run.selected_dir(g))
+    df = read_selection(run.selected_dir(g))
+    meta = read_metadata(run.selected_dir(g))
     src = data.unlabeled
     index = {src.image_id(i): i for i in range(len(src))}
     missing = [i for i in df["image_id"] if i not in index]
@@ -274,11 +276,12 @@ def evaluate_generation(run: RunDir, cfg: ExperimentConfig, g: int, force: bool 
         "test_acc": student.get("test_acc"),
         "teacher_test_acc": teacher_metrics.get("test_acc"),
         "pseudo_label_acc": labels.get("pseudo_label_accuracy"),
-        "pseudo_label_acc_selected": selected.get("accuracy_after"),
+        "pseudo_label_acc_selected": selected.get("accuracy_selected_weighted"),
         "pseudo_labels": labels.get("rows"),
         "rejected": labels.get("rejected"),
-        "selected": selected.get("rows_after"),
-        "labeling_images_per_s": labels.get("images_per_s"),
+        "selected": selected.get("rows_selected"),
+        "selected_weighted": selected.get("weighted_rows_selected"),
+        "labeling_images_per_s": labels.get("throughput_images_per_s"),
         "student_images_per_s": student.get("images_per_s"),
         "seconds": {s.split("/")[1]: st[s]["seconds"] for s in st if s.startswith(f"gen-{g}/")},
     }

@@ -21,9 +21,14 @@ The teachers travel to the actors inside the constructor arguments (spec and wei
 on the driver with :func:`~noisystudent.checkpoint.load_checkpoint`), so workers need no access to the
 checkpoint files either. Each actor builds its models once, in ``__init__``.
 
+Ray Data logs "has constructor arguments in the object store and max_restarts > 0" for every actor
+pool it starts (its own map-transformer reference, ray-project/ray#53727); it does not come from the
+arguments here and does not affect results.
+
 A re-run first removes ``.tmp-*`` leftovers of a killed run, keeps every finished shard untouched and
 labels only the missing chunks. ``_SUCCESS`` is written last, after ``rejected.csv`` and
-``summary.json``; with it present a re-run returns the existing summary, and ``force=True`` deletes
+``summary.json``; with it present a re-run returns the existing summary (after checking that the
+folder holds labels of the same images, teachers, temperature and top-k), and ``force=True`` deletes
 the folder's labeling files and starts again.
 """
 
@@ -78,27 +83,6 @@ _OUT_SCHEMA = pa.schema(
 # the actor
 
 
-class _Pinned:
-    """A value put in the object store once by the driver and fetched by each actor in ``__init__``.
-
-    Why not pass the source and teachers directly: constructor arguments above Ray's inline limit
-    (100 KB) land in the object store without an owner that keeps them for actor restarts, and Ray
-    logs an error that restarting the actor could fail (ray-project/ray#53727). A reference wrapped in
-    an object is not resolved by Ray, keeps the constructor arguments tiny, and stays valid for as
-    long as the driver holds it, i.e. for the whole job, so a restarted actor can fetch it again.
-    """
-
-    def __init__(self, value: Any) -> None:
-        import ray
-
-        self.ref = ray.put(value)
-
-    def get(self) -> Any:
-        import ray
-
-        return ray.get(self.ref)
-
-
 class Labeler:
     """Ray Data callable class: decodes a batch of source indices and labels it with the teacher(s).
 
@@ -110,7 +94,7 @@ class Labeler:
     def __init__(
         self,
         source: Any,
-        teachers: Sequence[Checkpoint] | _Pinned,
+        teachers: Sequence[Checkpoint],
         temperature: float = 1.0,
         topk: Optional[int] = None,
         device: str = "cpu",
@@ -121,14 +105,10 @@ class Labeler:
 
         from noisystudent.transforms import create_transform
 
-        if isinstance(source, _Pinned):
-            source = source.get()
-        if isinstance(teachers, _Pinned):
-            teachers = teachers.get()
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
         if device == "cuda" and not torch.cuda.is_available():
-            device = "cpu"
+            raise RuntimeError("labeling actor was given a GPU but torch sees no CUDA device")
         self.device = torch.device(device)
         self.half = self.device.type == "cuda"
         self.source = source
@@ -149,26 +129,28 @@ class Labeler:
             self.models.append((key, model))
         self.pool = ThreadPoolExecutor(decode_threads) if decode_threads > 1 else None
 
-    def _decode(self, i: int) -> tuple[Optional[np.ndarray], str]:
+    def _load(self, i: int) -> tuple[Optional[dict[tuple, Any]], str]:
+        """Decode image ``i`` and apply each teacher input transform; or None and why it failed."""
         try:
-            return self.source.load(int(i)), ""
+            img = self.source.load(int(i))
         except ImageDecodeError as exc:
             return None, exc.reason or "unreadable"
         except (OSError, ValueError) as exc:  # a source that does not wrap its decoder's errors
             return None, f"{type(exc).__name__}: {exc}"
+        return {key: tf(img) for key, tf in self.transforms.items()}, ""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         import torch
 
         indices = np.asarray(batch["index"], dtype=np.int64)
         ids = [self.source.image_id(int(i)) for i in indices]
-        decoded = list(self.pool.map(self._decode, indices)) if self.pool else [self._decode(i) for i in indices]
-        ok = [k for k, (img, _) in enumerate(decoded) if img is not None]
-        bad = [k for k, (img, _) in enumerate(decoded) if img is None]
+        # Pillow and the resize release the GIL, so threads decode in parallel within one actor.
+        loaded = list(self.pool.map(self._load, indices)) if self.pool else [self._load(i) for i in indices]
+        ok = [k for k, (x, _) in enumerate(loaded) if x is not None]
+        bad = [k for k, (x, _) in enumerate(loaded) if x is None]
         parts = []
         if ok:
-            images = [decoded[k][0] for k in ok]
-            inputs = {key: torch.stack([tf(img) for img in images]) for key, tf in self.transforms.items()}
+            inputs = {key: torch.stack([loaded[k][0][key] for k in ok]) for key in self.transforms}
             probs = self._probs(inputs)
             t = probs_to_table([ids[k] for k in ok], probs, self.topk, self.teacher_id)
             t = t.cast(_NULLABLE_LABELS)
@@ -179,7 +161,7 @@ class Labeler:
             cols = {
                 "index": pa.array(indices[bad], type=pa.int64()),
                 "image_id": pa.array([ids[k] for k in bad], type=pa.string()),
-                "reject_reason": pa.array([decoded[k][1] for k in bad], type=pa.string()),
+                "reject_reason": pa.array([loaded[k][1] for k in bad], type=pa.string()),
             }
             parts.append(pa.table([cols.get(f.name, pa.nulls(n, f.type)) for f in _OUT_SCHEMA], schema=_OUT_SCHEMA))
         return pa.concat_tables(parts) if parts else _OUT_SCHEMA.empty_table()
@@ -277,27 +259,27 @@ def _remove_outputs(out: Path) -> None:
     clean_temporaries(out)
 
 
-def _check_job(out: Path, job: dict[str, Any]) -> None:
-    """Write ``_job.json`` on a fresh folder; on a resumed one refuse any difference."""
+def _check_job(out: Path, job: dict[str, Any], reuse: bool = False) -> None:
+    """Write ``_job.json`` on a fresh folder; on an existing one refuse any difference that matters.
+
+    Resuming needs everything equal, the chunk size included (chunks of another size would overlap).
+    Reusing a finished folder (``reuse``) needs the same images, teachers, temperature and top-k.
+    """
     path = out / JOB_FILE
     if not path.is_file():
-        if any(out.glob(SHARD_GLOB)):
-            raise UserError(f"{out} holds shards but no {JOB_FILE}; it was not written by this job (use force to relabel)")
+        if reuse or any(out.glob(SHARD_GLOB)):
+            raise UserError(f"{out} holds labels but no {JOB_FILE}; they were not written by this job (use force to relabel)")
         write_json(path, job)
         return
     old = read_json(path)
-    for key in ("num_images", "chunk_size", "image_ids_sha256"):
-        if old.get(key) != job[key]:
-            raise UserError(
-                f"cannot resume labeling in {out}: {key} was {old.get(key)!r}, now {job[key]!r} "
-                "(the unlabeled source or chunk size changed); use force to relabel"
-            )
-    for key, value in job["metadata"].items():
-        if old.get("metadata", {}).get(key) != value:
-            raise UserError(
-                f"cannot resume labeling in {out}: {key} was {old.get('metadata', {}).get(key)!r}, "
-                f"now {value!r}; use force to relabel"
-            )
+    old_meta = old.get("metadata", {})
+    pairs = [(key, old.get(key), job[key]) for key in ("num_images", "image_ids_sha256", "chunk_size")]
+    pairs += [(key, old_meta.get(key), value) for key, value in job["metadata"].items()]
+    for key, was, now in pairs:
+        if reuse and key == "chunk_size":
+            continue
+        if was != now:
+            raise UserError(f"{out} holds labels of another job: {key} was {was!r}, now {now!r}; use force to relabel")
 
 
 def _histogram(values: np.ndarray, bins: int = CONFIDENCE_BINS) -> dict[str, list]:
@@ -344,8 +326,8 @@ class _ShardWriter:
         table = table.take(pa.array(order))
         reasons = table["reject_reason"].to_pylist()
         ok = pa.array([r == "" for r in reasons])
-        labeled = table.filter(ok).select(list(COLUMNS))
-        labeled = pa.Table.from_arrays([col.combine_chunks() for col in labeled.columns], schema=SCHEMA)
+        # cast: back to the non-nullable schema, and undo any type widening on the way through Ray
+        labeled = table.filter(ok).select(list(COLUMNS)).cast(SCHEMA).combine_chunks()
         ids = table["image_id"].to_pylist()
         rejected = [(i, r) for i, r in zip(ids, reasons) if r != ""]
         write_shard(self.out / shard_name(c), labeled, self.metadata, rejected)
@@ -381,8 +363,8 @@ def _run_ray(source: Any, teachers: list[Checkpoint], out: Path, chunks: list[in
         ds = ray.data.from_arrow(blocks).map_batches(
             Labeler,
             fn_constructor_kwargs={
-                "source": _Pinned(source),
-                "teachers": _Pinned(teachers),
+                "source": source,
+                "teachers": teachers,
                 "temperature": temperature,
                 "topk": topk,
                 "device": "cuda" if num_gpus_per_actor > 0 else "cpu",
@@ -494,21 +476,6 @@ def label_images(
     )
     teacher_paths = [str(p) for p in checkpoints]
 
-    if force and out.is_dir():
-        _remove_outputs(out)
-    elif is_complete(out) and (out / SUMMARY_FILE).is_file():
-        summary = read_json(out / SUMMARY_FILE)
-        for key in ("teachers", "temperature", "topk"):
-            if summary.get(key) != getattr(metadata, key):
-                raise UserError(
-                    f"labels in {out} were made with {key}={summary.get(key)!r}, not {getattr(metadata, key)!r}; "
-                    "use force to relabel"
-                )
-        return summary
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SUCCESS).unlink(missing_ok=True)
-    clean_temporaries(out)
     n = len(source)
     if n == 0:
         raise UserError("the unlabeled source holds no images")
@@ -518,6 +485,15 @@ def label_images(
         "image_ids_sha256": _ids_hash(source),
         "metadata": asdict(metadata),
     }
+    if force and out.is_dir():
+        _remove_outputs(out)
+    elif is_complete(out) and (out / SUMMARY_FILE).is_file():
+        _check_job(out, job, reuse=True)
+        return read_json(out / SUMMARY_FILE)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SUCCESS).unlink(missing_ok=True)
+    clean_temporaries(out)
     _check_job(out, job)
 
     n_chunks = math.ceil(n / chunk_size)

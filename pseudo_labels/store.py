@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from noisystudent.errors import UserError
 from noisystudent.io import atomic_path
 
-from .schema import METADATA_KEY, LabelMetadata
+from .schema import LabelMetadata
 
 SUCCESS = "_SUCCESS"
 SHARD_GLOB = "part-*.parquet"

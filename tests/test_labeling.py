@@ -188,6 +188,8 @@ def test_other_job_in_folder_is_refused(world, labeled, tmp_path):
     done, _ = labeled
     with pytest.raises(UserError, match="teachers.*use force"):
         label_images(world["source"], [world["t2"]], done, **RUN)
+    with pytest.raises(UserError, match="num_images was 93, now 31"):
+        label_images(world["source"].subset(range(31)), [world["t1"]], done, **RUN)
     partial = tmp_path / "partial"
     shutil.copytree(done, partial)
     (partial / "_SUCCESS").unlink()

@@ -183,7 +183,7 @@ def test_any_wrn_depth_width_parses() -> None:
     assert model.depth == 10 and model.num_features == 64 * 3
     with torch.no_grad():
         assert model(_input("wrn_16_2", in_chans=1)).shape == (2, NUM_CLASSES)
-    for bad in ("wrn_11_2", "wrn_4_2", "wrn_16_0"):
+    for bad in ("wrn_11_2", "wrn_4_2", "wrn_16_0", "wrn_016_2"):
         assert not is_model(bad)
         with pytest.raises(UserError, match="unknown model"):
             create_model(bad, NUM_CLASSES)

@@ -56,8 +56,8 @@ class ClassifierHead(nn.Module):
 
     def reset(self, num_classes: int) -> None:
         """Replace the linear layer with a freshly initialised one of ``num_classes`` outputs."""
-        device = next(self.fc.parameters()).device
-        self.fc = nn.Linear(self.num_features, num_classes, device=device)
+        old = next(self.fc.parameters())
+        self.fc = nn.Linear(self.num_features, num_classes, device=old.device, dtype=old.dtype)
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -129,7 +129,7 @@ def wrn_40_2(**kwargs) -> WideResNet:
     return _create_wrn(40, 2, **kwargs)
 
 
-_WRN_NAME = re.compile(r"wrn_(\d+)_(\d+)")
+_WRN_NAME = re.compile(r"wrn_([1-9]\d*)_([1-9]\d*)")
 
 
 @register_family("wrn_D_K (Wide ResNet of depth D = 6n+4 >= 10 and widen factor K >= 1, e.g. wrn_22_8)")

@@ -101,12 +101,12 @@ def _first(d: Optional[dict], *keys: str) -> Any:
 _FALLBACKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "test_acc": ("student", ("test_acc",)),
     "model": ("student", ("model",)),
-    "pseudo_label_acc": ("labels", ("pseudo_label_accuracy", "accuracy_all")),
-    "pseudo_label_acc_selected": ("selection", ("accuracy_after", "accuracy_selected_weighted", "accuracy_selected")),
+    "pseudo_label_acc": ("labels", ("pseudo_label_accuracy",)),
+    "pseudo_label_acc_selected": ("selection", ("accuracy_selected_weighted", "accuracy_selected")),
     "pseudo_labels": ("labels", ("rows",)),
     "rejected": ("labels", ("rejected",)),
-    "selected": ("selection", ("rows_after", "rows_selected")),
-    "labeling_images_per_s": ("labels", ("images_per_s", "throughput_images_per_s")),
+    "selected": ("selection", ("rows_selected",)),
+    "labeling_images_per_s": ("labels", ("throughput_images_per_s",)),
     "student_images_per_s": ("student", ("images_per_s",)),
 }
 

@@ -1,0 +1,158 @@
+"""The Noisy Student loop end to end on a small real Fashion-MNIST subset, with a real local Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from noisystudent.cli import main
+from noisystudent.config import config_from_dict
+from noisystudent.errors import UserError
+from pipelines import steps
+from pseudo_labels import read_labels
+from pipelines.loop import run_all
+from pipelines.state import RunDir
+
+
+def tiny(**over) -> dict:
+    d = {
+        "name": "tiny",
+        "data": {"kind": "fashion_mnist", "labels_per_class": 30, "unlabeled_limit": 600, "test_limit": 500},
+        "teacher": {"name": "resnet8"},
+        "teacher_train": {"epochs": 3, "batch_size": 50, "lr": 0.05},
+        "pseudo_labels": {"num_actors": 1, "batch_size": 200, "threshold": 0.0, "per_class": 0},
+        "student": {
+            "generations": 2,
+            "ratio": 2,
+            "ladder": [{"name": "resnet8", "drop_rate": 0.2, "drop_path_rate": 0.1},
+                       {"name": "resnet14", "drop_rate": 0.3, "drop_path_rate": 0.1}],
+            "train": {"epochs": 1, "batch_size": 50, "lr": 0.05, "steps_per_epoch": 4},
+        },
+        "ray": {"workers": 0},
+    }
+    for k, v in over.items():
+        d[k] = {**d.get(k, {}), **v} if isinstance(v, dict) else v
+    return d
+
+
+@pytest.fixture(scope="module")
+def two_generations(tmp_path_factory, require_fmnist, ray_session):
+    run_dir = tmp_path_factory.mktemp("run")
+    rows = run_all(config_from_dict(tiny()), run_dir, progress=False)
+    return run_dir, rows
+
+
+def test_two_generations_write_every_artifact(two_generations):
+    run_dir, rows = two_generations
+    assert [r["generation"] for r in rows] == [0, 1, 2]
+    run = RunDir(run_dir)
+    for p in ["config.yaml", "state.json", "gen-0/teacher/model.pt", "gen-0/teacher/metrics.json", "gen-0/teacher/history.csv"]:
+        assert (run_dir / p).is_file(), p
+    for g in (1, 2):
+        for p in ["labels/_SUCCESS", "labels/summary.json", "labels/rejected.csv", "selected/_SUCCESS",
+                  "selected/summary.json", "student/model.pt", "student/metrics.json", "student/history.csv", "metrics.json"]:
+            assert (run_dir / f"gen-{g}" / p).is_file(), f"gen-{g}/{p}"
+        assert list((run_dir / f"gen-{g}" / "labels").glob("part-*.parquet"))
+        m = json.loads((run_dir / f"gen-{g}" / "metrics.json").read_text())
+        assert m["pseudo_labels"] == 600 and 0 <= m["pseudo_label_acc"] <= 1 and m["test_acc"] is not None
+        assert m["pseudo_label_acc_selected"] is not None
+    st = run.state()
+    assert set(st["steps"]) == {"gen-0/teacher"} | {f"gen-{g}/{s}" for g in (1, 2)
+                                                    for s in ("label", "select", "student", "evaluate", "promote")}
+    # gen 2 was labeled by gen 1's student, and the ladder built the right models
+    assert run.teacher_of(2) == run_dir / "gen-1" / "student" / "model.pt"
+    labels2 = read_labels(run_dir / "gen-2" / "labels")
+    student1 = json.loads((run_dir / "gen-1" / "student" / "metrics.json").read_text())
+    assert set(labels2["teacher"]) == {student1["checkpoint_id"]}
+    assert json.loads((run_dir / "gen-2" / "student" / "metrics.json").read_text())["model"] == "resnet14"
+    assert not list(run_dir.rglob(".tmp-*"))
+
+
+def test_rerun_skips_finished_steps(two_generations):
+    run_dir, _ = two_generations
+    before = (run_dir / "state.json").read_text()
+    mtimes = {p: p.stat().st_mtime_ns for p in run_dir.rglob("model.pt")}
+    run_all(config_from_dict(tiny()), run_dir, progress=False)
+    after = json.loads((run_dir / "state.json").read_text())
+    assert after["steps"] == json.loads(before)["steps"]
+    assert mtimes == {p: p.stat().st_mtime_ns for p in run_dir.rglob("model.pt")}
+
+
+def test_changed_config_is_refused(two_generations, tmp_path):
+    run_dir, _ = two_generations
+    with pytest.raises(UserError, match="teacher_train.lr"):
+        run_all(config_from_dict(tiny(teacher_train={"epochs": 3, "batch_size": 50, "lr": 0.1})), run_dir, progress=False)
+    cfg_file = tmp_path / "changed.yaml"
+    cfg_file.write_text(yaml.safe_dump(tiny(seed=5)))
+    res = CliRunner().invoke(main, ["run", str(cfg_file), "--run-dir", str(run_dir)])
+    assert res.exit_code == 2 and "seed" in res.output and res.output.startswith("error:")
+
+
+def test_more_generations_is_allowed_and_status(two_generations):
+    run_dir, _ = two_generations
+    res = CliRunner().invoke(main, ["status", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert lines[0].split()[:3] == ["gen", "model", "steps"]
+    assert len(lines) == 4 and "5/5" in lines[2] and "resnet14" in lines[3]
+    res = CliRunner().invoke(main, ["status", str(run_dir), "--json"])
+    rows = json.loads(res.output)
+    m2 = json.loads((run_dir / "gen-2" / "metrics.json").read_text())
+    assert rows[2]["test_acc"] == m2["test_acc"] and rows[2]["pseudo_label_acc"] == m2["pseudo_label_acc"]
+
+
+def test_step_commands_need_their_inputs(tmp_path, require_fmnist):
+    run = RunDir(tmp_path / "r")
+    cfg = run.freeze_config(config_from_dict(tiny()))
+    with pytest.raises(UserError, match="no finished labels"):
+        steps.select(run, cfg, 1)
+    with pytest.raises(UserError, match="no selected pseudo-labels"):
+        steps.train_student(run, cfg, 1)
+    res = CliRunner().invoke(main, ["label", str(tmp_path / "nope"), "--generation", "1"])
+    assert res.exit_code == 2 and "not a run folder" in res.output
+
+
+def test_kill_during_student_then_run_finishes(tmp_path, require_fmnist, ray_session):
+    """SIGKILL the student step mid-way; `run` then completes it without redoing finished steps."""
+    d = tiny(student={"generations": 1, "ratio": 2, "ladder": [{"name": "resnet8", "drop_rate": 0.2}],
+                      "train": {"epochs": 6, "batch_size": 50, "lr": 0.05, "steps_per_epoch": 6}})
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump(d))
+    run_dir = tmp_path / "run"
+    run = RunDir(run_dir)
+    cfg = run.freeze_config(config_from_dict(d))
+    steps.train_teacher(run, cfg, progress=False)
+    steps.label(run, cfg, 1, progress=False)
+    steps.select(run, cfg, 1)
+    finished = {k: v["finished"] for k, v in run.state()["steps"].items()}
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "noisystudent.cli", "student", str(run_dir), "-g", "1", "--quiet"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "gen-1" / "student" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert last.exists(), "student never wrote its first epoch"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "gen-1" / "student" / "model.pt").exists()
+    assert "gen-1/student" not in run.state()["steps"]
+
+    res = CliRunner().invoke(main, ["run", str(cfg_file), "--run-dir", str(run_dir), "--quiet"])
+    assert res.exit_code == 0, res.output
+    st = run.state()["steps"]
+    assert {k: st[k]["finished"] for k in finished} == finished, "finished steps were redone"
+    hist = pd.read_csv(run_dir / "gen-1" / "student" / "history.csv")
+    assert list(hist["epoch"]) == [1, 2, 3, 4, 5, 6]
+    assert "gen-1/promote" in st
