@@ -104,7 +104,8 @@ def teacher(config, run_dir, role, labels_per_class, force, sets, ray_address, w
         where = run.teacher_dir()
     else:
         lpc = labels_per_class or (6000 if role == "oracle" and cfg.data.kind == "fashion_mnist" else None)
-        m = steps.train_baseline(run, cfg, role, lpc, progress=not quiet, force=force)
+        m = steps.train_baseline(run, cfg, role, lpc, progress=not quiet, force=force,
+                                 epochs=cfg.oracle_epochs if role == "oracle" else None)
         where = run.baseline_dir(role)
     click.echo(f"{role}: test accuracy {m.get('test_acc', float('nan')):.4f} -> {where / 'model.pt'}")
 

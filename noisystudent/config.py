@@ -54,6 +54,8 @@ class TrainConfig:
     num_workers: int = field(default=0, metadata=_range(0, 256))
     steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))
     eval_every: int = field(default=1, metadata=_range(1))
+    # DDP multiplies the global batch by the number of workers; scale lr with it (Goyal et al., 2017)
+    scale_lr_with_workers: bool = True
 
 
 @dataclass
@@ -148,6 +150,8 @@ class ExperimentConfig:
     pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    # the all-labels oracle sees ~60x more images per epoch than the teacher; it gets its own budget
+    oracle_epochs: int = field(default=5, metadata=_range(1, 10_000))
 
     def student_model(self, generation: int) -> ModelConfig:
         """The ladder's model for ``generation`` (1-based); the last rung repeats for later generations."""

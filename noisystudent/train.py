@@ -216,7 +216,8 @@ def run_training(job: TrainJob, hooks: Optional[TrainHooks] = None) -> dict[str,
     total_epochs = cfg.epochs + finetune_epochs
 
     # --- optimisation -----------------------------------------------------------------------------
-    opt = _make_optimizer(core, cfg, cfg.lr)
+    lr = cfg.lr * (hooks.world_size if cfg.scale_lr_with_workers else 1)
+    opt = _make_optimizer(core, cfg, lr)
     sched = _make_scheduler(opt, cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
     ema = None
     if cfg.ema_decay:

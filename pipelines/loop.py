@@ -36,7 +36,8 @@ def run_all(cfg: ExperimentConfig, run_dir: str | Path, generations: Optional[in
         rows.append(run_generation(run, cfg, g, progress=progress))
     if baselines:
         steps.train_baseline(run, cfg, "supervised", None, progress=progress)
-        steps.train_baseline(run, cfg, "oracle", 6000 if cfg.data.kind == "fashion_mnist" else None, progress=progress)
+        steps.train_baseline(run, cfg, "oracle", 6000 if cfg.data.kind == "fashion_mnist" else None, progress=progress,
+                             epochs=cfg.oracle_epochs)
     st = run.state()
     st["last_run_seconds"] = round(time.perf_counter() - t0, 1)
     run._write_state(st)

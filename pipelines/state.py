@@ -58,8 +58,14 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix]
 
 
-def check_writable(path: Path, min_free_bytes: int = 50 << 20) -> None:
-    """Fail before any work if the run folder cannot be written or its disk is (nearly) full."""
+def check_writable(path: Path, min_free_bytes: Optional[int] = None) -> None:
+    """Fail before any work if the run folder cannot be written or its disk is (nearly) full.
+
+    The free-space floor is ``NOISYSTUDENT_MIN_FREE_MB`` (default 200 MiB): below it a run would die
+    mid-step on a full disk, so it is refused up front.
+    """
+    if min_free_bytes is None:
+        min_free_bytes = int(float(os.environ.get("NOISYSTUDENT_MIN_FREE_MB", "200")) * (1 << 20))
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-probe"
@@ -67,6 +73,8 @@ def check_writable(path: Path, min_free_bytes: int = 50 << 20) -> None:
         probe.unlink()
     except OSError as exc:
         raise UserError(f"run directory {path} is not writable: {exc.strerror or exc}") from None
+    if min_free_bytes <= 0:
+        return
     free = shutil.disk_usage(path).free
     if free < min_free_bytes:
         raise UserError(f"run directory {path} has only {free >> 20} MiB free; need at least {min_free_bytes >> 20} MiB")

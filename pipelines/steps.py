@@ -87,9 +87,12 @@ def train_teacher(run: RunDir, cfg: ExperimentConfig, force: bool = False, progr
 
 
 def train_baseline(run: RunDir, cfg: ExperimentConfig, role: str, labels_per_class: Optional[int], progress: bool = True,
-                   force: bool = False) -> dict:
+                   force: bool = False, epochs: Optional[int] = None) -> dict:
     """A supervised-only reference in ``baselines/<role>``: ``supervised`` (the config's labels, the
-    largest ladder model) or ``oracle`` (every training image labeled)."""
+    largest ladder model) or ``oracle`` (every training image labeled).
+
+    Trained with ``teacher_train`` (its epochs replaced by ``epochs`` when given: 60 times more images
+    per epoch make the oracle's epochs a different budget)."""
     from dataclasses import replace
 
     step = f"baselines/{role}"
@@ -104,7 +107,7 @@ def train_baseline(run: RunDir, cfg: ExperimentConfig, role: str, labels_per_cla
     job = TrainJob(
         spec=spec_for(model_cfg, cfg.data, data.classes),
         model_cfg=model_cfg,
-        train_cfg=cfg.teacher_train,
+        train_cfg=replace(cfg.teacher_train, epochs=epochs or cfg.teacher_train.epochs),
         labeled=data.labeled,
         test=data.test,
         out_dir=out,

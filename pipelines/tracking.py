@@ -48,6 +48,7 @@ GENERATION_TAGS = {
     "pseudo_labels": "pseudo_labels/rows",
     "rejected": "pseudo_labels/rejected",
     "selected": "selection/selected",
+    "selected_weighted": "selection/selected_weighted",
     "labeling_images_per_s": "throughput/labeling_images_per_s",
     "student_images_per_s": "throughput/student_images_per_s",
 }

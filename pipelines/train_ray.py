@@ -11,7 +11,9 @@ job's artifacts into the run folder, which must therefore be shared storage on a
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -78,13 +80,16 @@ def train(job: TrainJob, ray_cfg: RayConfig, fail_at_epoch: Optional[int] = None
     out = Path(job.out_dir).resolve()
     job.out_dir = out
     job.progress = job.progress and ray_cfg.workers == 1
+    storage = out / "ray_train"
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"job": job, "fail_at_epoch": fail_at_epoch},
         scaling_config=ScalingConfig(num_workers=ray_cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(
-            name=f"{job.role}-gen{job.generation}",
-            storage_path=str(out.parent / "ray_train"),
+            # A fresh name per fit: Ray Train restores a run of the same name and storage path, which must
+            # never pick up another job's checkpoint. A killed driver resumes from ``out/last.pt`` instead.
+            name=f"{job.role}-gen{job.generation}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            storage_path=str(storage),
             failure_config=FailureConfig(max_failures=ray_cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             worker_runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}},
@@ -99,4 +104,5 @@ def train(job: TrainJob, ray_cfg: RayConfig, fail_at_epoch: Optional[int] = None
         raise
     if not (out / "metrics.json").is_file():
         raise RuntimeError(f"Ray Train finished but {out / 'metrics.json'} is missing")
+    shutil.rmtree(storage, ignore_errors=True)  # its checkpoints duplicate model.pt once the job is done
     return read_json(out / "metrics.json")

@@ -13,7 +13,8 @@ from noisystudent.models.layers import drop_path_rates
 from noisystudent.models.torchvision_models import TorchvisionNet
 
 ALL = list_models()
-SMALL = ["resnet8", "resnet14", "resnet20", "resnet26", "wrn_16_2", "wrn_16_4", "wrn_28_2", "wrn_28_10", "wrn_40_2"]
+CIFAR_RESNETS = ["resnet8", "resnet14", "resnet20", "resnet26"]
+SMALL = CIFAR_RESNETS + ["wrn_16_2", "wrn_16_4", "wrn_28_2", "wrn_28_10", "wrn_40_2"]
 IMAGENET = [
     "resnet18",
     "resnet34",
@@ -77,8 +78,7 @@ def test_registry_lists_every_family() -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_forward_shape(name: str) -> None:
-    channels = (1, 3)
-    for in_chans in channels:
+    for in_chans in (1, 3):
         model = create_model(name, NUM_CLASSES, in_chans=in_chans).eval()
         with torch.no_grad():
             out = model(_input(name, in_chans=in_chans))
@@ -97,7 +97,8 @@ def test_features_and_head_compose_to_forward(name: str) -> None:
         assert isinstance(model.num_features, int)
         pooled = model.forward_head(feats, pre_logits=True)
         assert pooled.shape == (2, model.num_features)
-        expected = model.head.norm(feats.mean(dim=(2, 3), keepdim=True)).flatten(1)  # ConvNeXt norms; others Identity
+        # pre-logits = global average pool (then LayerNorm for ConvNeXt; Identity elsewhere)
+        expected = model.head.norm(feats.mean(dim=(2, 3), keepdim=True)).flatten(1)
         _assert_close(pooled, expected)
         _assert_close(model.forward_head(feats), model(x))
 

@@ -37,6 +37,7 @@ SUMMARY_COLUMNS = (
     ("pseudo_labels", "pseudo-labels"),
     ("rejected", "rejected"),
     ("selected", "selected"),
+    ("selected_weighted", "selected with duplicates"),
     ("labeling_images_per_s", "labeling img/s"),
     ("student_images_per_s", "student img/s"),
     ("seconds", "seconds"),

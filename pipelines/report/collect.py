@@ -106,6 +106,7 @@ _FALLBACKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "pseudo_labels": ("labels", ("rows",)),
     "rejected": ("labels", ("rejected",)),
     "selected": ("selection", ("rows_selected",)),
+    "selected_weighted": ("selection", ("weighted_rows_selected",)),
     "labeling_images_per_s": ("labels", ("throughput_images_per_s",)),
     "student_images_per_s": ("student", ("images_per_s",)),
 }

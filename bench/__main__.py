@@ -1,0 +1,115 @@
+"""``python -m bench [--quick] [--only teacher,labeling,workers] [--threads N]``: one table, one JSON file.
+
+Prints one plain-text table (ours vs bare images/s and their ratio per row) and writes
+``bench/results/bench.json`` with every raw sample. ``--quick`` is a smoke test (small sizes, about
+three minutes on 2 busy cores); the default sizes are the real measurement (about fifteen minutes).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import click
+
+from .common import FULL, QUICK, RESULTS_FILE, SECTIONS, Row, Stopwatch, cleanup, device_kind, environment
+from .common import fashion_mnist, format_table, init_ray, load_average, write_results
+
+
+def _sections(only: str | None) -> list[str]:
+    if not only:
+        return list(SECTIONS)
+    chosen = [s.strip() for s in only.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown or not chosen:
+        raise click.BadParameter(f"unknown section {unknown[0] if unknown else only!r}; choose from {', '.join(SECTIONS)}",
+                                 param_hint="--only")
+    return [s for s in SECTIONS if s in chosen]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--quick", is_flag=True, help="Small sizes: a smoke test of every benchmark (~3 min).")
+@click.option("--only", default=None, metavar="LIST", help=f"Comma-separated sections to run: {', '.join(SECTIONS)}.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="torch intra-op threads of the driver (in-process training and the bare loops). One by "
+                   "default: on a loaded machine several threads per process spend most of their time in "
+                   "OpenMP barriers, which measures the load rather than the code.")
+@click.option("--repeats", default=None, type=click.IntRange(1, 20),
+              help="Override the number of ours/bare rounds per row (median reported).")
+def main(quick: bool, only: str | None, threads: int, repeats: int | None) -> None:
+    """Throughput of teacher training, labeling and Ray Train workers against bare PyTorch loops."""
+    import dataclasses
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from . import labeling, throughput
+
+    sections = _sections(only)
+    sizes = QUICK if quick else FULL
+    if repeats is not None:
+        sizes = dataclasses.replace(sizes, repeats=repeats, worker_repeats=repeats)
+    torch.set_num_threads(threads)
+    load_before = load_average()
+    t_start = time.perf_counter()
+    cfg, bundle = fashion_mnist(sizes.labels_per_class)
+    ray_seconds = init_ray() if {"labeling", "workers"} & set(sections) else None
+    gpu = device_kind() == "cuda"
+    devices = ["cpu", "cuda"] if gpu else ["cpu"]
+
+    rows: list[Row] = []
+    try:
+        if "teacher" in sections:
+            for dev in devices:
+                with tqdm(total=4 * sizes.repeats, desc=f"teacher ({dev})", unit="run", dynamic_ncols=True) as bar:
+                    rows += throughput.bench_teacher(cfg, bundle, sizes, threads, dev, bar)
+        if "labeling" in sections:
+            for dev in devices:
+                n_unl = sizes.label_images or len(bundle.unlabeled)
+                reps = sizes.repeats if n_unl <= 10_000 else 1
+                total = (2 if dev == "cuda" else 4) * reps + 1
+                with tqdm(total=total, desc=f"labeling ({dev})", unit="run", dynamic_ncols=True) as bar:
+                    rows += labeling.bench_labeling(cfg, bundle, sizes, dev, bar=bar)
+        if "workers" in sections:
+            with tqdm(total=4 * sizes.worker_repeats, desc="workers", unit="run", dynamic_ncols=True) as bar:
+                rows += throughput.bench_workers(cfg, bundle, sizes, threads, bar=bar)
+    finally:
+        cleanup()
+
+    load_after = load_average()
+    wall = time.perf_counter() - t_start
+    env = environment()
+    footer = [
+        "ours/bare: median of per-round ratios; img/s: medians over rounds that alternate ours and bare in the same run.",
+        "teacher/workers: ours = run_training's history.csv images_per_s (epoch loop only; 'call' = whole call); "
+        "bare = same model, transform, batch 64, steps.",
+        "labeling: ours = whole label_images call on a running Ray (Parquet writing included); "
+        "bare = one-process inference loop, no files.",
+        "threads: torch intra-op threads ours/bare (NxM = N Ray processes of M threads).",
+        f"sizes: {sizes.name}; device: {'cuda ' + str(env['gpu']) if gpu else 'cpu'}; cpus: {env['cpu_count']}; "
+        f"torch {env['torch']}; ray start {ray_seconds:.1f} s (not in any row)" if ray_seconds is not None else
+        f"sizes: {sizes.name}; device: {'cuda ' + str(env['gpu']) if gpu else 'cpu'}; cpus: {env['cpu_count']}; "
+        f"torch {env['torch']}",
+        f"load average (1/5/15 min): before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
+        f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; bench wall {wall / 60:.1f} min",
+    ]
+    table = format_table(rows, footer)
+    meta = {
+        "sizes": dataclasses.asdict(sizes), "sections": sections, "threads": threads, "environment": env,
+        "ray_start_seconds": ray_seconds, "load_average_before": load_before, "load_average_after": load_after,
+        "wall_seconds": wall, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv),
+        "table": table,
+    }
+    path = write_results(rows, meta)
+    click.echo("")
+    click.echo(table)
+    click.echo(f"\nwrote {path.relative_to(os.getcwd()) if path.is_relative_to(os.getcwd()) else path}")
+
+
+if __name__ == "__main__":
+    main(prog_name="python -m bench")

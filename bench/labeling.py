@@ -1,0 +1,184 @@
+"""Labeling throughput: ``pseudo_labels.label_images`` (Ray Data, actor pool) against a bare inference loop.
+
+What is compared. *Ours* is the whole labeling job on the unlabeled Fashion-MNIST split: the teacher
+checkpoint is loaded, the images are cut into chunks, an actor pool of ``num_actors`` actors (one CPU
+each) decodes, transforms and labels them in batches of 1,024, and the driver writes the Parquet
+shards, ``summary.json`` and ``_SUCCESS``. Ray itself is started before any timing (its start is
+reported on its own), so the time is that of a job on a running Ray instance: the call of
+``label_images``, actor-pool start included. *Bare* is the loop anyone would write by hand in one
+process: the same checkpoint loaded with ``load_checkpoint``, the same eval transform over a plain
+``Dataset`` on the uint8 image array, a ``DataLoader`` with the same batch size, ``torch.inference_mode``
+and a softmax, collecting the probabilities as numpy; no files are written.
+
+Threads. A Ray actor with ``num_cpus=1`` runs torch with one intra-op thread (the labeling job sets it;
+Ray sets ``OMP_NUM_THREADS`` to the actor's CPUs anyway). The bare loop is therefore given as many
+threads as the job has CPUs in total (actors x CPUs per actor), so both sides use the same cores.
+
+Storage. Parquet bytes per image are the summed sizes of ``part-*.parquet`` over the rows, for all 10
+probabilities (``topk=None``) and for ``topk=3``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .common import Row, Sizes, Stopwatch, interleave, median, scratch_dir
+from .throughput import ArrayDataset
+
+BATCH_SIZE = 1024
+
+
+def make_teacher(cfg: Any, bundle: Any, path: Path, steps: int, device: str = "cpu") -> Path:
+    """A ResNet-14 teacher checkpoint trained for a few clean steps on the labeled split.
+
+    Throughput does not depend on the weights, but the Parquet size does (peaked probabilities compress
+    better than uniform ones), so the teacher is trained a little rather than left at random init.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from noisystudent.checkpoint import save_checkpoint
+    from noisystudent.train import spec_for
+    from noisystudent.transforms import create_transform
+
+    spec = spec_for(cfg.teacher, cfg.data, bundle.classes)
+    torch.manual_seed(0)
+    model = spec.build(inference=False).to(device).train()
+    tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
+    images = bundle.labeled.load_all()
+    x_all = torch.stack([tf(img) for img in images])
+    y_all = torch.as_tensor(np.asarray(bundle.labeled.labels))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x_all), (64,), generator=gen)
+        loss = F.cross_entropy(model(x_all[idx].to(device)), y_all[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    save_checkpoint(path, model.eval(), spec, generation=0, role="teacher")
+    return path
+
+
+def bare_label(checkpoint: Path, images: np.ndarray, batch_size: int, device: str, threads: Optional[int],
+               half: bool = False) -> float:
+    """Images/s of a hand-written inference loop over ``images`` with the checkpoint's model."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from noisystudent.checkpoint import load_checkpoint
+    from noisystudent.transforms import create_transform
+
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        ck = load_checkpoint(checkpoint)
+        model = ck.build_model(device)
+        if half:
+            model = model.half().to(memory_format=torch.channels_last)
+        s = ck.spec
+        tf = create_transform(s.image_size, s.in_chans, s.mean, s.std, None)
+        loader = DataLoader(ArrayDataset(images, np.zeros(len(images), np.int64), tf), batch_size=batch_size,
+                            shuffle=False, num_workers=0)
+        out = []
+        with Stopwatch() as sw, torch.inference_mode():
+            for x, _ in loader:
+                x = x.to(device, non_blocking=True)
+                if half:
+                    x = x.half().contiguous(memory_format=torch.channels_last)
+                out.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())
+        n = sum(len(p) for p in out)
+        return n / sw.seconds
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def parquet_bytes_per_image(folder: Path) -> tuple[float, int]:
+    """(bytes per row, rows) over the ``part-*.parquet`` shards of a finished labeling folder."""
+    import pyarrow.parquet as pq
+
+    shards = sorted(Path(folder).glob("part-*.parquet"))
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+    size = sum(p.stat().st_size for p in shards)
+    return (size / rows if rows else float("nan")), rows
+
+
+def bench_labeling(cfg: Any, bundle: Any, sizes: Sizes, device: str = "cpu", actor_counts: tuple[int, ...] = (1, 2),
+                   bar: Any = None) -> list[Row]:
+    """Rows: ``label_images`` with 1 and 2 CPU actors (or one GPU actor) vs the bare loop; Parquet sizes."""
+    from pseudo_labels import label_images
+
+    source = bundle.unlabeled
+    if sizes.label_images is not None and sizes.label_images < len(source):
+        source = source.subset(np.arange(sizes.label_images))
+    images = source.load_all()
+    n = len(source)
+    ckpt = make_teacher(cfg, bundle, scratch_dir("teacher-ckpt") / "model.pt",
+                        steps=20 if sizes.name == "quick" else 100, device=device)
+    gpu = device == "cuda"
+    # (actors, GPUs per actor, CPUs per actor): one GPU actor on a GPU, else 1 and 2 one-CPU actors
+    configs = [(1, 1.0, 1.0)] if gpu else [(a, 0.0, 1.0) for a in actor_counts]
+    calls: dict[str, list[float]] = {}
+    summaries: dict[str, list[dict]] = {}
+    folders: dict[str, list[Path]] = {}
+
+    def ours(actors: int, gpus: float, cpus: float, topk: Optional[int] = None, key: Optional[str] = None):
+        key = key or f"ours-{actors}"
+
+        def run() -> float:
+            out = scratch_dir(f"labels-{actors}")
+            with Stopwatch() as sw:
+                summary = label_images(source, [ckpt], out, topk=topk, batch_size=BATCH_SIZE, num_actors=actors,
+                                       num_gpus_per_actor=gpus, num_cpus_per_actor=cpus, progress=False)
+            calls.setdefault(key, []).append(sw.seconds)
+            summaries.setdefault(key, []).append(summary)
+            folders.setdefault(key, []).append(out)
+            return n / sw.seconds
+        return run
+
+    measure: dict[str, Any] = {}
+    for actors, gpus, cpus in configs:
+        threads = None if gpu else int(actors * cpus)
+        measure[f"bare-{actors}"] = (lambda t=threads: bare_label(ckpt, images, BATCH_SIZE, device, t, half=gpu))
+        measure[f"ours-{actors}"] = ours(actors, gpus, cpus)
+    # one more job for the top-3 storage figure, with the last configuration (not part of the ratio)
+    last = configs[-1]
+    measure["ours-topk3"] = ours(*last, topk=3, key="ours-topk3")
+    repeats = sizes.repeats if n <= 10_000 else 1
+    runs = {k: v for k, v in measure.items() if k != "ours-topk3"}
+    got = interleave(repeats, runs, bar)
+    got.update(interleave(1, {"ours-topk3": measure["ours-topk3"]}, bar))
+
+    section = "labeling" + ("" if not gpu else f" ({device}, fp16)")
+    rows = []
+    for actors, gpus, cpus in configs:
+        o, b = got[f"ours-{actors}"], got[f"bare-{actors}"]
+        bpi, _ = parquet_bytes_per_image(folders[f"ours-{actors}"][-1])
+        job_s = [s["seconds"] for s in summaries[f"ours-{actors}"]]
+        what = f"{actors} GPU actor" if gpu else f"{actors} actor{'s' if actors > 1 else ''} x {cpus:g} CPU"
+        th = "-/-" if gpu else f"{actors}x{int(cpus)}/{int(actors * cpus)}"
+        rows.append(Row(
+            section=section, name=f"label_images, {what}", ours=median(o), bare=median(b),
+            ratio=median([x / y for x, y in zip(o, b)]), images=n, repeats=len(o), threads=th,
+            note=f"call {median(calls[f'ours-{actors}']):.1f} s; {bpi:.1f} B/img (10 probs)",
+            samples={"ours": o, "bare": b, "ours_call_seconds": calls[f"ours-{actors}"], "ours_job_seconds": job_s},
+            extra={"batch_size": BATCH_SIZE, "num_actors": actors, "num_cpus_per_actor": cpus,
+                   "num_gpus_per_actor": gpus, "parquet_bytes_per_image_topk_none": bpi,
+                   "mean_confidence": summaries[f"ours-{actors}"][-1].get("mean_confidence")},
+        ))
+    bpi3, rows3 = parquet_bytes_per_image(folders["ours-topk3"][-1])
+    bpi_all = rows[-1].extra["parquet_bytes_per_image_topk_none"]
+    o3 = got["ours-topk3"]
+    rows.append(Row(
+        section=section, name=f"label_images topk=3, {last[0]} actor{'s' if last[0] > 1 else ''}", ours=median(o3),
+        bare=None, ratio=None, images=n, repeats=len(o3), threads=rows[-1].threads.split("/")[0] + "/-",
+        note=f"{bpi3:.1f} B/img (top-3) vs {bpi_all:.1f} (all 10)",
+        samples={"ours": o3, "ours_call_seconds": calls["ours-topk3"]},
+        extra={"parquet_bytes_per_image_topk3": bpi3, "parquet_bytes_per_image_topk_none": bpi_all, "rows": rows3},
+    ))
+    return rows

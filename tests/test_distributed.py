@@ -1,0 +1,59 @@
+"""Training on Ray Train: 2 gloo workers match 1 worker, and a worker failure resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from noisystudent.config import RayConfig, config_from_dict
+from noisystudent.data import create_data
+from noisystudent.train import TrainJob, spec_for
+from pipelines.train_ray import train
+
+
+def job_for(tmp, epochs=5, steps=None):
+    cfg = config_from_dict({
+        "data": {"kind": "fashion_mnist", "labels_per_class": 40, "unlabeled_limit": 100, "test_limit": 1000},
+        "teacher": {"name": "resnet8", "noise": {"randaugment_n": 1, "randaugment_m": 5}},
+        "teacher_train": {"epochs": epochs, "batch_size": 40, "lr": 0.05, "steps_per_epoch": steps},
+    })
+    data = create_data(cfg.data)
+    return TrainJob(spec=spec_for(cfg.teacher, cfg.data, data.classes), model_cfg=cfg.teacher, train_cfg=cfg.teacher_train,
+                    labeled=data.labeled, test=data.test, out_dir=tmp, progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_and_two(tmp_path_factory, require_fmnist, ray_session):
+    one = train(job_for(tmp_path_factory.mktemp("w1")), RayConfig(workers=1))
+    two_dir = tmp_path_factory.mktemp("w2")
+    two = train(job_for(two_dir), RayConfig(workers=2))
+    return one, two, two_dir
+
+
+def test_two_gloo_workers_reach_the_accuracy_of_one(one_and_two):
+    one, two, _ = one_and_two
+    assert one["test_acc"] > 0.35 and two["test_acc"] > 0.35, (one["test_acc"], two["test_acc"])
+    # same data and epochs; 2 workers take half the steps with twice the global batch
+    assert abs(one["test_acc"] - two["test_acc"]) < 0.12, (one["test_acc"], two["test_acc"])
+
+
+def test_two_workers_split_the_epoch(one_and_two):
+    _one, _two, two_dir = one_and_two
+    hist = pd.read_csv(two_dir / "history.csv")
+    assert list(hist["epoch"]) == [1, 2, 3, 4, 5]
+    assert (two_dir / "model.pt").is_file() and not (two_dir / "last.pt").exists()
+
+
+def test_worker_failure_resumes_from_last_checkpoint(tmp_path, require_fmnist, ray_session):
+    job = job_for(tmp_path, epochs=3, steps=3)
+    metrics = train(job, RayConfig(workers=2, max_failures=1), fail_at_epoch=1)
+    assert (tmp_path / ".failed-once-1").exists(), "the failure was injected"
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert list(hist["epoch"]) == [1, 2, 3], "resumed after epoch 1, not restarted or duplicated"
+    assert metrics["test_acc"] > 0.1
+
+
+def test_failure_beyond_max_failures_is_raised(tmp_path, require_fmnist, ray_session):
+    job = job_for(tmp_path, epochs=2, steps=2)
+    with pytest.raises(Exception, match="injected failure"):
+        train(job, RayConfig(workers=1, max_failures=0), fail_at_epoch=0)
