@@ -383,9 +383,11 @@ def doctor() -> None:
 
         import ray
 
+        was_up = ray.is_initialized()
         res = init_ray(os.environ.get("RAY_ADDRESS"))
-        line("ray", f"started: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs")
-        ray.shutdown()
+        line("ray", f"{'running' if was_up else 'started'}: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs")
+        if not was_up:
+            ray.shutdown()
     except Exception as exc:  # noqa: BLE001
         line("ray", f"FAILED to start: {exc}")
 

@@ -1,0 +1,142 @@
+"""The CLI on a real image folder with awkward files: run, status, evaluate, predict, labels inspect, doctor."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import write_png_folder
+from noisystudent.cli import main
+
+CLASSES = {"ankle boot": 12, "sandal 👡": 12, "T-shirt": 12}
+
+
+def awkward_folder(root: Path) -> Path:
+    """Classes with spaces and unicode, PNG/JPEG/BMP, RGBA, 16-bit, palette, mixed sizes and corrupt files."""
+    write_png_folder(root, CLASSES, size=16, mode="L")
+    rng = np.random.default_rng(1)
+    for cls in CLASSES:
+        d = root / cls
+        Image.fromarray(rng.integers(0, 255, (20, 24, 4), dtype=np.uint8), "RGBA").save(d / "rgba.png")
+        Image.fromarray((rng.integers(0, 65535, (18, 18))).astype(np.uint16)).save(d / "deep16.png")
+        Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).convert("P").save(d / "palette.bmp")
+        Image.fromarray(rng.integers(0, 255, (40, 12, 3), dtype=np.uint8)).save(d / "wide.jpg")
+    (root / "T-shirt" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (root / "T-shirt" / "empty.jpg").write_bytes(b"")
+    (root / "T-shirt" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("cli")
+    train = awkward_folder(tmp / "train")
+    test = awkward_folder(tmp / "test")
+    unl = tmp / "unlabeled" / "nested"
+    awkward_folder(unl)
+    cfg = {
+        "name": "folder",
+        "data": {"kind": "folder", "labeled": str(train), "unlabeled": str(tmp / "unlabeled"), "test": str(test),
+                 "image_size": 16, "in_chans": 3, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        "teacher": {"name": "resnet8"},
+        "teacher_train": {"epochs": 2, "batch_size": 16, "lr": 0.05},
+        "pseudo_labels": {"num_actors": 1, "batch_size": 32},
+        "student": {"generations": 1, "ladder": [{"name": "resnet8", "drop_path_rate": 0.1}],
+                    "train": {"epochs": 1, "batch_size": 16, "lr": 0.05}},
+        "ray": {"workers": 0},
+    }
+    cfg_file = tmp / "folder.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    res = CliRunner().invoke(main, ["run", str(cfg_file), "--run-dir", str(tmp / "run"), "--quiet"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return tmp, res
+
+
+def test_run_on_awkward_folder(folder_run):
+    tmp, res = folder_run
+    assert "gen 1: resnet8 test accuracy" in res.output
+    run = tmp / "run"
+    rejected = pd.read_csv(run / "gen-1" / "labels" / "rejected.csv")
+    # the unlabeled folder holds 2 undecodable images (broken.png, empty.jpg); notes.txt is not an image
+    assert sorted(Path(p).name for p in rejected["image_id"]) == ["broken.png", "empty.jpg"]
+    summary = json.loads((run / "gen-1" / "labels" / "summary.json").read_text())
+    assert summary["rows"] == 3 * (12 + 4)
+
+
+def test_status_table_and_json(folder_run):
+    tmp, _ = folder_run
+    res = CliRunner().invoke(main, ["status", str(tmp / "run"), "--json"])
+    rows = json.loads(res.output)
+    assert [r["steps_done"] for r in rows] == ["1/1", "5/5"]
+
+
+def test_evaluate_and_predict(folder_run):
+    tmp, _ = folder_run
+    ckpt = tmp / "run" / "gen-1" / "student" / "model.pt"
+    out = tmp / "eval.json"
+    res = CliRunner().invoke(main, ["evaluate", str(ckpt), "--data", str(tmp / "test"), "-o", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(out.read_text())
+    assert m["n"] == 3 * 16 and m["skipped"] == 0 and set(m["per_class_accuracy"]) == set(CLASSES)
+    preds = tmp / "preds.parquet"
+    res = CliRunner().invoke(main, ["predict", str(ckpt), str(tmp / "test" / "T-shirt"),
+                                    str(tmp / "test" / "sandal 👡" / "rgba.png"), "-o", str(preds), "--quiet"])
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(preds)
+    assert len(df) == 16 + 1 and "2 unreadable images skipped" in res.output
+    assert set(df["class_name"]) <= set(CLASSES) and df["confidence"].between(0, 1).all()
+    assert all(len(k) == 3 for k in df["topk_classes"])
+
+
+def test_labels_inspect(folder_run):
+    tmp, _ = folder_run
+    res = CliRunner().invoke(main, ["labels", "inspect", str(tmp / "run" / "gen-1" / "labels")])
+    assert res.exit_code == 0, res.output
+    assert "48" in res.output and "confidence" in res.output.lower()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["evaluate", "/nope/model.pt", "--data", "/tmp"], "checkpoint not found"),
+    (["predict", "/nope/model.pt", "/tmp", "-o", "/tmp/x.parquet"], "checkpoint not found"),
+    (["labels", "inspect", "/nope"], "not found"),
+    (["status", "/nope"], "not a run folder"),
+    (["label", "/nope", "--generation", "0"], "--generation"),
+])
+def test_bad_arguments_exit_2(argv, needle):
+    res = CliRunner().invoke(main, argv)
+    assert res.exit_code == 2 and needle in res.output, res.output
+
+
+def test_unwritable_and_full_run_dir_fail_before_work(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"kind": "fashion_mnist", "labels_per_class": 1}}))
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    res = CliRunner().invoke(main, ["run", str(cfg), "--run-dir", str(blocker / "run")])
+    assert res.exit_code == 2 and "not writable" in res.output
+    monkeypatch.setenv("NOISYSTUDENT_MIN_FREE_MB", str(10**12))
+    res = CliRunner().invoke(main, ["run", str(cfg), "--run-dir", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "MiB free" in res.output
+    assert not (tmp_path / "run" / "gen-0").exists()
+
+
+def test_help_everywhere():
+    for cmd in ([], ["teacher"], ["label"], ["select"], ["student"], ["run"], ["status"], ["evaluate"], ["predict"],
+                ["labels", "inspect"], ["doctor"]):
+        res = CliRunner().invoke(main, [*cmd, "--help"])
+        assert res.exit_code == 0 and "Usage" in res.output, cmd
+
+
+def test_doctor(ray_session):
+    res = CliRunner().invoke(main, ["doctor"])
+    assert res.exit_code == 0, res.output
+    for key in ("torch", "ray", "albumentations", "gpus", "fashion-mnist"):
+        assert key in res.output
