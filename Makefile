@@ -47,6 +47,7 @@ test-all: install
 run: install
 	$(BIN)/noisystudent run $(CONFIG) --run-dir $(RUN_DIR)
 	$(BIN)/noisystudent status $(RUN_DIR)
+	$(BIN)/noisystudent report $(RUN_DIR)
 
 run-full: install
 	$(BIN)/noisystudent run configs/fashion_mnist_full.yaml --run-dir runs/fashion_mnist_full

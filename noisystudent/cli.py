@@ -222,6 +222,25 @@ def status(run_dir, as_json):
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--tracking", type=click.Choice(["none", "tensorboard", "mlflow"]), default="tensorboard", show_default=True,
+              help="Also log the run's metrics to TensorBoard event files (run_dir/tensorboard) or a local MLflow store (run_dir/mlruns).")
+@_user_errors
+def report(run_dir, tracking):
+    """Write RUN_DIR/report/index.html (self-contained, opens offline) and PNG plots."""
+    from pipelines.report import build_report
+    from pipelines.state import RunDir
+
+    RunDir(run_dir).load_config()  # a clear error for a folder that is not a run
+    path = build_report(run_dir)
+    if tracking != "none":
+        from pipelines.tracking import log_run
+
+        log_run(run_dir, backend=tracking)
+    click.echo(f"report: {path}")
+
+
 # --------------------------------------------------------------------------------------------------
 # using a checkpoint
 
@@ -262,15 +281,9 @@ def evaluate(checkpoint, data, output, batch_size, quiet):
         source = create_data(DataConfig(root=root, labels_per_class=1)).test
     else:
         source = _source_for(data, spec.in_chans, labeled=True)
-    unknown = sorted(set(source.classes) - set(spec.classes))
-    if unknown:
-        raise UserError(f"--data has classes the checkpoint does not know: {', '.join(unknown[:5])}")
-    if list(source.classes) != list(spec.classes):
-        import numpy as np
+    from .data import remap_to_classes
 
-        remap = np.array([spec.classes.index(c) for c in source.classes])
-        source.labels = remap[source.labels]
-        source.classes = list(spec.classes)
+    remap_to_classes(source, list(spec.classes), "--data")
     tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
     m = run_eval(ckpt.build_model(), source, tf, batch_size=batch_size, classes=spec.classes, progress=not quiet)
     click.echo(f"top-1 {m['top1']:.4f} on {m['n']} images ({m['skipped']} skipped)")

@@ -8,12 +8,13 @@ from typing import Optional
 from noisystudent.errors import UserError
 
 
-def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, quiet: bool = True) -> dict:
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, quiet: bool = False) -> dict:
     """Make sure Ray is up; return its cluster resources.
 
     ``address=None`` starts an embedded local instance (no dashboard). ``address="auto"`` or
     ``"ray://host:10001"`` / ``"host:6379"`` connects to an existing cluster. A second call reuses the
-    running instance.
+    running instance. Worker output (per-epoch lines of Ray Train workers) reaches the driver unless
+    ``quiet``.
     """
     import ray
 

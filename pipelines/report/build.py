@@ -242,7 +242,7 @@ def _calibration(run: RunData) -> tuple[Optional[Plot], list[str]]:
         return None, ["Calibration: left out, no generation has finished labeling images with known true labels."]
     png = plots.figure_png(plots.calibration_plot(per_gen))
     return Plot("calibration.png", "Pseudo-label accuracy against teacher confidence (reliability diagram)", png,
-                "Bars: share of correct pseudo-labels per confidence bin (image counts on top); on the diagonal the "
+                "Bars: share of correct pseudo-labels per confidence bin (image counts inside); on the diagonal the "
                 "teacher is calibrated. ECE: expected calibration error."), []
 
 

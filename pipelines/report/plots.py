@@ -153,11 +153,11 @@ def calibration_plot(per_gen: Mapping[int, tuple[np.ndarray, np.ndarray]], bins:
             centers = (r["edges"][:-1] + r["edges"][1:]) / 2
             width = 1.0 / bins
             acc = np.nan_to_num(r["accuracy"])
-            ax.bar(centers, acc, width * 0.95, color=COLORS[0], alpha=0.85, label="accuracy")
+            ax.bar(centers, acc, width * 0.95, color=COLORS[0], alpha=0.55, label="accuracy (image count inside)")
             ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfect calibration")
-            for c, a, n in zip(centers, acc, r["count"]):
+            for c, n in zip(centers, r["count"]):
                 if n:
-                    ax.text(c, min(a + 0.02, 0.97), f"{int(n)}", ha="center", fontsize=6, rotation=90, va="bottom")
+                    ax.text(c, 0.02, f"{int(n)}", ha="center", va="bottom", fontsize=6, rotation=90)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.05)
             ax.set_xlabel("teacher confidence")
