@@ -180,19 +180,21 @@ def student(run_dir, generation, force, ray_address, workers, gpus_per_worker, q
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False))
 @click.option("--generations", "-n", type=click.IntRange(0), default=None, help="Student generations (default: the config's).")
 @click.option("--baselines", is_flag=True, help="Also train the supervised baseline and the all-labels oracle.")
+@click.option("--tracking", type=click.Choice(["none", "tensorboard", "mlflow"]), default="tensorboard", show_default=True,
+              help="Log metrics per generation to TensorBoard (run_dir/tensorboard) or a local MLflow store (run_dir/mlruns).")
 @set_option
 @address_option
 @workers_option
 @gpus_option
 @quiet_option
 @_user_errors
-def run(config, run_dir, generations, baselines, sets, ray_address, workers, gpus_per_worker, quiet):
+def run(config, run_dir, generations, baselines, tracking, sets, ray_address, workers, gpus_per_worker, quiet):
     """Run (or resume) Noisy Student end to end: teacher, then N generations of label/select/student."""
     from pipelines.loop import run_all
 
     cfg = _load(config, sets, **{"ray.address": ray_address, "ray.workers": workers, "ray.gpus_per_worker": gpus_per_worker,
                                  "student.generations": generations})
-    rows = run_all(cfg, run_dir, progress=not quiet, baselines=baselines)
+    rows = run_all(cfg, run_dir, progress=not quiet, baselines=baselines, tracking=None if tracking == "none" else tracking)
     for r in rows:
         click.echo(f"gen {r['generation']}: {r['model']} test accuracy {r['test_acc']:.4f}")
 
@@ -226,14 +228,16 @@ def status(run_dir, as_json):
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--tracking", type=click.Choice(["none", "tensorboard", "mlflow"]), default="tensorboard", show_default=True,
               help="Also log the run's metrics to TensorBoard event files (run_dir/tensorboard) or a local MLflow store (run_dir/mlruns).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Write the report here instead of RUN_DIR/report.")
+@click.option("--no-data", is_flag=True, help="Leave out sample images and calibration (for runs whose images are not on this machine).")
 @_user_errors
-def report(run_dir, tracking):
+def report(run_dir, tracking, out, no_data):
     """Write RUN_DIR/report/index.html (self-contained, opens offline) and PNG plots."""
     from pipelines.report import build_report
     from pipelines.state import RunDir
 
     RunDir(run_dir).load_config()  # a clear error for a folder that is not a run
-    path = build_report(run_dir)
+    path = build_report(run_dir, out_dir=out, with_data=not no_data)
     if tracking != "none":
         from pipelines.tracking import log_run
 

@@ -22,8 +22,22 @@ def run_generation(run: RunDir, cfg: ExperimentConfig, g: int, progress: bool = 
     return out
 
 
+def _track(run: RunDir, backend: Optional[str]) -> None:
+    """Refresh the experiment-tracking logs from the run's artifacts; a tracking failure never stops a run."""
+    if not backend:
+        return
+    import warnings
+
+    from .tracking import log_run
+
+    try:
+        log_run(run.root, backend=backend)
+    except Exception as exc:  # noqa: BLE001 - tracking is a side channel
+        warnings.warn(f"{backend} tracking failed: {exc}", stacklevel=2)
+
+
 def run_all(cfg: ExperimentConfig, run_dir: str | Path, generations: Optional[int] = None, progress: bool = True,
-            baselines: bool = False) -> list[dict]:
+            baselines: bool = False, tracking: Optional[str] = "tensorboard") -> list[dict]:
     """Run (or resume) the whole loop; return one summary row per generation (0 = the teacher)."""
     run = RunDir(run_dir)
     cfg = run.freeze_config(cfg)
@@ -32,12 +46,15 @@ def run_all(cfg: ExperimentConfig, run_dir: str | Path, generations: Optional[in
     rows = []
     teacher = steps.train_teacher(run, cfg, progress=progress)
     rows.append({"generation": 0, "model": cfg.teacher.name, "test_acc": teacher.get("test_acc")})
+    _track(run, tracking)
     for g in range(1, n + 1):
         rows.append(run_generation(run, cfg, g, progress=progress))
+        _track(run, tracking)
     if baselines:
         steps.train_baseline(run, cfg, "supervised", None, progress=progress)
         steps.train_baseline(run, cfg, "oracle", 6000 if cfg.data.kind == "fashion_mnist" else None, progress=progress,
                              epochs=cfg.oracle_epochs)
+    _track(run, tracking)
     st = run.state()
     st["last_run_seconds"] = round(time.perf_counter() - t0, 1)
     run._write_state(st)

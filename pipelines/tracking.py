@@ -95,7 +95,7 @@ def _history_scalars(run: TrackedRun, history: Optional[pd.DataFrame]) -> None:
 
 def tracked_runs(run_dir: str | os.PathLike) -> list[TrackedRun]:
     """The tracker runs of a run folder, read from its artifacts (what is missing is left out)."""
-    from .report.collect import collect, gen_value
+    from .report.rundata import collect, gen_value
 
     data = collect(run_dir, with_data=False)
     cfg = data.cfg

@@ -140,3 +140,14 @@ def test_doctor(ray_session):
     assert res.exit_code == 0, res.output
     for key in ("torch", "ray", "albumentations", "gpus", "fashion-mnist"):
         assert key in res.output
+
+
+def test_report_command(folder_run):
+    tmp, _ = folder_run
+    res = CliRunner().invoke(main, ["report", str(tmp / "run")])
+    assert res.exit_code == 0, res.output
+    html = tmp / "run" / "report" / "index.html"
+    assert html.is_file() and str(html) in res.output
+    assert list((tmp / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+    res = CliRunner().invoke(main, ["report", str(tmp / "nope")])
+    assert res.exit_code == 2 and "not a run folder" in res.output

@@ -156,3 +156,19 @@ def test_kill_during_student_then_run_finishes(tmp_path, require_fmnist, ray_ses
     hist = pd.read_csv(run_dir / "gen-1" / "student" / "history.csv")
     assert list(hist["epoch"]) == [1, 2, 3, 4, 5, 6]
     assert "gen-1/promote" in st
+
+
+def test_baseline_roles_from_the_same_config(two_generations, tmp_path):
+    """`teacher --role supervised/oracle` trains references into baselines/<role> and status lists them."""
+    run_dir, _ = two_generations
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump(tiny()))
+    res = CliRunner().invoke(main, ["teacher", str(cfg_file), "--run-dir", str(run_dir), "--role", "oracle",
+                                    "--labels-per-class", "60", "--quiet"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((run_dir / "baselines" / "oracle" / "metrics.json").read_text())
+    assert m["labeled_images"] == 600 and m["model"] == "resnet14" and m["role"] == "oracle"
+    rows = json.loads(CliRunner().invoke(main, ["status", str(run_dir), "--json"]).output)
+    assert rows[-1]["generation"] == "oracle" and rows[-1]["test_acc"] == m["test_acc"]
+    res = CliRunner().invoke(main, ["teacher", str(cfg_file), "--run-dir", str(run_dir), "--labels-per-class", "5"])
+    assert res.exit_code == 2 and "--labels-per-class" in res.output

@@ -1,6 +1,6 @@
 """The run report: ``noisystudent report RUN_DIR`` writes ``RUN_DIR/report/index.html`` and its PNGs.
 
-:func:`build_report` is the entry point; :mod:`.collect` reads the run folder (tolerating missing
+:func:`build_report` is the entry point; :mod:`.rundata` reads the run folder (tolerating missing
 pieces), :mod:`.plots` draws the figures with matplotlib's Agg canvas, :mod:`.html` lays out one
 self-contained page.
 """
@@ -8,6 +8,6 @@ self-contained page.
 from __future__ import annotations
 
 from .build import build_report, fmt
-from .collect import RunData, collect
+from .rundata import RunData, collect
 
 __all__ = ["RunData", "build_report", "collect", "fmt"]

@@ -1,7 +1,7 @@
 """Build ``report/index.html`` (and its PNGs) from a run folder.
 
 What the report shows is decided here; how a figure looks is in :mod:`.plots`, how the page is laid
-out in :mod:`.html`, and what is read from disk in :mod:`.collect`. A figure whose inputs are
+out in :mod:`.html`, and what is read from disk in :mod:`.rundata`. A figure whose inputs are
 missing (a generation still running, a data set without hidden labels, data not on this machine) is
 left out with a note saying why, so ``noisystudent report`` works on any run at any moment.
 """
@@ -17,8 +17,8 @@ import numpy as np
 from noisystudent.io import write_bytes, write_text
 
 from . import plots
-from .collect import GenerationRecord, RunData, collect, gen_value
 from .html import Note, Plot, Pre, Section, Table, render_page
+from .rundata import RunData, collect, gen_value
 
 # Every PNG the report may write; a rebuild removes those it no longer produces.
 PLOT_FILES = ("accuracy.png", "confidence.png", "class_balance.png", "calibration.png", "curves.png",
@@ -142,8 +142,10 @@ def timings_table(run: RunData) -> Table:
             per_epoch = int(metrics.get("labeled_images") or 0) + int(metrics.get("pseudo_labeled_images") or 0)
             cells["images"] = fmt(per_epoch) if per_epoch else "-"
             cells["images_per_s"] = fmt(metrics.get("images_per_s"), 1)
-            cells["detail"] = (f"{metrics.get('epochs', '?')} epoch(s), {fmt(metrics.get('train_seconds'), 2)} s training; "
-                               f"images per epoch: labeled + pseudo-labeled (with duplicates)")
+            pseudo = int(metrics.get("pseudo_labeled_images") or 0)
+            cells["detail"] = (f"{metrics.get('epochs', '?')} epoch(s), {fmt(metrics.get('train_seconds'), 2)} s training"
+                               + (f"; images per epoch: {fmt(metrics.get('labeled_images'))} labeled + {pseudo} pseudo-labeled "
+                                  "(with duplicates)" if pseudo else "; images per epoch: labeled"))
         elif kind == "label" and rec is not None:
             ls = rec.label_summary or {}
             cells["images"] = fmt(ls.get("rows", info.get("rows")))

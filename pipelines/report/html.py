@@ -61,6 +61,7 @@ nav a { margin-right: 1em; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f4f4f4; }
+td[data-key="finished"], td[data-key="step"] { white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 caption { caption-side: bottom; color: #666; font-size: 0.85em; text-align: left; padding-top: 0.3em; }
 figure { margin: 1em 0; }

@@ -252,10 +252,11 @@ def collect(run_dir: str | Path, with_data: bool = True) -> RunData:
     for role in ("supervised", "oracle"):
         folder = run.baseline_dir(role)
         if folder.is_dir() or f"baselines/{role}" in steps:
-            rec = _model(f"baselines/{role}", f"{role} baseline", role, None, folder, notes)
-            if rec.metrics is None and steps.get(f"baselines/{role}", {}).get("test_acc") is not None:
-                rec.metrics = {"test_acc": steps[f"baselines/{role}"]["test_acc"], "model": steps[f"baselines/{role}"].get("model")}
-            baselines[role] = rec
+            base = _model(f"baselines/{role}", f"{role} baseline", role, None, folder, notes)
+            info = steps.get(f"baselines/{role}", {})
+            if base.metrics is None and info.get("test_acc") is not None:  # metrics.json lost: state.json still knows
+                base.metrics = {"test_acc": info["test_acc"], "model": info.get("model")}
+            baselines[role] = base
 
     data = None
     if with_data:
