@@ -87,7 +87,8 @@ class TrainJob:
     generation: int = 0
     role: str = "teacher"
     config: dict = field(default_factory=dict)
-    progress: bool = True
+    progress: bool = True  # per-step progress bars and per-epoch lines
+    step_bars: bool = True  # per-step bars only (off inside Ray workers, whose logs cannot redraw a bar)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -269,7 +270,7 @@ def run_training(job: TrainJob, hooks: Optional[TrainHooks] = None) -> dict[str,
         bar = tqdm(
             range(n_steps),
             desc=f"{job.role} gen{job.generation} epoch {epoch + 1}/{total_epochs}" + (" (fine-tune)" if finetune else ""),
-            disable=not (job.progress and hooks.is_main),
+            disable=not (job.progress and job.step_bars and hooks.is_main),
             leave=False,
             dynamic_ncols=True,
         )
@@ -368,7 +369,7 @@ def run_training(job: TrainJob, hooks: Optional[TrainHooks] = None) -> dict[str,
     }
     if hooks.is_main:
         if job.test is not None:
-            test_metrics = evaluate(final_model, job.test, eval_tf, batch_size=256, device=device, classes=spec.classes, progress=job.progress)
+            test_metrics = evaluate(final_model, job.test, eval_tf, batch_size=256, device=device, classes=spec.classes, progress=job.progress and job.step_bars)
             metrics.update({f"test_{k}" if k != "top1" else "test_acc": v for k, v in test_metrics.items()})
         metrics["checkpoint_id"] = checkpoint_id(final_model, job.generation, job.role)
         write_text(out / "history.csv", pd.DataFrame(history).to_csv(index=False))

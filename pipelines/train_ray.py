@@ -79,7 +79,7 @@ def train(job: TrainJob, ray_cfg: RayConfig, fail_at_epoch: Optional[int] = None
         per_worker["GPU"] = ray_cfg.gpus_per_worker
     out = Path(job.out_dir).resolve()
     job.out_dir = out
-    job.progress = job.progress and ray_cfg.workers == 1
+    job.step_bars = False  # bars do not redraw through Ray's log forwarding; per-epoch lines still print
     storage = out / "ray_train"
     trainer = TorchTrainer(
         _train_loop,
