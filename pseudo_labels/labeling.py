@@ -100,6 +100,7 @@ class Labeler:
         device: str = "cpu",
         decode_threads: int = 1,
         torch_threads: Optional[int] = None,
+        kill_once_marker: Optional[str] = None,
     ) -> None:
         import torch
 
@@ -128,6 +129,7 @@ class Labeler:
                 self.transforms[key] = create_transform(spec.image_size, spec.in_chans, list(spec.mean), list(spec.std), noise=None)
             self.models.append((key, model))
         self.pool = ThreadPoolExecutor(decode_threads) if decode_threads > 1 else None
+        self.kill_once_marker = kill_once_marker
 
     def _load(self, i: int) -> tuple[Optional[dict[tuple, Any]], str]:
         """Decode image ``i`` and apply each teacher input transform; or None and why it failed."""
@@ -139,8 +141,20 @@ class Labeler:
             return None, f"{type(exc).__name__}: {exc}"
         return {key: tf(img) for key, tf in self.transforms.items()}, ""
 
+    def _maybe_die(self) -> None:
+        """Fault injection for tests: the first actor to get here exits hard, as an OOM-killed process would."""
+        try:
+            fd = os.open(self.kill_once_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os._exit(1)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         import torch
+
+        if self.kill_once_marker:
+            self._maybe_die()
 
         indices = np.asarray(batch["index"], dtype=np.int64)
         ids = [self.source.image_id(int(i)) for i in indices]
@@ -342,7 +356,8 @@ class _ShardWriter:
 
 def _run_ray(source: Any, teachers: list[Checkpoint], out: Path, chunks: list[int], *, n: int, chunk_size: int,
              metadata: LabelMetadata, temperature: float, topk: Optional[int], batch_size: int, num_actors: int,
-             num_gpus_per_actor: float, num_cpus_per_actor: float, progress: bool) -> int:
+             num_gpus_per_actor: float, num_cpus_per_actor: float, progress: bool, max_retries: int = 3,
+             kill_once_marker: Optional[str] = None) -> int:
     import ray.data
     from tqdm.auto import tqdm
 
@@ -370,6 +385,7 @@ def _run_ray(source: Any, teachers: list[Checkpoint], out: Path, chunks: list[in
                 "device": "cuda" if num_gpus_per_actor > 0 else "cpu",
                 "decode_threads": max(1, int(num_cpus_per_actor)),
                 "torch_threads": max(1, int(num_cpus_per_actor)) if num_gpus_per_actor == 0 else None,
+                "kill_once_marker": kill_once_marker,
             },
             batch_size=batch_size,
             batch_format="numpy",
@@ -377,6 +393,10 @@ def _run_ray(source: Any, teachers: list[Checkpoint], out: Path, chunks: list[in
             num_cpus=num_cpus_per_actor,
             num_gpus=num_gpus_per_actor,
             udf_modifying_row_count=False,
+            # a dead actor (OOM, preempted node) is restarted and its batch retried; the driver's
+            # per-chunk index check keeps every image exactly once whatever is retried
+            max_restarts=max_retries,
+            max_task_retries=max_retries,
         )
         writer = _ShardWriter(out, chunks, chunk_size, n, metadata, bar)
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -453,6 +473,8 @@ def label_images(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     force: bool = False,
     progress: bool = True,
+    max_retries: int = 3,
+    kill_once_marker: Optional[str] = None,
 ) -> dict[str, Any]:
     """Label every image of ``source`` with the teacher checkpoint(s) into ``out_dir``; return the summary.
 
@@ -511,7 +533,8 @@ def label_images(
         processed = _run_ray(
             source, teachers, out, todo, n=n, chunk_size=chunk_size, metadata=metadata, temperature=temperature,
             topk=topk, batch_size=batch_size, num_actors=num_actors, num_gpus_per_actor=num_gpus_per_actor,
-            num_cpus_per_actor=num_cpus_per_actor, progress=progress,
+            num_cpus_per_actor=num_cpus_per_actor, progress=progress, max_retries=max_retries,
+            kill_once_marker=kill_once_marker,
         )
     seconds = time.perf_counter() - start
     return _finish(out, source, metadata, processed=processed, seconds=seconds, chunk_size=chunk_size,

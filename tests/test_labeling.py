@@ -206,3 +206,17 @@ def test_ensemble_needs_the_same_classes(world, tmp_path):
         label_images(world["source"], [world["t1"], other], tmp_path / "out", **RUN)
     with pytest.raises(UserError, match="temperature"):
         label_images(world["source"], [world["t1"]], tmp_path / "out", temperature=0.0, **RUN)
+
+
+def test_actor_killed_mid_job_is_retried_and_set_stays_exact(world, labeled, ray_session, tmp_path):
+    """An actor process that dies hard mid-job is restarted by Ray; the set is complete, duplicate-free
+    and equal to an uninterrupted run's."""
+    out = tmp_path / "killed-actor"
+    marker = tmp_path / "actor-killed"
+    summary = label_images(world["source"], [world["t1"]], out, kill_once_marker=str(marker), **RUN)
+    assert marker.exists(), "an actor was killed"
+    df = read_labels(out, require_complete=True).sort_values("image_id").reset_index(drop=True)
+    ref = read_labels(labeled[0]).sort_values("image_id").reset_index(drop=True)
+    assert df["image_id"].is_unique and len(df) == 90 and summary["rejected"] == 3
+    pd.testing.assert_frame_equal(df[["image_id", "label"]], ref[["image_id", "label"]])
+    np.testing.assert_allclose(df["confidence"], ref["confidence"], rtol=1e-5)
