@@ -70,13 +70,12 @@ def main(quick: bool, only: str | None, threads: int, repeats: int | None) -> No
                     rows += throughput.bench_teacher(cfg, bundle, sizes, threads, dev, bar)
         if "labeling" in sections:
             for dev in devices:
-                n_unl = sizes.label_images or len(bundle.unlabeled)
-                reps = sizes.repeats if n_unl <= 10_000 else 1
-                total = (2 if dev == "cuda" else 4) * reps + 1
+                n_unl = min(sizes.label_images or len(bundle.unlabeled), len(bundle.unlabeled))
+                total = labeling.planned_runs(sizes, n_unl, dev)
                 with tqdm(total=total, desc=f"labeling ({dev})", unit="run", dynamic_ncols=True) as bar:
-                    rows += labeling.bench_labeling(cfg, bundle, sizes, dev, bar=bar)
+                    rows += labeling.bench_labeling(cfg, bundle, sizes, threads, dev, bar=bar)
         if "workers" in sections:
-            with tqdm(total=4 * sizes.worker_repeats, desc="workers", unit="run", dynamic_ncols=True) as bar:
+            with tqdm(total=throughput.planned_worker_runs(sizes, threads), desc="workers", unit="run", dynamic_ncols=True) as bar:
                 rows += throughput.bench_workers(cfg, bundle, sizes, threads, bar=bar)
     finally:
         cleanup()
@@ -84,20 +83,21 @@ def main(quick: bool, only: str | None, threads: int, repeats: int | None) -> No
     load_after = load_average()
     wall = time.perf_counter() - t_start
     env = environment()
-    footer = [
-        "ours/bare: median of per-round ratios; img/s: medians over rounds that alternate ours and bare in the same run.",
-        "teacher/workers: ours = run_training's history.csv images_per_s (epoch loop only; 'call' = whole call); "
-        "bare = same model, transform, batch 64, steps.",
-        "labeling: ours = whole label_images call on a running Ray (Parquet writing included); "
-        "bare = one-process inference loop, no files.",
-        "threads: torch intra-op threads ours/bare (NxM = N Ray processes of M threads).",
-        f"sizes: {sizes.name}; device: {'cuda ' + str(env['gpu']) if gpu else 'cpu'}; cpus: {env['cpu_count']}; "
-        f"torch {env['torch']}; ray start {ray_seconds:.1f} s (not in any row)" if ray_seconds is not None else
-        f"sizes: {sizes.name}; device: {'cuda ' + str(env['gpu']) if gpu else 'cpu'}; cpus: {env['cpu_count']}; "
-        f"torch {env['torch']}",
-        f"load average (1/5/15 min): before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
-        f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; bench wall {wall / 60:.1f} min",
-    ]
+    device = f"cuda ({env['gpu']})" if gpu else "cpu"
+    footer = ["ours/bare: median of per-round ratios; img/s: medians over rounds alternating ours and bare in one run."]
+    if {"teacher", "workers"} & set(sections):
+        footer.append("teacher/workers: ours = history.csv images_per_s of run_training (epoch loop only; 'call' = "
+                      "whole call); bare = same model, transform, batch 64 and steps, same span timed.")
+    if "labeling" in sections:
+        footer.append("labeling: ours = the whole label_images call on a running Ray (actor start and Parquet "
+                      "writing included); bare = one-process inference loop, no files.")
+    footer.append("threads: torch intra-op threads ours/bare; NxM = N Ray processes of M threads.")
+    line = f"sizes: {sizes.name}; device: {device}; cpus: {env['cpu_count']}; torch {env['torch']}"
+    if ray_seconds is not None:
+        line += f"; Ray start {ray_seconds:.1f} s (in no row)"
+    footer.append(line)
+    footer.append(f"load average (1/5/15 min): before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
+                  f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; bench wall {wall / 60:.1f} min")
     table = format_table(rows, footer)
     meta = {
         "sizes": dataclasses.asdict(sizes), "sections": sections, "threads": threads, "environment": env,

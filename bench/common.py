@@ -9,6 +9,7 @@ each pair is repeated and the *median* of the values and of the per-pair ratios 
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import shutil
@@ -138,6 +139,9 @@ def init_ray() -> float:
 
     with Stopwatch() as sw:
         _init()
+    # Ray Data logs every dataset's start and end at INFO and warns that its bars are off (the
+    # labeling job shows its own); the bench's progress bars and table say what matters.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     return sw.seconds
 
 

@@ -108,9 +108,13 @@ def parquet_bytes_per_image(folder: Path) -> tuple[float, int]:
     return (size / rows if rows else float("nan")), rows
 
 
-def bench_labeling(cfg: Any, bundle: Any, sizes: Sizes, device: str = "cpu", actor_counts: tuple[int, ...] = (1, 2),
-                   bar: Any = None) -> list[Row]:
-    """Rows: ``label_images`` with 1 and 2 CPU actors (or one GPU actor) vs the bare loop; Parquet sizes."""
+def bench_labeling(cfg: Any, bundle: Any, sizes: Sizes, threads: int, device: str = "cpu",
+                   actor_counts: tuple[int, ...] = (1, 2), bar: Any = None) -> list[Row]:
+    """Rows: ``label_images`` with 1 and 2 one-CPU actors (on a GPU: one GPU actor, fp16) vs the bare loop,
+    a ``topk=3`` job for the Parquet size, and (full sizes) the fixed cost of a job.
+
+    Every labeling row is compared with the same bare loop, run in the driver with ``threads`` threads.
+    """
     from pseudo_labels import label_images
 
     source = bundle.unlabeled
@@ -121,56 +125,66 @@ def bench_labeling(cfg: Any, bundle: Any, sizes: Sizes, device: str = "cpu", act
     ckpt = make_teacher(cfg, bundle, scratch_dir("teacher-ckpt") / "model.pt",
                         steps=20 if sizes.name == "quick" else 100, device=device)
     gpu = device == "cuda"
-    # (actors, GPUs per actor, CPUs per actor): one GPU actor on a GPU, else 1 and 2 one-CPU actors
+    # (actors, GPUs per actor, CPUs per actor)
     configs = [(1, 1.0, 1.0)] if gpu else [(a, 0.0, 1.0) for a in actor_counts]
     calls: dict[str, list[float]] = {}
     summaries: dict[str, list[dict]] = {}
     folders: dict[str, list[Path]] = {}
 
-    def ours(actors: int, gpus: float, cpus: float, topk: Optional[int] = None, key: Optional[str] = None):
-        key = key or f"ours-{actors}"
-
+    def ours(key: str, src: Any, actors: int, gpus: float, cpus: float, topk: Optional[int] = None):
         def run() -> float:
-            out = scratch_dir(f"labels-{actors}")
+            out = scratch_dir(f"labels-{key}")
             with Stopwatch() as sw:
-                summary = label_images(source, [ckpt], out, topk=topk, batch_size=BATCH_SIZE, num_actors=actors,
+                summary = label_images(src, [ckpt], out, topk=topk, batch_size=BATCH_SIZE, num_actors=actors,
                                        num_gpus_per_actor=gpus, num_cpus_per_actor=cpus, progress=False)
             calls.setdefault(key, []).append(sw.seconds)
             summaries.setdefault(key, []).append(summary)
             folders.setdefault(key, []).append(out)
-            return n / sw.seconds
+            return len(src) / sw.seconds
         return run
 
-    measure: dict[str, Any] = {}
+    measure: dict[str, Any] = {"bare": lambda: bare_label(ckpt, images, BATCH_SIZE, device, threads, half=gpu)}
     for actors, gpus, cpus in configs:
-        threads = None if gpu else int(actors * cpus)
-        measure[f"bare-{actors}"] = (lambda t=threads: bare_label(ckpt, images, BATCH_SIZE, device, t, half=gpu))
-        measure[f"ours-{actors}"] = ours(actors, gpus, cpus)
-    # one more job for the top-3 storage figure, with the last configuration (not part of the ratio)
+        measure[f"ours-{actors}"] = ours(f"ours-{actors}", source, actors, gpus, cpus)
+    got = interleave(labeling_rounds(sizes, n), measure, bar)
     last = configs[-1]
-    measure["ours-topk3"] = ours(*last, topk=3, key="ours-topk3")
-    repeats = sizes.repeats if n <= 10_000 else 1
-    runs = {k: v for k, v in measure.items() if k != "ours-topk3"}
-    got = interleave(repeats, runs, bar)
-    got.update(interleave(1, {"ours-topk3": measure["ours-topk3"]}, bar))
+    extra_runs = {"ours-topk3": ours("ours-topk3", source, *last, topk=3)}
+    small = None
+    if sizes.name != "quick" and n > BATCH_SIZE:
+        # a one-batch job: its time is almost all fixed cost (actor start, job set-up, summary)
+        small = source.subset(np.arange(BATCH_SIZE))
+        extra_runs["ours-1batch"] = ours("ours-1batch", small, *configs[0])
+    got.update(interleave(1, extra_runs, bar))
 
     section = "labeling" + ("" if not gpu else f" ({device}, fp16)")
+    bare_th = "-" if gpu else str(threads)
+    b = got["bare"]
     rows = []
     for actors, gpus, cpus in configs:
-        o, b = got[f"ours-{actors}"], got[f"bare-{actors}"]
-        bpi, _ = parquet_bytes_per_image(folders[f"ours-{actors}"][-1])
-        job_s = [s["seconds"] for s in summaries[f"ours-{actors}"]]
+        key = f"ours-{actors}"
+        o = got[key]
+        bpi, _ = parquet_bytes_per_image(folders[key][-1])
         what = f"{actors} GPU actor" if gpu else f"{actors} actor{'s' if actors > 1 else ''} x {cpus:g} CPU"
-        th = "-/-" if gpu else f"{actors}x{int(cpus)}/{int(actors * cpus)}"
+        th = f"{actors}x-/{bare_th}" if gpu else f"{actors}x{int(cpus)}/{bare_th}"
         rows.append(Row(
             section=section, name=f"label_images, {what}", ours=median(o), bare=median(b),
             ratio=median([x / y for x, y in zip(o, b)]), images=n, repeats=len(o), threads=th,
-            note=f"call {median(calls[f'ours-{actors}']):.1f} s; {bpi:.1f} B/img (10 probs)",
-            samples={"ours": o, "bare": b, "ours_call_seconds": calls[f"ours-{actors}"], "ours_job_seconds": job_s},
+            note=f"job {median(calls[key]):.1f} s; {bpi:.1f} B/img (10 probs)",
+            samples={"ours": o, "bare": b, "ours_call_seconds": calls[key],
+                     "ours_job_seconds": [s["seconds"] for s in summaries[key]]},
             extra={"batch_size": BATCH_SIZE, "num_actors": actors, "num_cpus_per_actor": cpus,
                    "num_gpus_per_actor": gpus, "parquet_bytes_per_image_topk_none": bpi,
-                   "mean_confidence": summaries[f"ours-{actors}"][-1].get("mean_confidence")},
+                   "mean_confidence": summaries[key][-1].get("mean_confidence"),
+                   "timed": "ours: the label_images call (Ray already running); bare: first batch to last softmax"},
         ))
+    if small is not None:
+        # fixed cost of a job = one-batch job time minus what that batch costs at the big job's rate
+        one = rows[0]
+        fixed = calls["ours-1batch"][-1] - BATCH_SIZE / one.ours
+        steady = (n - BATCH_SIZE) / max(median(calls[f"ours-{configs[0][0]}"]) - calls["ours-1batch"][-1], 1e-9)
+        one.extra.update({"fixed_seconds_per_job": fixed, "one_batch_job_seconds": calls["ours-1batch"][-1],
+                          "steady_images_per_s": steady, "steady_ratio": steady / one.bare if one.bare else None})
+        one.note += f"; fixed ~{fixed:.0f} s/job, steady {steady:,.0f} img/s ({steady / one.bare:.2f}x bare)"
     bpi3, rows3 = parquet_bytes_per_image(folders["ours-topk3"][-1])
     bpi_all = rows[-1].extra["parquet_bytes_per_image_topk_none"]
     o3 = got["ours-topk3"]
@@ -182,3 +196,14 @@ def bench_labeling(cfg: Any, bundle: Any, sizes: Sizes, device: str = "cpu", act
         extra={"parquet_bytes_per_image_topk3": bpi3, "parquet_bytes_per_image_topk_none": bpi_all, "rows": rows3},
     ))
     return rows
+
+
+def labeling_rounds(sizes: Sizes, n: int) -> int:
+    """Rounds of (bare, 1 actor, 2 actors): one for big jobs (each takes minutes on 2 cores)."""
+    return sizes.repeats if n <= 10_000 and sizes.name != "quick" else 1
+
+
+def planned_runs(sizes: Sizes, n: int, device: str) -> int:
+    """How many measurements :func:`bench_labeling` makes (for the progress bar)."""
+    per_round = 2 if device == "cuda" else 3
+    return per_round * labeling_rounds(sizes, n) + 1 + (1 if sizes.name != "quick" and n > BATCH_SIZE else 0)

@@ -191,7 +191,24 @@ def bench_workers(cfg: Any, bundle: Any, sizes: Sizes, threads: int, worker_coun
         return run
 
     spec = teacher_job(cfg, bundle, noise, steps, Path("."), "cpu").spec
-    measure = {"bare": lambda: bare_train(spec, noise, images, labels, cfg.teacher_train, steps, "cpu")}
+
+    def bare(n_threads: int):
+        def run() -> float:
+            import torch
+
+            old = torch.get_num_threads()
+            torch.set_num_threads(n_threads)
+            try:
+                return bare_train(spec, noise, images, labels, cfg.teacher_train, steps, "cpu")
+            finally:
+                torch.set_num_threads(old)
+        return run
+
+    measure = {"bare": bare(threads)}
+    # A single Ray Train worker gets every CPU, so Ray sets OMP_NUM_THREADS to the CPU count; the bare
+    # loop at that many threads tells the cost of the threads apart from the cost of Ray Train.
+    if cpus != threads and 1 in worker_counts:
+        measure[f"bare-{cpus}t"] = bare(cpus)
     for n in worker_counts:
         measure[f"workers={n}"] = ours(n)
     got = interleave(sizes.worker_repeats, measure, bar)
@@ -213,4 +230,20 @@ def bench_workers(cfg: Any, bundle: Any, sizes: Sizes, threads: int, worker_coun
             samples={"ours": o, "bare": b, "ours_call_seconds": walls[n]},
             extra={"workers": n, "steps_per_worker": steps, "batch_size": BATCH_SIZE, "ray_cpus": cpus},
         ))
+    if f"bare-{cpus}t" in got:
+        bt = got[f"bare-{cpus}t"]
+        rows.append(Row(
+            section="workers", name=f"bare loop at {cpus} threads (reference)", ours=median(bt), bare=median(b),
+            ratio=median([x / y for x, y in zip(bt, b)]), images=steps * BATCH_SIZE, repeats=len(bt),
+            threads=f"{cpus}/{threads}", note="the threads a 1-worker Ray Train job gets",
+            samples={"ours": bt, "bare": b}, extra={"threads": cpus},
+        ))
     return rows
+
+
+def planned_worker_runs(sizes: Sizes, threads: int, worker_counts: tuple[int, ...] = (0, 1, 2)) -> int:
+    """How many measurements :func:`bench_workers` makes (for the progress bar)."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return sizes.worker_repeats * (1 + len(worker_counts) + (1 if cpus != threads and 1 in worker_counts else 0))

@@ -47,10 +47,33 @@ def load_data(cfg: ExperimentConfig) -> DataBundle:
     return _DATA_CACHE[key]
 
 
-def _train(run: RunDir, cfg: ExperimentConfig, job: TrainJob) -> dict:
+def _train_step(run: RunDir, cfg: ExperimentConfig, step: str, out: Path, *, model_cfg, train_cfg, labeled, test, classes,
+                generation: int, role: str, progress: bool, job_cfg: Optional[ExperimentConfig] = None,
+                pseudo: Optional[PseudoLabeledSet] = None) -> dict:
+    """Build one :class:`TrainJob`, train it as ``cfg.ray`` says, and record ``step`` as done."""
     from .train_ray import train
 
-    return train(job, cfg.ray)
+    t0 = time.perf_counter()
+    job = TrainJob(
+        spec=spec_for(model_cfg, cfg.data, classes),
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
+        labeled=labeled,
+        test=test,
+        out_dir=out,
+        pseudo=pseudo,
+        student=cfg.student if pseudo is not None else None,
+        seed=cfg.seed + generation,
+        device=cfg.device,
+        generation=generation,
+        role=role,
+        config=_cfg_dict(job_cfg or cfg),
+        progress=progress,
+    )
+    metrics = train(job, cfg.ray)
+    run.mark_done(step, time.perf_counter() - t0, [out / "model.pt", out / "metrics.json", out / "history.csv"],
+                  test_acc=metrics.get("test_acc"), model=model_cfg.name)
+    return metrics
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,26 +87,9 @@ def train_teacher(run: RunDir, cfg: ExperimentConfig, force: bool = False, progr
     if run.is_done(step) and not force:
         return read_json(out / "metrics.json")
     data = load_data(cfg)
-    t0 = time.perf_counter()
-    job = TrainJob(
-        spec=spec_for(cfg.teacher, cfg.data, data.classes),
-        model_cfg=cfg.teacher,
-        train_cfg=cfg.teacher_train,
-        labeled=data.labeled,
-        test=data.test,
-        out_dir=out,
-        seed=cfg.seed,
-        device=cfg.device,
-        generation=0,
-        role="teacher",
-        config=_cfg_dict(cfg),
-        progress=progress,
-    )
     _log(f"[gen 0] teacher {cfg.teacher.name} on {len(data.labeled)} labeled images")
-    metrics = _train(run, cfg, job)
-    run.mark_done(step, time.perf_counter() - t0, [out / "model.pt", out / "metrics.json", out / "history.csv"],
-                  test_acc=metrics.get("test_acc"), model=cfg.teacher.name)
-    return metrics
+    return _train_step(run, cfg, step, out, model_cfg=cfg.teacher, train_cfg=cfg.teacher_train, labeled=data.labeled,
+                       test=data.test, classes=data.classes, generation=0, role="teacher", progress=progress)
 
 
 def train_baseline(run: RunDir, cfg: ExperimentConfig, role: str, labels_per_class: Optional[int], progress: bool = True,
@@ -100,28 +106,13 @@ def train_baseline(run: RunDir, cfg: ExperimentConfig, role: str, labels_per_cla
     if run.is_done(step) and not force:
         return read_json(out / "metrics.json")
     data_cfg = replace(cfg.data, labels_per_class=labels_per_class or cfg.data.labels_per_class)
-    bcfg = replace(cfg, data=data_cfg)
     data = create_data(data_cfg)
-    model_cfg = replace(cfg.student.ladder[-1])
-    t0 = time.perf_counter()
-    job = TrainJob(
-        spec=spec_for(model_cfg, cfg.data, data.classes),
-        model_cfg=model_cfg,
-        train_cfg=replace(cfg.teacher_train, epochs=epochs or cfg.teacher_train.epochs),
-        labeled=data.labeled,
-        test=data.test,
-        out_dir=out,
-        seed=cfg.seed,
-        device=cfg.device,
-        generation=0,
-        role=role,
-        config=_cfg_dict(bcfg),
-        progress=progress,
-    )
+    model_cfg = cfg.student.ladder[-1]
     _log(f"[baseline] {role}: {model_cfg.name} on {len(data.labeled)} labeled images")
-    metrics = _train(run, cfg, job)
-    run.mark_done(step, time.perf_counter() - t0, [out / "model.pt"], test_acc=metrics.get("test_acc"), model=model_cfg.name)
-    return metrics
+    return _train_step(run, cfg, step, out, model_cfg=model_cfg,
+                       train_cfg=replace(cfg.teacher_train, epochs=epochs or cfg.teacher_train.epochs),
+                       labeled=data.labeled, test=data.test, classes=data.classes, generation=0, role=role,
+                       progress=progress, job_cfg=replace(cfg, data=data_cfg))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,30 +225,11 @@ def train_student(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = Fals
     data = load_data(cfg)
     model_cfg = cfg.student_model(g)
     pseudo = pseudo_set(run, cfg, g)
-    t0 = time.perf_counter()
-    job = TrainJob(
-        spec=spec_for(model_cfg, cfg.data, data.classes),
-        model_cfg=model_cfg,
-        train_cfg=cfg.student.train,
-        labeled=data.labeled,
-        test=data.test,
-        out_dir=out,
-        pseudo=pseudo,
-        student=cfg.student,
-        seed=cfg.seed + g,
-        device=cfg.device,
-        generation=g,
-        role="student",
-        config=_cfg_dict(cfg),
-        progress=progress,
-    )
     _log(f"[gen {g}] student {model_cfg.name} (drop {model_cfg.drop_rate}, drop path {model_cfg.drop_path_rate}, "
          f"RandAugment n={model_cfg.noise.randaugment_n} m={model_cfg.noise.randaugment_m}) on {len(data.labeled)} labeled + "
          f"{int(pseudo.weights.sum())} pseudo-labeled images")
-    metrics = _train(run, cfg, job)
-    run.mark_done(step, time.perf_counter() - t0, [out / "model.pt", out / "metrics.json", out / "history.csv"],
-                  test_acc=metrics.get("test_acc"), model=model_cfg.name)
-    return metrics
+    return _train_step(run, cfg, step, out, model_cfg=model_cfg, train_cfg=cfg.student.train, labeled=data.labeled,
+                       test=data.test, classes=data.classes, generation=g, role="student", progress=progress, pseudo=pseudo)
 
 
 def evaluate_generation(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False) -> dict:
