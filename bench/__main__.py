@@ -17,7 +17,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import click
 
-from .common import FULL, QUICK, RESULTS_FILE, SECTIONS, Row, Stopwatch, cleanup, device_kind, environment
+from .common import FULL, LOAD_SAMPLES, QUICK, SECTIONS, Row, cleanup, device_kind, environment, median
 from .common import fashion_mnist, format_table, init_ray, load_average, write_results
 
 
@@ -69,11 +69,12 @@ def main(quick: bool, only: str | None, threads: int, repeats: int | None) -> No
                 with tqdm(total=4 * sizes.repeats, desc=f"teacher ({dev})", unit="run", dynamic_ncols=True) as bar:
                     rows += throughput.bench_teacher(cfg, bundle, sizes, threads, dev, bar)
         if "labeling" in sections:
+            lab_cfg, lab_bundle = fashion_mnist(labeling.LABELS_PER_CLASS)
+            n_unl = min(sizes.label_images or len(lab_bundle.unlabeled), len(lab_bundle.unlabeled))
             for dev in devices:
-                n_unl = min(sizes.label_images or len(bundle.unlabeled), len(bundle.unlabeled))
                 total = labeling.planned_runs(sizes, n_unl, dev)
                 with tqdm(total=total, desc=f"labeling ({dev})", unit="run", dynamic_ncols=True) as bar:
-                    rows += labeling.bench_labeling(cfg, bundle, sizes, threads, dev, bar=bar)
+                    rows += labeling.bench_labeling(lab_cfg, lab_bundle, sizes, dev, bar=bar)
         if "workers" in sections:
             with tqdm(total=throughput.planned_worker_runs(sizes, threads), desc="workers", unit="run", dynamic_ncols=True) as bar:
                 rows += throughput.bench_workers(cfg, bundle, sizes, threads, bar=bar)
@@ -89,20 +90,27 @@ def main(quick: bool, only: str | None, threads: int, repeats: int | None) -> No
         footer.append("teacher/workers: ours = history.csv images_per_s of run_training (epoch loop only; 'call' = "
                       "whole call); bare = same model, transform, batch 64 and steps, same span timed.")
     if "labeling" in sections:
-        footer.append("labeling: ours = the whole label_images call on a running Ray (actor start and Parquet "
-                      "writing included); bare = one-process inference loop, no files.")
-    footer.append("threads: torch intra-op threads ours/bare; NxM = N Ray processes of M threads.")
+        footer.append("labeling: ours = the whole label_images call on a running Ray (actor start and Parquet writing "
+                      "included); bare = the same inference in N one-thread processes for N actors, no files.")
+        if quick:
+            footer.append("quick labeling ratios are mostly the fixed cost of a job (actor start, ~8 s here); the full "
+                          "run labels 59,000 images and reports that cost and the steady rate apart.")
+    footer.append("threads: torch intra-op threads ours/bare; NxM = N processes of M threads. A row with more CPUs "
+                  "than its bare loop can exceed 1 (workers=2: ideal 2 on an idle machine).")
     line = f"sizes: {sizes.name}; device: {device}; cpus: {env['cpu_count']}; torch {env['torch']}"
     if ray_seconds is not None:
         line += f"; Ray start {ray_seconds:.1f} s (in no row)"
     footer.append(line)
     footer.append(f"load average (1/5/15 min): before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
-                  f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; bench wall {wall / 60:.1f} min")
+                  f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; 1-min load after each "
+                  f"measurement: min {min(LOAD_SAMPLES, default=float('nan')):.1f}, median {median(LOAD_SAMPLES):.1f}, "
+                  f"max {max(LOAD_SAMPLES, default=float('nan')):.1f}; bench wall {wall / 60:.1f} min")
     table = format_table(rows, footer)
     meta = {
         "sizes": dataclasses.asdict(sizes), "sections": sections, "threads": threads, "environment": env,
         "ray_start_seconds": ray_seconds, "load_average_before": load_before, "load_average_after": load_after,
-        "wall_seconds": wall, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv),
+        "wall_seconds": wall, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_samples": LOAD_SAMPLES,
+        "command": " ".join(["python -m bench"] + sys.argv[1:]),
         "table": table,
     }
     path = write_results(rows, meta)

@@ -25,6 +25,9 @@ RESULTS_FILE = RESULTS_DIR / "bench.json"
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist.yaml"
 SECTIONS = ("teacher", "labeling", "workers")
 
+#: the 1-minute load average after every measurement of this run (see :func:`interleave`)
+LOAD_SAMPLES: list[float] = []
+
 
 @dataclass(frozen=True)
 class Sizes:
@@ -78,6 +81,7 @@ def interleave(repeats: int, measure: dict[str, Callable[[], float]], bar: Any =
             if bar is not None:
                 bar.set_postfix_str(f"{name} ({r + 1}/{repeats})")
             got[name].append(measure[name]())
+            LOAD_SAMPLES.append(load_average()[0])
             if bar is not None:
                 bar.update(1)
     return got

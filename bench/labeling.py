@@ -1,6 +1,7 @@
 """Labeling throughput: ``pseudo_labels.label_images`` (Ray Data, actor pool) against a bare inference loop.
 
-What is compared. *Ours* is the whole labeling job on the unlabeled Fashion-MNIST split: the teacher
+What is compared. *Ours* is the whole labeling job on the 59,000 unlabeled Fashion-MNIST images (the
+split of ``configs/fashion_mnist.yaml``, 100 labels per class, without its 10,000-image limit): the teacher
 checkpoint is loaded, the images are cut into chunks, an actor pool of ``num_actors`` actors (one CPU
 each) decodes, transforms and labels them in batches of 1,024, and the driver writes the Parquet
 shards, ``summary.json`` and ``_SUCCESS``. Ray itself is started before any timing (its start is
@@ -10,9 +11,11 @@ process: the same checkpoint loaded with ``load_checkpoint``, the same eval tran
 ``Dataset`` on the uint8 image array, a ``DataLoader`` with the same batch size, ``torch.inference_mode``
 and a softmax, collecting the probabilities as numpy; no files are written.
 
-Threads. A Ray actor with ``num_cpus=1`` runs torch with one intra-op thread (the labeling job sets it;
-Ray sets ``OMP_NUM_THREADS`` to the actor's CPUs anyway). The bare loop is therefore given as many
-threads as the job has CPUs in total (actors x CPUs per actor), so both sides use the same cores.
+Same CPUs on both sides. A Ray actor with ``num_cpus=1`` runs torch with one intra-op thread (the
+labeling job sets it; Ray sets ``OMP_NUM_THREADS`` to the actor's CPUs anyway). So one actor is
+compared with one bare loop of one thread, and N actors with N bare loops of one thread running at the
+same time in N processes on 1/N of the images each (one process with N threads would be a different
+thing: on a busy machine its OpenMP barriers make it several times slower than one thread).
 
 Storage. Parquet bytes per image are the summed sizes of ``part-*.parquet`` over the rows, for all 10
 probabilities (``topk=None``) and for ``topk=3``.
@@ -20,7 +23,7 @@ probabilities (``topk=None``) and for ``topk=3``.
 
 from __future__ import annotations
 
-import dataclasses
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,6 +33,8 @@ from .common import Row, Sizes, Stopwatch, interleave, median, scratch_dir
 from .throughput import ArrayDataset
 
 BATCH_SIZE = 1024
+#: labeled images per class of the split whose unlabeled part is labeled: 100 -> 1,000 labeled, 59,000 unlabeled
+LABELS_PER_CLASS = 100
 
 
 def make_teacher(cfg: Any, bundle: Any, path: Path, steps: int, device: str = "cpu") -> Path:
@@ -64,9 +69,13 @@ def make_teacher(cfg: Any, bundle: Any, path: Path, steps: int, device: str = "c
     return path
 
 
-def bare_label(checkpoint: Path, images: np.ndarray, batch_size: int, device: str, threads: Optional[int],
-               half: bool = False) -> float:
-    """Images/s of a hand-written inference loop over ``images`` with the checkpoint's model."""
+def _bare_label_run(checkpoint: Path, images: np.ndarray, batch_size: int, device: str, threads: Optional[int],
+                    half: bool = False, barrier: Any = None) -> tuple[int, float, float]:
+    """The bare inference loop: ``(images labeled, loop start, loop end)`` on the monotonic clock.
+
+    Model loading and transform construction happen before ``barrier`` (when given), so concurrent
+    processes start their loops together and only the loops are timed.
+    """
     import torch
     from torch.utils.data import DataLoader
 
@@ -85,17 +94,54 @@ def bare_label(checkpoint: Path, images: np.ndarray, batch_size: int, device: st
         tf = create_transform(s.image_size, s.in_chans, s.mean, s.std, None)
         loader = DataLoader(ArrayDataset(images, np.zeros(len(images), np.int64), tf), batch_size=batch_size,
                             shuffle=False, num_workers=0)
+        if barrier is not None:
+            barrier.wait()
         out = []
-        with Stopwatch() as sw, torch.inference_mode():
+        start = time.monotonic()
+        with torch.inference_mode():
             for x, _ in loader:
                 x = x.to(device, non_blocking=True)
                 if half:
                     x = x.half().contiguous(memory_format=torch.channels_last)
-                out.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())
-        n = sum(len(p) for p in out)
-        return n / sw.seconds
+                out.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())  # .cpu() syncs a GPU
+        return sum(len(p) for p in out), start, time.monotonic()
     finally:
         torch.set_num_threads(old_threads)
+
+
+def bare_label(checkpoint: Path, images: np.ndarray, batch_size: int, device: str, threads: Optional[int],
+               half: bool = False) -> float:
+    """Images/s of a hand-written inference loop over ``images`` with the checkpoint's model."""
+    n, start, end = _bare_label_run(checkpoint, images, batch_size, device, threads, half)
+    return n / (end - start)
+
+
+def _bare_child(args: tuple, barrier: Any, conn: Any) -> None:
+    conn.send(_bare_label_run(*args, barrier=barrier))
+    conn.close()
+
+
+def bare_label_processes(checkpoint: Path, images: np.ndarray, batch_size: int, processes: int) -> float:
+    """Aggregate images/s of ``processes`` bare loops of one thread each, run at the same time on equal
+    shares of ``images``: the bare counterpart of ``processes`` one-CPU actors (the same CPUs, without
+    the OpenMP barriers of one process with several threads). Timed from the first loop's start to
+    the last loop's end."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # never fork a process that runs Ray and torch threads
+    barrier = ctx.Barrier(processes)
+    procs, pipes = [], []
+    for part in np.array_split(images, processes):
+        recv, send = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_bare_child, args=((checkpoint, part, batch_size, "cpu", 1), barrier, send), daemon=True)
+        p.start()
+        procs.append(p)
+        pipes.append(recv)
+    results = [r.recv() for r in pipes]
+    for p in procs:
+        p.join()
+    n = sum(r[0] for r in results)
+    return n / (max(r[2] for r in results) - min(r[1] for r in results))
 
 
 def parquet_bytes_per_image(folder: Path) -> tuple[float, int]:
@@ -108,12 +154,14 @@ def parquet_bytes_per_image(folder: Path) -> tuple[float, int]:
     return (size / rows if rows else float("nan")), rows
 
 
-def bench_labeling(cfg: Any, bundle: Any, sizes: Sizes, threads: int, device: str = "cpu",
-                   actor_counts: tuple[int, ...] = (1, 2), bar: Any = None) -> list[Row]:
-    """Rows: ``label_images`` with 1 and 2 one-CPU actors (on a GPU: one GPU actor, fp16) vs the bare loop,
-    a ``topk=3`` job for the Parquet size, and (full sizes) the fixed cost of a job.
+def bench_labeling(cfg: Any, bundle: Any, sizes: Sizes, device: str = "cpu", actor_counts: tuple[int, ...] = (1, 2),
+                   bar: Any = None) -> list[Row]:
+    """Rows: ``label_images`` with 1 and 2 one-CPU actors (on a GPU: one GPU actor, fp16) vs the bare loop
+    on the same CPUs, a ``topk=3`` job for the Parquet size, and (full sizes) the fixed cost of a job.
 
-    Every labeling row is compared with the same bare loop, run in the driver with ``threads`` threads.
+    The bare counterpart of one one-CPU actor is one loop with one thread; of N one-CPU actors, N such
+    loops in N processes at the same time, each on 1/N of the images (:func:`bare_label_processes`).
+    On a GPU both sides use the GPU in half precision with the driver's threads.
     """
     from pseudo_labels import label_images
 
@@ -143,8 +191,16 @@ def bench_labeling(cfg: Any, bundle: Any, sizes: Sizes, threads: int, device: st
             return len(src) / sw.seconds
         return run
 
-    measure: dict[str, Any] = {"bare": lambda: bare_label(ckpt, images, BATCH_SIZE, device, threads, half=gpu)}
+    def bare(actors: int):
+        if gpu:
+            return lambda: bare_label(ckpt, images, BATCH_SIZE, device, None, half=True)
+        if actors == 1:
+            return lambda: bare_label(ckpt, images, BATCH_SIZE, "cpu", 1)
+        return lambda: bare_label_processes(ckpt, images, BATCH_SIZE, actors)
+
+    measure: dict[str, Any] = {}
     for actors, gpus, cpus in configs:
+        measure[f"bare-{actors}"] = bare(actors)
         measure[f"ours-{actors}"] = ours(f"ours-{actors}", source, actors, gpus, cpus)
     got = interleave(labeling_rounds(sizes, n), measure, bar)
     last = configs[-1]
@@ -157,15 +213,16 @@ def bench_labeling(cfg: Any, bundle: Any, sizes: Sizes, threads: int, device: st
     got.update(interleave(1, extra_runs, bar))
 
     section = "labeling" + ("" if not gpu else f" ({device}, fp16)")
-    bare_th = "-" if gpu else str(threads)
-    b = got["bare"]
     rows = []
     for actors, gpus, cpus in configs:
         key = f"ours-{actors}"
-        o = got[key]
+        o, b = got[key], got[f"bare-{actors}"]
         bpi, _ = parquet_bytes_per_image(folders[key][-1])
-        what = f"{actors} GPU actor" if gpu else f"{actors} actor{'s' if actors > 1 else ''} x {cpus:g} CPU"
-        th = f"{actors}x-/{bare_th}" if gpu else f"{actors}x{int(cpus)}/{bare_th}"
+        if gpu:
+            what, th = f"{actors} GPU actor", "-/-"
+        else:
+            what = f"{actors} actor{'s' if actors > 1 else ''} x {cpus:g} CPU"
+            th = f"{actors}x{int(cpus)}/{actors}x1"
         rows.append(Row(
             section=section, name=f"label_images, {what}", ours=median(o), bare=median(b),
             ratio=median([x / y for x, y in zip(o, b)]), images=n, repeats=len(o), threads=th,
@@ -175,16 +232,19 @@ def bench_labeling(cfg: Any, bundle: Any, sizes: Sizes, threads: int, device: st
             extra={"batch_size": BATCH_SIZE, "num_actors": actors, "num_cpus_per_actor": cpus,
                    "num_gpus_per_actor": gpus, "parquet_bytes_per_image_topk_none": bpi,
                    "mean_confidence": summaries[key][-1].get("mean_confidence"),
+                   "bare": "one process" if actors == 1 else f"{actors} processes at once, 1 thread each",
                    "timed": "ours: the label_images call (Ray already running); bare: first batch to last softmax"},
         ))
     if small is not None:
-        # fixed cost of a job = one-batch job time minus what that batch costs at the big job's rate
+        # fixed cost of a job = one-batch job time minus what that batch costs at the big job's rate;
+        # steady rate = the big job's images beyond the first batch over its time beyond the small job's
         one = rows[0]
-        fixed = calls["ours-1batch"][-1] - BATCH_SIZE / one.ours
-        steady = (n - BATCH_SIZE) / max(median(calls[f"ours-{configs[0][0]}"]) - calls["ours-1batch"][-1], 1e-9)
-        one.extra.update({"fixed_seconds_per_job": fixed, "one_batch_job_seconds": calls["ours-1batch"][-1],
+        t_small, t_big = calls["ours-1batch"][-1], median(calls[f"ours-{configs[0][0]}"])
+        fixed = t_small - BATCH_SIZE / one.ours
+        steady = (n - BATCH_SIZE) / max(t_big - t_small, 1e-9)
+        one.extra.update({"fixed_seconds_per_job": fixed, "one_batch_job_seconds": t_small,
                           "steady_images_per_s": steady, "steady_ratio": steady / one.bare if one.bare else None})
-        one.note += f"; fixed ~{fixed:.0f} s/job, steady {steady:,.0f} img/s ({steady / one.bare:.2f}x bare)"
+        one.note += f"; fixed ~{fixed:.0f} s/job, steady {steady:,.0f} img/s = {steady / one.bare:.2f}x bare"
     bpi3, rows3 = parquet_bytes_per_image(folders["ours-topk3"][-1])
     bpi_all = rows[-1].extra["parquet_bytes_per_image_topk_none"]
     o3 = got["ours-topk3"]
@@ -199,11 +259,11 @@ def bench_labeling(cfg: Any, bundle: Any, sizes: Sizes, threads: int, device: st
 
 
 def labeling_rounds(sizes: Sizes, n: int) -> int:
-    """Rounds of (bare, 1 actor, 2 actors): one for big jobs (each takes minutes on 2 cores)."""
+    """Rounds of (bare, ours) per configuration: one for big jobs (each takes minutes on 2 cores)."""
     return sizes.repeats if n <= 10_000 and sizes.name != "quick" else 1
 
 
 def planned_runs(sizes: Sizes, n: int, device: str) -> int:
     """How many measurements :func:`bench_labeling` makes (for the progress bar)."""
-    per_round = 2 if device == "cuda" else 3
+    per_round = 2 if device == "cuda" else 4
     return per_round * labeling_rounds(sizes, n) + 1 + (1 if sizes.name != "quick" and n > BATCH_SIZE else 0)

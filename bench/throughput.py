@@ -20,9 +20,8 @@ over its epoch seconds; the whole call (worker group start included) is in the n
 from __future__ import annotations
 
 import dataclasses
-from itertools import cycle
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,6 +42,13 @@ class ArrayDataset:
 
     def __getitem__(self, i: int):
         return self.transform(self.images[i]), int(self.labels[i])
+
+
+def _forever(loader: Any):
+    """Batches without end, a new epoch (new shuffle, new augmentation) each time round. Not
+    ``itertools.cycle``, which would replay the first epoch's already transformed tensors."""
+    while True:
+        yield from loader
 
 
 def _sync(device: str) -> None:
@@ -70,7 +76,7 @@ def bare_train(spec: Any, noise: Any, images: np.ndarray, labels: np.ndarray, tr
                         drop_last=True, num_workers=0)
     opt = torch.optim.SGD(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum, nesterov=True,
                           weight_decay=train_cfg.weight_decay)
-    batches = cycle(loader)  # note: itertools.cycle replays the first epoch's order; fine for timing
+    batches = _forever(loader)
     n = 0
     with Stopwatch() as sw:
         for _ in range(steps):

@@ -356,7 +356,7 @@ class _ShardWriter:
 
 def _run_ray(source: Any, teachers: list[Checkpoint], out: Path, chunks: list[int], *, n: int, chunk_size: int,
              metadata: LabelMetadata, temperature: float, topk: Optional[int], batch_size: int, num_actors: int,
-             num_gpus_per_actor: float, num_cpus_per_actor: float, progress: bool, max_retries: int = 3,
+             num_gpus_per_actor: float, num_cpus_per_actor: float, progress: bool,
              kill_once_marker: Optional[str] = None) -> int:
     import ray.data
     from tqdm.auto import tqdm
@@ -393,10 +393,9 @@ def _run_ray(source: Any, teachers: list[Checkpoint], out: Path, chunks: list[in
             num_cpus=num_cpus_per_actor,
             num_gpus=num_gpus_per_actor,
             udf_modifying_row_count=False,
-            # a dead actor (OOM, preempted node) is restarted and its batch retried; the driver's
-            # per-chunk index check keeps every image exactly once whatever is retried
-            max_restarts=max_retries,
-            max_task_retries=max_retries,
+            # A dead actor (OOM, preempted node) is restarted and its batch retried: Ray Data's actor pools
+            # default to max_restarts=-1 and max_task_retries=-1 (passing them here is deprecated since
+            # Ray 2.60). The driver's per-chunk index check keeps every image exactly once whatever is retried.
         )
         writer = _ShardWriter(out, chunks, chunk_size, n, metadata, bar)
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -473,7 +472,6 @@ def label_images(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     force: bool = False,
     progress: bool = True,
-    max_retries: int = 3,
     kill_once_marker: Optional[str] = None,
 ) -> dict[str, Any]:
     """Label every image of ``source`` with the teacher checkpoint(s) into ``out_dir``; return the summary.
@@ -484,6 +482,9 @@ def label_images(
 
     Raises :class:`UserError` for bad arguments, unreadable or mismatched checkpoints, and a folder
     that holds labels of another job (other teachers, temperature, top-k, source or chunk size).
+
+    ``kill_once_marker`` is a fault-injection hook for tests: the first actor to create that file
+    exits hard mid-job, so the retry path is exercised with a real dead process.
     """
     _check_args(temperature, topk, batch_size, num_actors, num_gpus_per_actor, num_cpus_per_actor, chunk_size)
     out = Path(out_dir)
@@ -533,8 +534,7 @@ def label_images(
         processed = _run_ray(
             source, teachers, out, todo, n=n, chunk_size=chunk_size, metadata=metadata, temperature=temperature,
             topk=topk, batch_size=batch_size, num_actors=num_actors, num_gpus_per_actor=num_gpus_per_actor,
-            num_cpus_per_actor=num_cpus_per_actor, progress=progress, max_retries=max_retries,
-            kill_once_marker=kill_once_marker,
+            num_cpus_per_actor=num_cpus_per_actor, progress=progress, kill_once_marker=kill_once_marker,
         )
     seconds = time.perf_counter() - start
     return _finish(out, source, metadata, processed=processed, seconds=seconds, chunk_size=chunk_size,
