@@ -52,6 +52,7 @@ run: install
 run-full: install
 	$(BIN)/noisystudent run configs/fashion_mnist_full.yaml --run-dir runs/fashion_mnist_full
 	$(BIN)/noisystudent status runs/fashion_mnist_full
+	$(BIN)/noisystudent report runs/fashion_mnist_full
 
 bench: install
 	$(BIN)/python -m bench
