@@ -13,7 +13,6 @@ are written at the end, each atomically; ``model.pt`` last, so its presence mean
 from __future__ import annotations
 
 import io as _io
-import math
 import random
 import time
 from dataclasses import dataclass, field

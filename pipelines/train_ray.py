@@ -65,7 +65,6 @@ def train(job: TrainJob, ray_cfg: RayConfig, fail_at_epoch: Optional[int] = None
     if ray_cfg.workers == 0:
         return run_training(job, TrainHooks(fail_at_epoch=fail_at_epoch))
 
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
