@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import pandas as pd
 
 from noisystudent.checkpoint import load_checkpoint
 from noisystudent.config import ExperimentConfig
@@ -158,18 +157,9 @@ def label(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[st
     return summary
 
 
-def _true_labels(data: DataBundle, image_ids: pd.Series) -> Optional[np.ndarray]:
-    src = data.unlabeled
-    if src is None or src.hidden_labels is None:
-        return None
-    index = {src.image_id(i): i for i in range(len(src))}
-    pos = image_ids.map(index)
-    return src.hidden_labels[pos.to_numpy(dtype=np.int64)]
-
-
 def select(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False) -> dict:
     """Confidence filter and per-class balancing of generation ``g``'s labels into ``selected/``."""
-    from pseudo_labels import read_labels, read_metadata, select_pseudo_labels, write_selection
+    from pseudo_labels import read_labels, read_metadata, select_pseudo_labels, true_labels, write_selection
 
     step = step_name(g, "select")
     out = run.selected_dir(g)
@@ -182,7 +172,7 @@ def select(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False) -> d
     labels_dir = run.labels_dir(g)
     meta = read_metadata(labels_dir)
     df = read_labels(labels_dir)
-    true = _true_labels(data, df["image_id"])
+    true = true_labels(data.unlabeled, df["image_id"], meta.class_names)
     if true is not None:
         df["true_label"] = true
     pl = cfg.pseudo_labels
