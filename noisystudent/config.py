@@ -279,13 +279,14 @@ def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) ->
 
 
 def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
-    """Set dotted keys (``student.generations``) in a nested dict; None values are ignored."""
+    """Set dotted keys (``student.generations``) in a nested dict.
+
+    A None value sets the field to null (``--set data.unlabeled_limit=null`` clears a limit); CLI flags
+    that were not given are dropped by the caller before they get here."""
     import copy
 
     data = copy.deepcopy(data)
     for dotted, value in overrides.items():
-        if value is None:
-            continue
         node = data
         parts = dotted.split(".")
         for part in parts[:-1]:

@@ -192,11 +192,10 @@ def pseudo_set(run: RunDir, cfg: ExperimentConfig, g: int) -> PseudoLabeledSet:
     df = read_selection(run.selected_dir(g))
     meta = read_metadata(run.selected_dir(g))
     src = data.unlabeled
-    index = {src.image_id(i): i for i in range(len(src))}
-    missing = [i for i in df["image_id"] if i not in index]
-    if missing:
+    positions = src.positions(df["image_id"])
+    if (positions < 0).any():
+        missing = df["image_id"].to_numpy()[positions < 0]
         raise UserError(f"selected pseudo-labels of generation {g} name {len(missing)} images not in the unlabeled source (e.g. {missing[0]})")
-    positions = df["image_id"].map(index).to_numpy(dtype=np.int64)
     targets = soft_targets(df, meta.num_classes).astype(np.float32)
     if not cfg.pseudo_labels.soft:
         targets = np.eye(meta.num_classes, dtype=np.float32)[targets.argmax(1)]

@@ -235,8 +235,10 @@ def true_labels(source: Any, image_ids: Sequence[str], class_names: Sequence[str
         index = {name: k for k, name in enumerate(class_names)}
         mapping = np.asarray([index.get(name, -1) for name in src_classes] + [-1], dtype=np.int64)
         hidden = mapping[np.where(hidden < 0, len(src_classes), hidden)]
-    by_id = pd.Series(hidden, index=pd.Index(source.image_ids()))
-    return by_id.reindex(list(image_ids)).fillna(-1).to_numpy(dtype=np.int64)
+    pos = source.positions(image_ids)
+    out = np.full(len(pos), -1, dtype=np.int64)
+    out[pos >= 0] = hidden[pos[pos >= 0]]
+    return out
 
 
 def _ids_hash(source: Any) -> str:

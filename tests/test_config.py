@@ -50,9 +50,14 @@ def test_errors_name_the_field(data, field, words):
 def test_overrides_win_over_file(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump({"teacher_train": {"epochs": 7}, "student": {"generations": 2}}))
-    cfg = load_config(p, {"teacher_train.epochs": 2, "student.generations": None})
+    cfg = load_config(p, {"teacher_train.epochs": 2})
     assert cfg.teacher_train.epochs == 2 and cfg.student.generations == 2
+    # null clears an optional field and is refused, naming the field, where null is not allowed
+    assert load_config(p, {"data.unlabeled_limit": None}).data.unlabeled_limit is None
+    with pytest.raises(ConfigError, match="student.generations"):
+        load_config(p, {"student.generations": None})
     assert apply_overrides({"a": {"b": 1}}, {"a.c": 2}) == {"a": {"b": 1, "c": 2}}
+    assert apply_overrides({"a": {"b": 1}}, {"a.b": None}) == {"a": {"b": None}}
 
 
 def test_ladder_repeats_last_rung():

@@ -158,6 +158,18 @@ def test_subset_and_pickle_keep_ids_and_labels(tree: Path) -> None:
     assert src.subset(mask).image_ids() == [src.image_id(2), src.image_id(5)]
 
 
+def test_positions_look_ids_up_and_follow_subsets(tree: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedImagesWarning)
+        src = ImageFolderSource(tree, in_chans=3)
+    ids = [src.image_id(3), "no/such.png", src.image_id(0)]
+    assert src.positions(ids).tolist() == [3, -1, 0]
+    # a reordered subset of the same length must not reuse the parent's cached index
+    perm = src.subset(list(range(len(src)))[::-1])
+    assert perm.positions([src.image_id(0)]).tolist() == [len(src) - 1]
+    assert src.positions([src.image_id(0)]).tolist() == [0]
+
+
 def test_image_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not found"):
         ImageFolderSource(tmp_path / "nope")

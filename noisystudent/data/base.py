@@ -101,6 +101,7 @@ class ImageSource:
         idx = np.where(idx < 0, idx + n, idx)
         new = copy.copy(self)
         new.skipped = list(self.skipped)
+        new._id_index = None
         if self.labels is not None:
             new.labels = self.labels[idx]
         if self.hidden_labels is not None:
@@ -111,6 +112,19 @@ class ImageSource:
     def image_ids(self) -> list[str]:
         """All ids in index order (the labeling job writes them as the Parquet key)."""
         return [self.image_id(i) for i in range(len(self))]
+
+    def positions(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Index of each id in this source (int64, -1 where absent), through one cached hash index.
+
+        The selection and the report look rows of a Parquet table up by ``image_id``; building a dict
+        per caller scanned every id each time."""
+        import pandas as pd
+
+        index = getattr(self, "_id_index", None)
+        if index is None:
+            index = pd.Index(self.image_ids())
+            self._id_index = index
+        return index.get_indexer(list(image_ids)).astype(np.int64)
 
     def describe(self) -> str:
         """One line for logs and the CLI: kind, where from, size, classes and skipped files."""

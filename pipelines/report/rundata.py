@@ -216,11 +216,9 @@ def hidden_labels_for(data: Any, image_ids: pd.Series) -> Optional[np.ndarray]:
     src = getattr(data, "unlabeled", None)
     if src is None or getattr(src, "hidden_labels", None) is None:
         return None
-    index = {src.image_id(i): i for i in range(len(src))}
-    pos = image_ids.map(index)
-    known = pos.notna().to_numpy()
+    pos = src.positions(image_ids)
     out = np.full(len(image_ids), -1, dtype=np.int64)
-    out[known] = np.asarray(src.hidden_labels)[pos[known].to_numpy(dtype=np.int64)]
+    out[pos >= 0] = np.asarray(src.hidden_labels)[pos[pos >= 0]]
     return out
 
 
