@@ -3,13 +3,13 @@
 ``make bench-accuracy`` (= ``python -m bench.accuracy``) runs ``configs/fashion_mnist_full.yaml`` into
 ``runs/bench_accuracy`` (resumable: a killed benchmark continues where it stopped), then prints test
 accuracy per generation, the gain over the teacher and the share of the teacher-to-oracle gap closed,
-and writes ``bench/results/accuracy.json``.
+and writes ``bench/results/accuracy.json`` and the run's HTML report (accuracy per generation with the
+baselines plotted, pseudo-label quality, curves) to ``RUN_DIR/report/index.html``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -44,7 +44,8 @@ def print_table(rows: list[dict]) -> str:
     head = ["generation", "model", "test_acc", "vs teacher", "gap closed", "pseudo-label acc (all / selected)", "seconds"]
     body = [[str(r["generation"]), str(r["model"]), f(r["test_acc"]), f(r["gain_vs_teacher"], pct=True),
              "-" if r["gap_closed"] is None else f"{100 * r['gap_closed']:.0f}%",
-             f"{f(r['pseudo_label_acc'])} / {f(r['pseudo_label_acc_selected'])}", f(r["seconds"])] for r in rows]
+             f"{f(r['pseudo_label_acc'])} / {f(r['pseudo_label_acc_selected'])}",
+             "-" if r["seconds"] is None else f"{r['seconds']:.0f}"] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in [head] + body]
     return "\n".join(lines)
@@ -71,9 +72,13 @@ def main() -> None:
         print(f"\nlast student vs teacher: {100 * (accs[-1] - accs[0]):+.2f} points; "
               f"every generation at least as good as the one before: {all(b >= a for a, b in zip(accs, accs[1:]))}")
     print(f"wall time of this call: {time.perf_counter() - t0:.0f} s ({args.run_dir})")
+    from noisystudent.io import write_json
+    from pipelines.report import build_report
+
     out = Path("bench/results/accuracy.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1))
+    write_json(out, {"config": args.config, "run_dir": str(run_dir), "rows": rows})
+    print(f"report: {build_report(run_dir)}")
 
 
 if __name__ == "__main__":

@@ -169,5 +169,16 @@ def test_baseline_roles_from_the_same_config(two_generations, tmp_path):
     assert m["labeled_images"] == 600 and m["model"] == "resnet14" and m["role"] == "oracle"
     rows = json.loads(CliRunner().invoke(main, ["status", str(run_dir), "--json"]).output)
     assert rows[-1]["generation"] == "oracle" and rows[-1]["test_acc"] == m["test_acc"]
+    # the accuracy benchmark's table: gain over the teacher and share of the teacher-to-oracle gap closed
+    from bench.accuracy import print_table, table
+
+    bench_rows = {r["generation"]: r for r in table(run_dir)}
+    teacher, oracle = bench_rows[0]["test_acc"], bench_rows["oracle"]["test_acc"]
+    g2 = bench_rows[2]
+    assert g2["gain_vs_teacher"] == pytest.approx(g2["test_acc"] - teacher)
+    assert g2["gap_closed"] == (pytest.approx((g2["test_acc"] - teacher) / (oracle - teacher)) if oracle > teacher else None)
+    assert bench_rows["oracle"]["gap_closed"] is None
+    text = print_table(list(bench_rows.values()))
+    assert "oracle" in text and f"{g2['test_acc']:.4f}" in text
     res = CliRunner().invoke(main, ["teacher", str(cfg_file), "--run-dir", str(run_dir), "--labels-per-class", "5"])
     assert res.exit_code == 2 and "--labels-per-class" in res.output
