@@ -10,6 +10,7 @@ job's artifacts into the run folder, which must therefore be shared storage on a
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -23,11 +24,32 @@ from noisystudent.io import read_json
 from noisystudent.train import TrainHooks, TrainJob, run_training
 
 
+class _QuietRayTrainInfo(logging.Filter):
+    """Drop Ray Train's own INFO records ("Reporting training result N", "Checkpoint successfully
+    created") that would otherwise print twice per epoch beside our one epoch line.
+
+    ``LoggingConfig(log_level="WARNING")`` covers the ``ray.train.*`` loggers, but Ray Train v2 names
+    some loggers by file path, outside that hierarchy; those are matched by the file they come from."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "/ray/train/" not in record.pathname.replace("\\", "/")
+
+
+def _quiet_ray_train_logs() -> None:
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if "File" in type(handler).__name__:
+            continue  # Ray's session log files keep everything; only the console is quieted
+        if not any(isinstance(f, _QuietRayTrainInfo) for f in handler.filters):
+            handler.addFilter(_QuietRayTrainInfo())
+
+
 def _train_loop(config: dict) -> None:
     """Body of every Ray Train worker."""
     import ray.train
     import ray.train.torch
 
+    _quiet_ray_train_logs()
     job: TrainJob = config["job"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -65,8 +87,12 @@ def train(job: TrainJob, ray_cfg: RayConfig, fail_at_epoch: Optional[int] = None
     if ray_cfg.workers == 0:
         return run_training(job, TrainHooks(fail_at_epoch=fail_at_epoch))
 
+    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    # Ray Train v2 only (the pinned 2.60 default); v1 has no such option
+    logging_kw = {"logging_config": ray.train.LoggingConfig(log_level="WARNING")} if hasattr(ray.train, "LoggingConfig") else {}
 
     from .ray_runtime import init_ray
 
@@ -92,6 +118,7 @@ def train(job: TrainJob, ray_cfg: RayConfig, fail_at_epoch: Optional[int] = None
             failure_config=FailureConfig(max_failures=ray_cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             worker_runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}},
+            **logging_kw,
         ),
     )
     try:

@@ -92,3 +92,15 @@ def test_cli_exits_2_with_one_line(tmp_path, content, flag, needle):
     err_lines = [line for line in res.output.strip().splitlines() if line.startswith("error:")]
     if needle != "--set":
         assert len(err_lines) == 1
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    """Every config under configs/ is valid, and its ladder only grows (the student is equal or larger)."""
+    from noisystudent.models import create_model
+
+    cfg = load_config(path)
+    sizes = [sum(p.numel() for p in create_model(cfg.student_model(g).name, num_classes=10, in_chans=cfg.data.in_chans).parameters())
+             for g in range(1, cfg.student.generations + 1)]
+    teacher = sum(p.numel() for p in create_model(cfg.teacher.name, num_classes=10, in_chans=cfg.data.in_chans).parameters())
+    assert teacher <= sizes[0] and sizes == sorted(sizes), (cfg.teacher.name, sizes)

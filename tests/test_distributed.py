@@ -57,3 +57,25 @@ def test_failure_beyond_max_failures_is_raised(tmp_path, require_fmnist, ray_ses
     job = job_for(tmp_path, epochs=2, steps=2)
     with pytest.raises(Exception, match="injected failure"):
         train(job, RayConfig(workers=1, max_failures=0), fail_at_epoch=0)
+
+
+def test_ray_train_info_lines_are_kept_off_the_console():
+    """Ray Train v2's per-epoch INFO records (some from loggers named by file path) are dropped from the
+    console; its warnings and everyone else's records pass."""
+    import logging
+    import os
+
+    import ray.train
+
+    from pipelines.train_ray import _QuietRayTrainInfo
+
+    ray_file = os.path.join(os.path.dirname(ray.train.__file__), "v2", "_internal", "execution", "context.py")
+    quiet = _QuietRayTrainInfo()
+
+    def record(name, level, path):
+        return logging.LogRecord(name, level, path, 1, "Reporting training result 3", None, None)
+
+    assert not quiet.filter(record(ray_file, logging.INFO, ray_file))
+    assert not quiet.filter(record("ray.train.v2._internal.execution.storage", logging.INFO, ray_file))
+    assert quiet.filter(record(ray_file, logging.WARNING, ray_file))
+    assert quiet.filter(record("noisystudent", logging.INFO, "/work/noisystudent/train.py"))
