@@ -213,15 +213,15 @@ def status(run_dir, as_json):
         click.echo(json.dumps(rows, indent=1))
         return
 
-    def f(v):
-        return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+    def f(v, fmt=".4f"):
+        return "-" if v is None else (format(v, fmt) if isinstance(v, float) else str(v))
 
     head = ["gen", "model", "steps", "test_acc", "pl_acc", "pl_acc_sel", "seconds"]
     table = [[f(r["generation"]), r["model"], r["steps_done"], f(r["test_acc"]), f(r["pseudo_label_acc"]),
-              f(r["pseudo_label_acc_selected"]), f(r["seconds"])] for r in rows]
+              f(r["pseudo_label_acc_selected"]), f(r["seconds"], ",.0f")] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *table)]
     for line in [head] + table:
-        click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip())
 
 
 @main.command()

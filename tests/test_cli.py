@@ -75,6 +75,11 @@ def test_status_table_and_json(folder_run):
     res = CliRunner().invoke(main, ["status", str(tmp / "run"), "--json"])
     rows = json.loads(res.output)
     assert [r["steps_done"] for r in rows] == ["1/1", "5/5"]
+    lines = CliRunner().invoke(main, ["status", str(tmp / "run")]).output.splitlines()
+    assert lines[0].split() == ["gen", "model", "steps", "test_acc", "pl_acc", "pl_acc_sel", "seconds"]
+    assert len(lines) == 3 and all(line == line.rstrip() for line in lines)
+    # accuracies at 4 decimals, whole seconds
+    assert lines[2].split()[3] == f"{rows[1]['test_acc']:.4f}" and lines[2].split()[-1] == f"{rows[1]['seconds']:,.0f}"
 
 
 def test_evaluate_and_predict(folder_run):
