@@ -15,7 +15,7 @@ help:
 	@echo "make test            the test suite (installs first)"
 	@echo "make run-full        the longer benchmark config"
 	@echo "make bench           throughput benchmarks against a bare PyTorch loop"
-	@echo "make bench-accuracy  teacher / 3 generations / oracle accuracy table (~45 min on CPU)"
+	@echo "make bench-accuracy  teacher / 3 generations / oracle accuracy table (42+ min on 2 cores)"
 	@echo "make clean           remove runs, caches and the venv"
 
 $(BIN)/python:
