@@ -86,10 +86,8 @@ def test_embedded_ray_quiets_the_placement_group_cleaner_in_its_workers(tmp_path
     PlacementGroupCleaner's logger (a warning a second without a dashboard) is at ERROR there, its
     sibling loggers are not. A fresh process, since the session's Ray instance is not started by init_ray."""
     import json
-    import os
     import subprocess
     import sys
-    from pathlib import Path
 
     script = """
 import json, logging, ray
@@ -104,8 +102,8 @@ def levels():
 print(json.dumps(ray.get(levels.remote())))
 ray.shutdown()
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    # cwd outside the checkout: the hook must import from the installed package, as on a cluster node
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cleaner, sibling = json.loads(proc.stdout.strip().splitlines()[-1])
     assert cleaner == 40 and sibling < 40  # logging.ERROR
