@@ -4,6 +4,13 @@ A checkpoint carries what a labeling actor or ``predict`` needs to use the model
 model name and its build options, class names, input size, channels and normalisation. It is written
 atomically (temporary name + rename), and loading checks it so a truncated file or a checkpoint for a
 different set of classes is refused with a message naming the file.
+
+Checkpoints are the files people pass around (``label --teacher``, ``evaluate``, ``predict``), so they
+are never unpickled with the full pickle machinery: every load goes through :func:`safe_load`, PyTorch's
+weights-only unpickler, which only rebuilds tensors and plain containers. What we save is made of those
+(:func:`to_plain` turns numpy scalars and arrays in metrics into Python numbers and lists). The only
+extra globals allowed are numpy's scalar and dtype reconstructors, so checkpoints written by earlier
+versions (whose metrics held numpy floats) still load; they rebuild a number from bytes and run no code.
 """
 
 from __future__ import annotations
@@ -20,6 +27,79 @@ from .errors import UserError
 from .io import atomic_path
 
 FORMAT_VERSION = 1
+
+
+def _numpy_safe_globals() -> list:
+    """numpy's scalar/dtype reconstructors: enough for numpy floats and ints in old metrics dicts."""
+    import numpy as np
+
+    globs: list = [np.dtype]
+    try:  # numpy >= 1.25 / 2.x
+        from numpy.core.multiarray import scalar  # noqa: F401  (deprecated alias, still what pickles name)
+    except Exception:  # pragma: no cover
+        scalar = None
+    try:
+        from numpy._core.multiarray import scalar as scalar2
+    except Exception:  # pragma: no cover
+        scalar2 = None
+    globs += [f for f in (scalar, scalar2) if f is not None]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        globs += [getattr(dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType")
+                  if hasattr(dtypes, n)]
+    return globs
+
+
+def safe_load(source, *, what: str, map_location="cpu") -> Any:
+    """``torch.load`` with the weights-only unpickler (never ``weights_only=False``).
+
+    ``source`` is a path or a file-like object; ``what`` names it in the error. A pickle that needs any
+    other global (a class, a function such as ``os.system``) is refused with :class:`UserError` before
+    anything in it runs.
+    """
+    import pickle
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy.core deprecation noise from the allow-list lookup
+        globs = _numpy_safe_globals()
+    try:
+        with torch.serialization.safe_globals(globs):
+            return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        glob = _unsupported_global(str(exc))
+        raise UserError(
+            f"checkpoint {what} was refused by the safe (weights-only) loader: it holds "
+            f"{glob or 'objects other than tensors and plain data'}, which could run code when loaded; "
+            "load only files from sources you trust"
+        ) from None
+    except Exception as exc:  # truncated zip, not a torch file, ...
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(f"checkpoint {what} is unreadable or truncated ({type(exc).__name__}: {first})") from None
+
+
+def _unsupported_global(message: str) -> str:
+    import re
+
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    return f"the global '{m.group(1)}'" if m else ""
+
+
+def to_plain(obj: Any) -> Any:
+    """Metrics and configs as plain Python (numbers, strings, lists, dicts), which the safe loader holds."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k) if not isinstance(k, (int, float, str, bool)) else k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
 
 
 @dataclass
@@ -100,10 +180,10 @@ def save_checkpoint(
     ckpt_id = f"gen{generation}-{role}-{_state_hash(state)}"
     payload = {
         "format_version": FORMAT_VERSION,
-        "spec": spec.__dict__,
+        "spec": to_plain(spec.__dict__),
         "state_dict": state,
-        "metrics": metrics or {},
-        "config": config or {},
+        "metrics": to_plain(metrics or {}),
+        "config": to_plain(config or {}),
         "generation": generation,
         "role": role,
         "checkpoint_id": ckpt_id,
@@ -115,6 +195,44 @@ def save_checkpoint(
     return ckpt_id
 
 
+_SPEC_TYPES: dict[str, tuple] = {
+    "name": (str,), "num_classes": (int,), "in_chans": (int,), "image_size": (int,), "mean": (list,),
+    "std": (list,), "classes": (list,), "drop_rate": (int, float), "drop_path_rate": (int, float),
+}
+_REQUIRED_SPEC = ("name", "num_classes", "in_chans", "image_size", "mean", "std", "classes")
+
+
+def _check_fields(path: Path, payload: dict) -> None:
+    """Refuse a payload with a missing or mistyped field, naming the file and the field."""
+
+    def bad(field: str, why: str):
+        raise UserError(f"checkpoint {path}: field '{field}' {why}")
+
+    if "spec" not in payload:
+        bad("spec", "is missing")
+    if not isinstance(payload["spec"], dict):
+        bad("spec", f"must be a mapping, got {type(payload['spec']).__name__}")
+    spec = payload["spec"]
+    for key in _REQUIRED_SPEC:
+        if key not in spec:
+            bad(f"spec.{key}", "is missing")
+    for key, value in spec.items():
+        if key not in _SPEC_TYPES:
+            bad(f"spec.{key}", "is not a known field")
+        if isinstance(value, bool) or not isinstance(value, _SPEC_TYPES[key]):
+            bad(f"spec.{key}", f"must be {' or '.join(t.__name__ for t in _SPEC_TYPES[key])}, got {type(value).__name__}")
+    if len(spec["classes"]) != spec["num_classes"]:
+        bad("spec.classes", f"has {len(spec['classes'])} names but spec.num_classes is {spec['num_classes']}")
+    if "state_dict" not in payload:
+        bad("state_dict", "is missing")
+    sd = payload["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        bad("state_dict", "must map parameter names to tensors")
+    for key, typ in (("metrics", dict), ("config", dict), ("generation", int), ("role", str), ("checkpoint_id", str)):
+        if key in payload and not isinstance(payload[key], typ):
+            bad(key, f"must be {typ.__name__}, got {type(payload[key]).__name__}")
+
+
 def load_checkpoint(path: str | Path, expected_classes: Optional[list[str]] = None) -> Checkpoint:
     """Load and check a checkpoint. Raises :class:`UserError` naming the file on any problem."""
     path = Path(path)
@@ -122,12 +240,10 @@ def load_checkpoint(path: str | Path, expected_classes: Optional[list[str]] = No
         path = path / "model.pt"
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated zip, pickle errors, ...
-        raise UserError(f"checkpoint {path} is unreadable or truncated ({type(exc).__name__}: {exc})") from None
+    payload = safe_load(path, what=str(path))
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise UserError(f"checkpoint {path} is not a noisystudent checkpoint (format {FORMAT_VERSION})")
+    _check_fields(path, payload)
     spec = ModelSpec(**payload["spec"])
     if expected_classes is not None and list(expected_classes) != list(spec.classes):
         raise UserError(

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import ModelSpec, checkpoint_id, save_checkpoint
+from .checkpoint import ModelSpec, checkpoint_id, safe_load, save_checkpoint, to_plain
+from .errors import UserError
 from .config import ModelConfig, StudentConfig, TrainConfig
 from .data import ImageSource
 from .data.torch_dataset import SourceDataset, collate_skip_none
@@ -173,6 +174,18 @@ def _state_bytes(obj: dict) -> bytes:
     return buf.getvalue()
 
 
+_RESUME_KEYS = ("model", "optimizer", "scheduler", "history", "epoch", "rng")
+
+
+def _check_resume_state(state: Any, path: Path) -> None:
+    """Refuse a ``last.pt`` that is not a training state, naming the file and the missing field."""
+    if not isinstance(state, dict):
+        raise UserError(f"resume state {path} is not a training state (got {type(state).__name__}); delete it to restart")
+    for key in _RESUME_KEYS:
+        if key not in state:
+            raise UserError(f"resume state {path}: field '{key}' is missing; delete the file to restart the job")
+
+
 def run_training(job: TrainJob, hooks: Optional[TrainHooks] = None) -> dict[str, Any]:
     """Train, evaluate and write ``model.pt``, ``metrics.json``, ``history.csv`` into ``job.out_dir``.
 
@@ -232,7 +245,8 @@ def run_training(job: TrainJob, hooks: Optional[TrainHooks] = None) -> dict[str,
     if resume is None and last_path.is_file():
         resume = last_path.read_bytes()
     if resume is not None:
-        state = torch.load(_io.BytesIO(resume), map_location=device, weights_only=False)
+        state = safe_load(_io.BytesIO(resume), what=f"resume state {last_path}", map_location=device)
+        _check_resume_state(state, last_path)
         core.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -337,7 +351,7 @@ def run_training(job: TrainJob, hooks: Optional[TrainHooks] = None) -> dict[str,
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
-            "history": history,
+            "history": to_plain(history),
             "epoch": epoch,
             "rng": torch.get_rng_state(),
         }
