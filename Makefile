@@ -8,7 +8,7 @@ CONFIG ?= configs/fashion_mnist.yaml
 export RAY_AUTH_MODE ?= disabled
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 
-.PHONY: install data test test-all run run-full bench bench-accuracy report clean help
+.PHONY: install data test test-all run run-full bench bench-accuracy report clean clean-runs help
 
 help:
 	@echo "make run             the full Noisy Student loop on Fashion-MNIST (CPU-sized default)"
@@ -16,7 +16,8 @@ help:
 	@echo "make run-full        the longer benchmark config"
 	@echo "make bench           throughput benchmarks against a bare PyTorch loop"
 	@echo "make bench-accuracy  teacher / 3 generations / oracle accuracy table (42+ min on 2 cores)"
-	@echo "make clean           remove runs, caches and the venv"
+	@echo "make clean           remove what can be rebuilt: the venv, caches, egg-info, bench/results (keeps runs/)"
+	@echo "make clean-runs      delete runs/: every run's results and the cached converged oracle"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,11 @@ bench: install
 bench-accuracy: install
 	$(BIN)/python -m bench.accuracy
 
+# Only what `make install` / `make bench` rebuild; experiment results live in runs/ and go with clean-runs.
 clean:
-	rm -rf runs bench/results .pytest_cache $(VENV) *.egg-info
+	rm -rf bench/results .pytest_cache $(VENV) *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-runs:
+	@echo "deleting runs/: every run folder's results (models, pseudo-labels, reports) and runs/cache (the converged oracle)"
+	rm -rf runs
