@@ -176,7 +176,7 @@ def test_html_is_self_contained_and_references_exist(built):
 
 
 def test_numbers_in_html_match_metrics_json(real_run, built):
-    from pipelines.report import fmt
+    from pipelines.report import fmt_figure
     from pipelines.report.build import SUMMARY_COLUMNS
 
     index, _ = built
@@ -190,13 +190,19 @@ def test_numbers_in_html_match_metrics_json(real_run, built):
     for key, _ in SUMMARY_COLUMNS:
         value = gen1.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "generation":
-            assert cells[("gen-1", key)] == fmt(value), key
+            assert cells[("gen-1", key)] == fmt_figure(key, value), key
             checked += 1
     assert checked >= 4
-    # the timing table lists every finished step of state.json with its seconds
+    # figures a person reads: whole seconds and images/s, accuracies to 4 places (as `noisystudent status`)
     state = json.loads((real_run / "state.json").read_text())
+    gen1_seconds = sum(v["seconds"] for k, v in state["steps"].items() if k.startswith("gen-1/"))
+    assert cells[("gen-1", "seconds")] == f"{gen1_seconds:,.0f}"
+    assert cells[("gen-1", "student_images_per_s")] == f"{gen1['student_images_per_s']:,.0f}"
+    assert cells[("gen-1", "labeling_images_per_s")] == f"{gen1['labeling_images_per_s']:,.0f}"
+    assert "." not in cells[("gen-0", "seconds")] and "." not in cells[("gen-1", "student_images_per_s")]
+    # the timing table lists every finished step of state.json with its seconds (one decimal: some take < 1 s)
     for step, info in state["steps"].items():
-        assert cells[(step, "seconds")] == f"{info['seconds']:.2f}"
+        assert cells[(step, "seconds")] == f"{info['seconds']:,.1f}"
 
 
 def test_report_is_fast_and_deterministic(real_run, built, tmp_path):
@@ -290,6 +296,13 @@ def test_fmt_and_reliability():
     from pipelines.report.plots import reliability
 
     assert fmt(0.123456) == "0.1235" and fmt(3) == "3" and fmt(None) == "-" and fmt(np.float32(0.5)) == "0.5000"
+    from pipelines.report import fmt_figure
+
+    # the figures: seconds and rates were printed as 291.6280 and 145.4000
+    assert fmt_figure("seconds", 291.628) == "292" and fmt_figure("labeling_images_per_s", 145.4) == "145"
+    assert fmt_figure("student_images_per_s", 1234.56) == "1,235" and fmt_figure("seconds", 2511.2) == "2,511"
+    assert fmt_figure("test_acc", 0.891123) == "0.8911" and fmt_figure("pseudo_labels", 59000) == "59000"
+    assert fmt_figure("seconds", None) == "-" and fmt_figure("seconds", float("nan")) == "-"
     conf = np.full(100, 0.95)
     correct = np.arange(100) < 95
     r = reliability(conf, correct)

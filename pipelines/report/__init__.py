@@ -7,7 +7,7 @@ self-contained page.
 
 from __future__ import annotations
 
-from .build import build_report, fmt
+from .build import build_report, fmt, fmt_figure
 from .rundata import RunData, collect
 
-__all__ = ["RunData", "build_report", "collect", "fmt"]
+__all__ = ["RunData", "build_report", "collect", "fmt", "fmt_figure"]

@@ -53,8 +53,14 @@ TIMING_COLUMNS = (
 )
 
 
-def fmt(value: Any, decimals: int = 4) -> str:
-    """How every number appears in the report: floats with ``decimals`` places, ints as ints, None as '-'."""
+# Figures a person reads as whole numbers, as ``noisystudent status`` prints them: seconds and images
+# per second (with thousands separators). Accuracies and other shares keep 4 places.
+WHOLE_FIGURES = frozenset({"seconds", "labeling_images_per_s", "student_images_per_s", "images_per_s"})
+
+
+def fmt(value: Any, decimals: int = 4, thousands: bool = False) -> str:
+    """How every number appears in the report: floats with ``decimals`` places (``thousands``: with
+    ``,`` separators), ints as ints, None as '-'."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -62,8 +68,15 @@ def fmt(value: Any, decimals: int = 4) -> str:
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
-        return "-" if not np.isfinite(value) else f"{float(value):.{decimals}f}"
+        return "-" if not np.isfinite(value) else format(float(value), f"{',' if thousands else ''}.{decimals}f")
     return str(value)
+
+
+def fmt_figure(key: str, value: Any) -> str:
+    """A table cell for the figure ``key``: whole seconds and images/s, everything else as :func:`fmt`."""
+    if key in WHOLE_FIGURES:
+        return fmt(value, 0, thousands=True)
+    return fmt(value)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,12 +92,12 @@ def summary_table(run: RunData) -> Table:
     if tm is not None:
         rows.append(("gen-0", {"generation": "0", "model": fmt(tm.get("model", run.cfg.teacher.name)),
                                "test_acc": fmt(tm.get("test_acc")),
-                               "seconds": fmt(steps.get("gen-0/teacher", {}).get("seconds"))}))
+                               "seconds": fmt_figure("seconds", steps.get("gen-0/teacher", {}).get("seconds"))}))
     prev_metrics = tm
     for g in run.generations:
         if not g.started:
             continue
-        cells = {k: fmt(gen_value(g, k)) for k, _ in SUMMARY_COLUMNS if k not in ("generation", "seconds")}
+        cells = {k: fmt_figure(k, gen_value(g, k)) for k, _ in SUMMARY_COLUMNS if k not in ("generation", "seconds")}
         cells["generation"] = str(g.generation)
         if cells["model"] == "-":
             cells["model"] = run.cfg.student_model(g.generation).name
@@ -92,14 +105,14 @@ def summary_table(run: RunData) -> Table:
             cells["teacher_model"] = fmt(prev_metrics.get("model"))
             cells["teacher_test_acc"] = fmt(prev_metrics.get("test_acc"))
         secs = [v["seconds"] for s, v in steps.items() if s.startswith(f"gen-{g.generation}/") and "seconds" in v]
-        cells["seconds"] = fmt(float(sum(secs))) if secs else "-"
+        cells["seconds"] = fmt_figure("seconds", float(sum(secs))) if secs else "-"
         rows.append((f"gen-{g.generation}", cells))
         prev_metrics = g.student.metrics if g.student is not None else None
     for role, rec in run.baselines.items():
         m = rec.metrics or {}
         rows.append((f"baseline-{role}", {"generation": f"{role} baseline", "model": fmt(m.get("model")),
                                           "test_acc": fmt(m.get("test_acc")),
-                                          "seconds": fmt(steps.get(f"baselines/{role}", {}).get("seconds"))}))
+                                          "seconds": fmt_figure("seconds", steps.get(f"baselines/{role}", {}).get("seconds"))}))
     numeric = frozenset(k for k, _ in SUMMARY_COLUMNS if k not in ("generation", "model", "teacher_model"))
     return Table(SUMMARY_COLUMNS, rows, numeric=numeric,
                  caption="Values as in gen-G/metrics.json (generation 0: the teacher's metrics.json); "
@@ -128,7 +141,8 @@ def timings_table(run: RunData) -> Table:
         head, _, kind = name.partition("/")
         g = int(head[4:]) if head.startswith("gen-") and head[4:].isdigit() else None
         rec = gens.get(g) if g is not None else None
-        cells = {"step": name, "seconds": fmt(info.get("seconds"), 2), "finished": fmt(info.get("finished")),
+        # one decimal: a table of steps has sub-second ones (evaluate, promote) that whole seconds would show as 0
+        cells = {"step": name, "seconds": fmt(info.get("seconds"), 1, thousands=True), "finished": fmt(info.get("finished")),
                  "model": fmt(info.get("model")) if info.get("model") else ""}
         total += float(info.get("seconds") or 0.0)
         metrics = None
@@ -141,15 +155,15 @@ def timings_table(run: RunData) -> Table:
         if metrics is not None:
             per_epoch = int(metrics.get("labeled_images") or 0) + int(metrics.get("pseudo_labeled_images") or 0)
             cells["images"] = fmt(per_epoch) if per_epoch else "-"
-            cells["images_per_s"] = fmt(metrics.get("images_per_s"), 1)
+            cells["images_per_s"] = fmt_figure("images_per_s", metrics.get("images_per_s"))
             pseudo = int(metrics.get("pseudo_labeled_images") or 0)
-            cells["detail"] = (f"{metrics.get('epochs', '?')} epoch(s), {fmt(metrics.get('train_seconds'), 2)} s training"
+            cells["detail"] = (f"{metrics.get('epochs', '?')} epoch(s), {fmt(metrics.get('train_seconds'), 1, thousands=True)} s training"
                                + (f"; images per epoch: {fmt(metrics.get('labeled_images'))} labeled + {pseudo} pseudo-labeled "
                                   "(with duplicates)" if pseudo else "; images per epoch: labeled"))
         elif kind == "label" and rec is not None:
             ls = rec.label_summary or {}
             cells["images"] = fmt(ls.get("rows", info.get("rows")))
-            cells["images_per_s"] = fmt(gen_value(rec, "labeling_images_per_s"), 1)
+            cells["images_per_s"] = fmt_figure("images_per_s", gen_value(rec, "labeling_images_per_s"))
             cells["detail"] = f"{fmt(ls.get('rejected', info.get('rejected')))} rejected, {fmt(ls.get('shards'))} shard(s)"
         elif kind == "select" and rec is not None and rec.selection_summary:
             ss = rec.selection_summary
@@ -157,7 +171,7 @@ def timings_table(run: RunData) -> Table:
             cells["detail"] = (f"{fmt(ss.get('rows_after_threshold'))} above threshold, {fmt(ss.get('rows_selected'))} selected "
                                f"({fmt(ss.get('weighted_rows_selected'))} with duplicates), K = {fmt(ss.get('K'))}")
         rows.append((name, cells))
-    rows.append(("total", {"step": "total (sum of steps)", "seconds": fmt(total, 2)}))
+    rows.append(("total", {"step": "total (sum of steps)", "seconds": fmt(total, 1, thousands=True)}))
     numeric = frozenset({"seconds", "images", "images_per_s"})
     return Table(TIMING_COLUMNS, rows, numeric=numeric,
                  caption="From state.json (seconds per step) and each step's metrics or summary (images, throughput).")
