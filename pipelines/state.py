@@ -125,6 +125,12 @@ class RunDir:
         promoted = self.state().get("teachers", {}).get(str(g))
         return self.root / promoted if promoted else self.model_dir(g - 1) / "model.pt"
 
+    def first_missing_step(self, g: int) -> Optional[str]:
+        """The first step of generation ``g`` that is not done (``teacher`` at 0), None when all are."""
+        names = ("teacher",) if g == 0 else STEPS
+        done = self.state().get("steps", {})
+        return next((s for s in names if step_name(g, s) not in done), None)
+
     # ---- config ----------------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.config_path.is_file()

@@ -118,6 +118,39 @@ def train_baseline(run: RunDir, cfg: ExperimentConfig, role: str, labels_per_cla
 # one generation
 
 
+def _step_command(run: RunDir, g: int, step: str) -> str:
+    """The CLI command that runs ``step`` of generation ``g`` (the student command also evaluates and promotes)."""
+    if step == "teacher":
+        return f"noisystudent teacher {run.config_path} --run-dir {run.root}"
+    return f"noisystudent {step if step in ('label', 'select') else 'student'} {run.root} --generation {g}"
+
+
+def teacher_checkpoint(run: RunDir, g: int) -> Path:
+    """The checkpoint that labels generation ``g``: the promoted model of generation ``g - 1``.
+
+    Raises :class:`UserError` when it does not exist yet, naming the missing model and the command that
+    makes it (the next unfinished step, and ``noisystudent run`` for every missing step at once)."""
+    ckpt = run.teacher_of(g)
+    if ckpt.is_file():
+        return ckpt
+    prev = g - 1
+    who = "teacher" if prev == 0 else "student"
+    if run.is_done(step_name(prev, who)):
+        cmd = _step_command(run, prev, who)
+        raise UserError(f"generation {prev}'s {who} is recorded as done but its checkpoint {ckpt} is missing; "
+                        f"train it again with `{cmd} --force`")
+    # the earliest generation whose model is missing: every later one needs it
+    first = next(h for h in range(prev + 1) if not run.is_done(step_name(h, "teacher" if h == 0 else "student")))
+    nxt = _step_command(run, first, run.first_missing_step(first) or "student")
+    if first == prev:
+        how = f"its next step is `{nxt}`"
+    else:
+        how = f"the run has models up to generation {first - 1}; the next step is `{nxt}`"
+    all_at_once = f"noisystudent run {run.config_path} --run-dir {run.root} --generations {prev}"
+    raise UserError(f"generation {prev} has no {who} yet ({ckpt} is missing) to label generation {g}; {how}, "
+                    f"or make every missing step up to generation {prev} with `{all_at_once}`")
+
+
 def label(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[str]] = None, force: bool = False,
           progress: bool = True) -> dict:
     """The teacher (or an ensemble of teachers) labels every unlabeled image with Ray Data."""
@@ -129,10 +162,10 @@ def label(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[st
     out = run.labels_dir(g)
     if run.is_done(step) and not force:
         return read_json(out / "summary.json")
+    ckpts = [Path(t) for t in teachers] if teachers else [teacher_checkpoint(run, g)]
     data = load_data(cfg)
     if data.unlabeled is None or len(data.unlabeled) == 0:
         raise UserError("config field 'data.unlabeled': no unlabeled images to pseudo-label")
-    ckpts = [Path(t) for t in teachers] if teachers else [run.teacher_of(g)]
     for c in ckpts:
         load_checkpoint(c, expected_classes=data.classes)  # fail early, in the driver, with a clear message
     init_ray(cfg.ray.address, cfg.ray.num_cpus)

@@ -20,7 +20,7 @@ from noisystudent.errors import UserError
 from pipelines import steps
 from pseudo_labels import read_labels
 from pipelines.loop import run_all
-from pipelines.state import RunDir
+from pipelines.state import RunDir, step_name
 
 
 def tiny(**over) -> dict:
@@ -119,6 +119,41 @@ def test_step_commands_need_their_inputs(tmp_path, require_fmnist):
         steps.train_student(run, cfg, 1)
     res = CliRunner().invoke(main, ["label", str(tmp_path / "nope"), "--generation", "1"])
     assert res.exit_code == 2 and "not a run folder" in res.output
+
+
+def test_label_without_a_teacher_says_which_command_makes_it(tmp_path):
+    """`label RUN --generation 5` on a run with one generation names the missing student and the command
+    that makes it, instead of `checkpoint not found: .../gen-4/student/model.pt`."""
+    run = RunDir(tmp_path / "run2")
+    cfg = run.freeze_config(config_from_dict(tiny()))
+    with pytest.raises(UserError, match=r"generation 0 has no teacher yet .*`noisystudent teacher .*config.yaml --run-dir "):
+        steps.label(run, cfg, 1)
+    # a run with one finished generation: teacher, then gen 1 labeled, selected, trained, promoted
+    for g, names in ((0, ["teacher"]), (1, ["label", "select", "student", "evaluate", "promote"])):
+        for s in names:
+            run.mark_done(step_name(g, s), 1.0)
+    for d in (run.teacher_dir(), run.student_dir(1)):
+        d.mkdir(parents=True)
+        (d / "model.pt").write_bytes(b"x")
+    run.promote(1, run.student_dir(1) / "model.pt")
+
+    res = CliRunner().invoke(main, ["label", str(run.root), "--generation", "5"])
+    assert res.exit_code == 2
+    msg = res.output.strip()
+    assert msg.startswith("error: generation 4 has no student yet") and "to label generation 5" in msg
+    assert "checkpoint not found" not in msg and len(msg.splitlines()) == 1
+    assert f"`noisystudent label {run.root} --generation 2`" in msg, msg  # the next step of the run
+    assert f"`noisystudent run {run.root / 'config.yaml'} --run-dir {run.root} --generations 4`" in msg
+
+    # the generation right before: its own next step (labels and selection of gen 2 done -> the student)
+    run.mark_done(step_name(2, "label"), 1.0)
+    run.mark_done(step_name(2, "select"), 1.0)
+    with pytest.raises(UserError, match=rf"generation 2 has no student yet .*its next step is `noisystudent student {run.root} --generation 2`"):
+        steps.label(run, cfg, 3)
+    # a model recorded as done whose file was deleted
+    (run.student_dir(1) / "model.pt").unlink()
+    with pytest.raises(UserError, match=r"generation 1's student is recorded as done .*--generation 1 --force`"):
+        steps.label(run, cfg, 2, force=True)
 
 
 def test_kill_during_student_then_run_finishes(tmp_path, require_fmnist, ray_session):
