@@ -5,7 +5,6 @@ BIN    := $(VENV)/bin
 FMNIST ?= /usr/share/datasets/fashion-mnist
 RUN_DIR ?= runs/fashion_mnist
 CONFIG ?= configs/fashion_mnist.yaml
-export RAY_AUTH_MODE ?= disabled
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 
 .PHONY: install data test test-all run run-full bench bench-accuracy report clean clean-runs help

@@ -11,7 +11,6 @@ import os
 import sys
 import time
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 

@@ -10,11 +10,9 @@ baselines plotted, pseudo-label quality, curves) to ``RUN_DIR/report/index.html`
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def table(run_dir: Path) -> list[dict]:

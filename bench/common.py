@@ -131,9 +131,8 @@ def device_kind() -> str:
 def init_ray() -> float:
     """Start the embedded Ray instance once (``pipelines.ray_runtime.init_ray``); return the seconds it took.
 
-    Authentication is off for the local instance (``RAY_AUTH_MODE=disabled``, as the Makefile does).
+    Ray's token authentication stays on (the default of ``init_ray``'s embedded instance).
     """
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
 

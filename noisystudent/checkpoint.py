@@ -81,7 +81,7 @@ def safe_load(source, *, what: str, map_location="cpu") -> Any:
 def _unsupported_global(message: str) -> str:
     import re
 
-    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    m = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", message)
     return f"the global '{m.group(1)}'" if m else ""
 
 

@@ -396,7 +396,7 @@ def doctor() -> None:
     found = (root / "train-images-idx3-ubyte.gz").is_file()
     line("fashion-mnist", f"{root} ({'found' if found else 'missing: apt-get install dataset-fashion-mnist'})")
     try:
-        from pipelines.ray_runtime import init_ray
+        from pipelines.ray_runtime import init_ray, reap_orphans
 
         import ray
 
@@ -411,3 +411,7 @@ def doctor() -> None:
 
 if __name__ == "__main__":
     main()
+        reaped = reap_orphans()
+        if reaped:
+            line("ray leftovers", f"stopped {len(reaped)} processes of embedded instances whose driver was killed")
+

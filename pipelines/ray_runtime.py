@@ -1,39 +1,211 @@
-"""Start Ray locally, or connect to a cluster when given an address. Never a scheduler of our own."""
+"""Start Ray locally, or connect to a cluster when given an address. Never a scheduler of our own.
+
+Security of the embedded instance (what Ray 2.60 offers, checked with ``ss -ltnp``):
+
+- Token authentication stays on. ``RAY_AUTH_MODE=token`` is set for the embedded instance unless the
+  user set the variable; Ray then generates ``~/.ray/auth_token`` on first use and every RPC to the
+  GCS, raylet and workers must carry it (a client with a wrong token is refused; tested).
+- Ray 2.60 has no setting that binds its gRPC servers to loopback: the GCS server, raylet and core
+  workers listen on all interfaces (``*:PORT``) whatever ``_node_ip_address`` says (checked: passing
+  ``127.0.0.1`` changes nothing in ``ss``; the binary's only listener is ``0.0.0.0``). Upstream moved
+  the binds to the node IP after 2.60 (ray-project/ray#59852). So the token, not the bind address,
+  is what keeps the instance closed; a host firewall is the second line.
+- After a hard kill of the driver, Ray's per-node agents (``ray::DashboardAgent``,
+  ``ray::RuntimeEnvAgent``, ~200 MB) outlive it, parented to init. Every embedded instance started
+  here tags its processes (``NOISYSTUDENT_RAY_TAG`` in their environment) and records itself; the next
+  start (and ``noisystudent doctor``) stops the tagged processes of instances whose driver is dead,
+  never those of a live instance or of another program's Ray.
+"""
 
 from __future__ import annotations
 
+import atexit
+import json
+import logging
 import os
+import signal
+import socket
+import time
+import uuid
+from pathlib import Path
 from typing import Optional
 
 from noisystudent.errors import UserError
+
+TAG_ENV = "NOISYSTUDENT_RAY_TAG"
+CONNECT_TIMEOUT_S = 5.0
+log = logging.getLogger(__name__)
+
+
+def registry_dir() -> Path:
+    """Where embedded instances record themselves (``$NOISYSTUDENT_STATE_DIR`` or ``~/.cache/noisystudent``)."""
+    root = os.environ.get("NOISYSTUDENT_STATE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "noisystudent")
+    return Path(root) / "embedded-ray"
 
 
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, quiet: bool = False) -> dict:
     """Make sure Ray is up; return its cluster resources.
 
-    ``address=None`` starts an embedded local instance (no dashboard). ``address="auto"`` or
-    ``"ray://host:10001"`` / ``"host:6379"`` connects to an existing cluster. A second call reuses the
-    running instance. Worker output (per-epoch lines of Ray Train workers) reaches the driver unless
-    ``quiet``.
+    ``address=None`` starts an embedded local instance (no dashboard, token authentication on).
+    ``address="auto"`` or ``"ray://host:10001"`` / ``"host:6379"`` connects to an existing cluster, whose
+    token comes from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (Ray's own
+    lookup). An address where nothing accepts a connection fails within :data:`CONNECT_TIMEOUT_S`
+    seconds instead of Ray's minutes of retries. A second call reuses the running instance. Worker
+    output (per-epoch lines of Ray Train workers) reaches the driver unless ``quiet``.
     """
     import ray
 
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    if not ray.is_initialized():
-        kwargs: dict = {"include_dashboard": False, "configure_logging": True, "logging_level": "WARNING"}
-        if quiet:
-            kwargs["log_to_driver"] = False
-        try:
-            if address:
-                ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
-            else:
-                # no dashboard, hence no State API: see quiet_worker_logs
-                ray.init(num_cpus=num_cpus, runtime_env={"worker_process_setup_hook": "pipelines.ray_runtime.quiet_worker_logs"},
-                         **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = address or "a local instance"
-            raise UserError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}") from None
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    kwargs: dict = {"include_dashboard": False, "configure_logging": True, "logging_level": "WARNING"}
+    if quiet:
+        kwargs["log_to_driver"] = False
+    try:
+        if address:
+            check_reachable(address)
+            ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
+        else:
+            _start_embedded(num_cpus, kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or "a local instance"
+        hint = ""
+        if "auth" in str(exc).lower() or "token" in str(exc).lower():
+            hint = " (token authentication: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token)"
+        raise UserError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}{hint}") from None
     return ray.cluster_resources()
+
+
+def _start_embedded(num_cpus: Optional[int], kwargs: dict) -> None:
+    import ray
+
+    reap_orphans()
+    mode = os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if mode.lower() != "token":
+        log.warning("RAY_AUTH_MODE=%s: the embedded Ray instance runs WITHOUT token authentication and listens on "
+                    "all interfaces; anyone who can reach this machine can run code in it", mode)
+    tag = uuid.uuid4().hex[:16]
+    os.environ[TAG_ENV] = tag  # inherited by the GCS, raylet, agents and workers this call starts
+    # no dashboard, hence no State API: see quiet_worker_logs
+    ray.init(num_cpus=num_cpus, runtime_env={"worker_process_setup_hook": "pipelines.ray_runtime.quiet_worker_logs"},
+             **kwargs)
+    _record(tag)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast, naming the address, when nothing accepts a TCP connection at ``host:port``.
+
+    ``auto`` and addresses without a port are left to Ray (``auto`` already fails fast)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or type(exc).__name__)
+        raise UserError(
+            f"--ray-address {address}: nothing accepted a connection at {host}:{port} within {timeout:.0f} s "
+            f"({reason}); check that the head node runs `ray start --head` on that port and that no firewall "
+            "blocks it, or omit --ray-address to start a local instance"
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------------
+# orphans of hard-killed drivers
+
+
+def _proc_start_time(pid: int) -> Optional[str]:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks since boot
+
+
+def _record(tag: str) -> None:
+    from noisystudent.io import write_json
+
+    try:
+        d = registry_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        rec = d / f"{tag}.json"
+        write_json(rec, {"tag": tag, "driver_pid": os.getpid(), "driver_start": _proc_start_time(os.getpid()),
+                         "started": time.time()})
+        atexit.register(lambda: rec.unlink(missing_ok=True))  # a clean exit leaves nothing to reap
+    except OSError as exc:  # a read-only home must not stop a run
+        log.warning("could not record the embedded Ray instance for later cleanup: %s", exc)
+
+
+def _alive(pid: int, start: Optional[str]) -> bool:
+    now = _proc_start_time(pid)
+    return now is not None and (start is None or now == start)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """PIDs of Ray processes (``ray::*`` or a Ray binary) whose environment carries ``tag``."""
+    needle = f"{TAG_ENV}={tag}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if cmd.startswith(b"ray::") or b"/ray/" in cmd:
+            found.append(int(entry.name))
+    return found
+
+
+def reap_orphans(grace_s: float = 3.0) -> list[int]:
+    """Stop what embedded instances of dead drivers left running; return the PIDs signalled.
+
+    Only processes carrying the tag of a recorded instance whose driver is gone are touched, so a
+    live run, a test session's Ray or another program's cluster is never affected. Linux only (reads
+    ``/proc``); elsewhere a no-op.
+    """
+    d = registry_dir()
+    if not Path("/proc/self/environ").exists() or not d.is_dir():
+        return []
+    killed: list[int] = []
+    for rec_path in sorted(d.glob("*.json")):
+        try:
+            rec = json.loads(rec_path.read_text())
+            tag, pid = rec["tag"], int(rec["driver_pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            rec_path.unlink(missing_ok=True)
+            continue
+        if _alive(pid, rec.get("driver_start")):
+            continue
+        pids = tagged_processes(tag)
+        killed.extend(pids)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for p in pids:
+                try:
+                    os.kill(p, sig)
+                except OSError:
+                    pass
+            deadline = time.time() + grace_s
+            while pids and time.time() < deadline:
+                pids = [p for p in pids if _running(p)]
+                time.sleep(0.1)
+        rec_path.unlink(missing_ok=True)
+    return killed
 
 
 # Ray Train v2's detached PlacementGroupCleaner asks the State API every second whether the train

@@ -10,7 +10,8 @@ import pytest
 
 FMNIST_ROOT = Path(os.environ.get("NOISYSTUDENT_FMNIST", "/usr/share/datasets/fashion-mnist"))
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The suite's Ray instance keeps Ray's token authentication on, as the product does (never disabled).
+os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
