@@ -261,9 +261,30 @@ def _source_for(path: str, in_chans: int, labeled: bool):
     return ImageFolderSource(p, in_chans) if labeled else UnlabeledFolderSource(p, in_chans)
 
 
+FASHION_MNIST_SPLITS = ("train", "test")
+
+
+def _fashion_mnist_split(data: str) -> tuple[str, str]:
+    """``(split, root)`` of ``--data fashion-mnist[:SPLIT][:ROOT]``; the split defaults to test.
+
+    ``fashion-mnist:ROOT`` (a path: it has a ``/`` or starts with ``.``) still names the root alone."""
+    from .data.fashion_mnist import DEFAULT_ROOT
+
+    rest = data[len("fashion-mnist:"):] if data.startswith("fashion-mnist:") else ""
+    head, _, tail = rest.partition(":")
+    if head in FASHION_MNIST_SPLITS:
+        return head, tail or DEFAULT_ROOT
+    if not head or "/" in head or head.startswith("."):
+        return "test", rest or DEFAULT_ROOT
+    raise UserError(f"--data: Fashion-MNIST has no split {head!r}; use fashion-mnist:train or fashion-mnist:test "
+                    "(add :ROOT for the idx files elsewhere)")
+
+
 @main.command()
 @click.argument("checkpoint", type=click.Path())
-@click.option("--data", required=True, help="Labeled test data: an ImageFolder tree, a CSV/Parquet manifest, or 'fashion-mnist[:ROOT]'.")
+@click.option("--data", required=True,
+              help="Labeled data: an ImageFolder tree, a CSV/Parquet manifest, or 'fashion-mnist[:SPLIT][:ROOT]' with "
+                   "SPLIT test (default; 10,000 images) or train (all 60,000, the images a run trained on included).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the metrics JSON here.")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @quiet_option
@@ -275,14 +296,14 @@ def evaluate(checkpoint, data, output, batch_size, quiet):
     from .io import write_json
     from .transforms import create_transform
 
+    fmnist = _fashion_mnist_split(data) if data == "fashion-mnist" or data.startswith("fashion-mnist:") else None
     ckpt = load_checkpoint(checkpoint)
     spec = ckpt.spec
-    if data.startswith("fashion-mnist"):
-        from .config import DataConfig
-        from .data import create_data
+    if fmnist is not None:
+        from .data.fashion_mnist import FashionMNISTSource
 
-        root = data.split(":", 1)[1] if ":" in data else DataConfig().root
-        source = create_data(DataConfig(root=root, labels_per_class=1)).test
+        split, root = fmnist
+        source = FashionMNISTSource(root, split, labeled=True, in_chans=spec.in_chans)
     else:
         source = _source_for(data, spec.in_chans, labeled=True)
     from .data import remap_to_classes
@@ -400,6 +421,10 @@ def doctor() -> None:
 
         import ray
 
+        reaped = reap_orphans()
+        if reaped:
+            line("ray leftovers", f"stopped {len(reaped)} processes of embedded instances whose driver was killed")
+
         was_up = ray.is_initialized()
         res = init_ray(os.environ.get("RAY_ADDRESS"))
         line("ray", f"{'running' if was_up else 'started'}: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs")
@@ -411,7 +436,3 @@ def doctor() -> None:
 
 if __name__ == "__main__":
     main()
-        reaped = reap_orphans()
-        if reaped:
-            line("ray leftovers", f"stopped {len(reaped)} processes of embedded instances whose driver was killed")
-

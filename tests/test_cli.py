@@ -100,6 +100,49 @@ def test_evaluate_and_predict(folder_run):
     assert all(len(k) == 3 for k in df["topk_classes"])
 
 
+def _fmnist_checkpoint(path: Path) -> Path:
+    from noisystudent.checkpoint import ModelSpec, save_checkpoint
+    from noisystudent.data.fashion_mnist import CLASSES as FMNIST_CLASSES
+
+    spec = ModelSpec(name="resnet8", num_classes=10, in_chans=1, image_size=28, mean=[0.286], std=[0.353],
+                     classes=list(FMNIST_CLASSES))
+    save_checkpoint(path, spec.build(), spec)
+    return path
+
+
+@pytest.mark.parametrize("data, split, n", [("fashion-mnist", "test", 10_000), ("fashion-mnist:test", "test", 10_000),
+                                            ("fashion-mnist:train", "train", 60_000)])
+def test_evaluate_fashion_mnist_split(tmp_path, monkeypatch, require_fmnist, data, split, n):
+    """`evaluate --data fashion-mnist:SPLIT` evaluates that split (test by default)."""
+    import noisystudent.evaluate
+
+    seen = {}
+
+    def fake_eval(model, source, tf, batch_size, classes, progress):
+        seen.update(split=source.split, n=len(source), root=source.root)
+        return {"top1": 0.5, "n": len(source), "skipped": 0, "per_class_accuracy": {}}
+
+    monkeypatch.setattr(noisystudent.evaluate, "evaluate", fake_eval)
+    ckpt = _fmnist_checkpoint(tmp_path / "model.pt")
+    res = CliRunner().invoke(main, ["evaluate", str(ckpt), "--data", data, "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert seen["split"] == split and seen["n"] == n and f"on {n} images" in res.output
+    # a root after the split, and the older fashion-mnist:ROOT form
+    from noisystudent.data.fashion_mnist import DEFAULT_ROOT
+
+    for spec, want in ((f"fashion-mnist:{split}:{DEFAULT_ROOT}", split), (f"fashion-mnist:{DEFAULT_ROOT}", "test")):
+        res = CliRunner().invoke(main, ["evaluate", str(ckpt), "--data", spec, "--quiet"])
+        assert res.exit_code == 0 and seen["split"] == want and seen["root"] == DEFAULT_ROOT, res.output
+
+
+@pytest.mark.parametrize("data", ["fashion-mnist:val", "fashion-mnist:Train", "fashion-mnist:validation:/tmp"])
+def test_evaluate_bad_fashion_mnist_split_exits_2(data):
+    res = CliRunner().invoke(main, ["evaluate", "/nope/model.pt", "--data", data])
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert line.startswith("error: --data:") and "fashion-mnist:train" in line and len(line.splitlines()) == 1
+
+
 def test_labels_inspect(folder_run):
     tmp, _ = folder_run
     res = CliRunner().invoke(main, ["labels", "inspect", str(tmp / "run" / "gen-1" / "labels")])
