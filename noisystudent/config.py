@@ -137,6 +137,9 @@ class RayConfig:
     workers: int = field(default=1, metadata=_range(0, 4096))
     gpus_per_worker: float = field(default=0.0, metadata=_range(0, 8))
     max_failures: int = field(default=1, metadata=_range(-1, 1000))
+    # torch threads of each Ray Train worker (torch.set_num_threads); null: Ray's OMP_NUM_THREADS, the
+    # worker's CPUs. 1: on 2 cores with another job running, 2 threads collapse in OpenMP barriers
+    torch_threads: Optional[int] = field(default=1, metadata=_range(1, 1024))
 
 
 @dataclass

@@ -44,12 +44,22 @@ def _quiet_ray_train_logs() -> None:
             handler.addFilter(_QuietRayTrainInfo())
 
 
+def _set_torch_threads(threads: Optional[int]) -> None:
+    """``ray.torch_threads`` in a worker: Ray sets ``OMP_NUM_THREADS`` to the worker's CPUs, which on a
+    small machine that also runs something else makes every step wait in OpenMP barriers."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 def _train_loop(config: dict) -> None:
     """Body of every Ray Train worker."""
     import ray.train
     import ray.train.torch
 
     _quiet_ray_train_logs()
+    _set_torch_threads(config.get("torch_threads"))
     job: TrainJob = config["job"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -108,7 +118,7 @@ def train(job: TrainJob, ray_cfg: RayConfig, fail_at_epoch: Optional[int] = None
     storage = out / "ray_train"
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"job": job, "fail_at_epoch": fail_at_epoch},
+        train_loop_config={"job": job, "fail_at_epoch": fail_at_epoch, "torch_threads": ray_cfg.torch_threads},
         scaling_config=ScalingConfig(num_workers=ray_cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(
             # A fresh name per fit: Ray Train restores a run of the same name and storage path, which must

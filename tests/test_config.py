@@ -104,3 +104,20 @@ def test_shipped_configs_load(path):
              for g in range(1, cfg.student.generations + 1)]
     teacher = sum(p.numel() for p in create_model(cfg.teacher.name, num_classes=10, in_chans=cfg.data.in_chans).parameters())
     assert teacher <= sizes[0] and sizes == sorted(sizes), (cfg.teacher.name, sizes)
+
+
+def test_ray_torch_threads_is_validated_and_a_runtime_field(tmp_path):
+    """``ray.torch_threads``: 1 by default, null keeps Ray's OMP_NUM_THREADS, below 1 names the field; a run
+    may change it (like every ``ray`` field) without being refused as a different config."""
+    from pipelines.state import RunDir
+
+    assert config_from_dict({}).ray.torch_threads == 1
+    assert config_from_dict({"ray": {"torch_threads": None}}).ray.torch_threads is None
+    assert config_from_dict({"ray": {"torch_threads": 4}}).ray.torch_threads == 4
+    for bad, words in ((0, ">= 1"), (1.5, "integer"), ("two", "integer")):
+        with pytest.raises(ConfigError) as info:
+            config_from_dict({"ray": {"torch_threads": bad}})
+        assert info.value.field == "ray.torch_threads" and words in str(info.value)
+    run = RunDir(tmp_path / "run")
+    run.freeze_config(config_from_dict({}))
+    assert run.freeze_config(config_from_dict({"ray": {"torch_threads": 2}})).ray.torch_threads == 2

@@ -217,3 +217,64 @@ def test_baseline_roles_from_the_same_config(two_generations, tmp_path):
     assert "oracle" in text and f"{g2['test_acc']:.4f}" in text
     res = CliRunner().invoke(main, ["teacher", str(cfg_file), "--run-dir", str(run_dir), "--labels-per-class", "5"])
     assert res.exit_code == 2 and "--labels-per-class" in res.output
+
+
+def test_ray_train_worker_applies_torch_threads(monkeypatch):
+    """`train` hands ``ray.torch_threads`` to every Ray Train worker, whose loop sets torch's threads
+    before training (Ray's OMP_NUM_THREADS would be all of the worker's CPUs)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    import pipelines.ray_runtime
+    import pipelines.train_ray as tr
+    from noisystudent.config import RayConfig
+
+    seen = {}
+
+    class FakeTrainer:  # runs the worker loop in this process, as a 1-worker Ray Train fit would
+        def __init__(self, loop, train_loop_config, **kw):
+            self.loop, self.config = loop, train_loop_config
+
+        def fit(self):
+            seen["config"] = dict(self.config)
+            self.loop(self.config)
+
+    class Ctx:
+        def get_world_rank(self):
+            return 0
+
+        def get_world_size(self):
+            return 1
+
+    class Job:
+        device, role, generation = "cpu", "teacher", 0
+
+        def __init__(self, out):
+            self.out_dir = out
+
+    def fake_training(job, hooks):
+        seen["threads"] = torch.get_num_threads()
+        (job.out_dir / "metrics.json").write_text(json.dumps({"test_acc": 0.5}))
+        return {}
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", FakeTrainer)
+    monkeypatch.setattr(ray.train, "get_context", lambda: Ctx())
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(pipelines.ray_runtime, "init_ray", lambda *a, **k: {"CPU": 2.0})
+    monkeypatch.setattr(tr, "run_training", fake_training)
+    before = torch.get_num_threads()
+    import tempfile
+    from pathlib import Path
+
+    try:
+        for threads in (1, 2):
+            with tempfile.TemporaryDirectory() as d:
+                assert tr.train(Job(Path(d)), RayConfig(workers=1, torch_threads=threads)) == {"test_acc": 0.5}
+            assert seen["config"]["torch_threads"] == threads and seen["threads"] == threads
+        torch.set_num_threads(3)
+        with tempfile.TemporaryDirectory() as d:
+            tr.train(Job(Path(d)), RayConfig(workers=1, torch_threads=None))  # null: left as Ray set it
+        assert seen["threads"] == 3
+    finally:
+        torch.set_num_threads(before)
