@@ -200,6 +200,54 @@ def run(config, run_dir, generations, baselines, tracking, sets, ray_address, wo
 
 
 @main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="The run folder (resumable).")
+@click.option("--teacher", default=None, type=click.Path(), help="Teacher checkpoint (overrides distill.teacher).")
+@click.option("--method", default=None, help="Distillation method name (overrides distill.method; see `noisystudent methods`).")
+@click.option("--force", is_flag=True, help="Train again even if finished.")
+@set_option
+@address_option
+@workers_option
+@gpus_option
+@quiet_option
+@_user_errors
+def distill(config, run_dir, teacher, method, force, sets, ray_address, workers, gpus_per_worker, quiet):
+    """Train one student (student.ladder[0], student.train) from a teacher on the labeled images."""
+    from pipelines import steps
+    from pipelines.state import RunDir
+
+    flags = {"distill.teacher": teacher, "ray.address": ray_address, "ray.workers": workers,
+             "ray.gpus_per_worker": gpus_per_worker}
+    if method is not None:
+        flags["distill.method"] = {"name": method}
+    cfg = _load(config, sets, **flags)
+    run = RunDir(run_dir)
+    cfg = run.freeze_config(cfg)
+    m = steps.distill(run, cfg, force=force, progress=not quiet)
+    fid = m.get("test_fidelity")
+    click.echo(f"{m['model']} ({cfg.distill.method['name']}): test accuracy {m['test_acc']:.4f}"
+               + (f", fidelity to the teacher {fid:.4f}" if fid is not None else "")
+               + f" -> {run.distill_dir() / 'model.pt'}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def methods(as_json):
+    """The registered distillation methods: teacher, parameters and their defaults."""
+    from .distill import get_method, list_methods, method_defaults
+
+    rows = [{"name": n, "teacher": get_method(n).teacher, "params": method_defaults(n), "summary": get_method(n).summary}
+            for n in list_methods()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
+        click.echo(f"{r['name']:<14} teacher: {r['teacher']:<8} {params}")
+        click.echo(f"{'':<14} {r['summary']}")
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_user_errors

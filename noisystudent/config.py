@@ -56,6 +56,8 @@ class TrainConfig:
     eval_every: int = field(default=1, metadata=_range(1))
     # DDP multiplies the global batch by the number of workers; scale lr with it (Goyal et al., 2017)
     scale_lr_with_workers: bool = True
+    # mixed precision: auto = bf16 on CUDA (fp16 + loss scaling where the GPU lacks bf16), off on CPU
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
 
 
 @dataclass
@@ -66,6 +68,8 @@ class ModelConfig:
     drop_rate: float = field(default=0.0, metadata=_range(0, 1, hi_open=True))
     drop_path_rate: float = field(default=0.0, metadata=_range(0, 1, hi_open=True))
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+    # distillation method of this rung ({name, ...params}); null: the student section's method
+    method: Optional[dict] = field(default=None, metadata={"method": True})
 
 
 @dataclass
@@ -127,6 +131,20 @@ class StudentConfig:
     unlabeled_weight: float = field(default=1.0, metadata=_range(0, 1000))
     finetune_epochs: int = field(default=0, metadata=_range(0, 10_000))
     finetune_lr: float = field(default=0.01, metadata=_range(0, 10, lo_open=True))
+    # distillation method of every rung ({name, ...params}; `noisystudent methods` lists them). null: the
+    # Noisy Student loss of `loss`, `temperature`, `alpha`, `unlabeled_weight` above (older configs)
+    method: Optional[dict] = field(default=None, metadata={"method": True})
+
+    def method_for(self, rung: "ModelConfig") -> dict:
+        """The resolved method of a ladder rung: its own, else this section's, else ``noisy_student``."""
+        from .distill import resolve_method_config
+
+        if rung.method is not None:
+            return rung.method
+        if self.method is not None:
+            return self.method
+        return resolve_method_config({"name": "noisy_student", "mode": self.loss, "temperature": self.temperature,
+                                      "alpha": self.alpha, "unlabeled_weight": self.unlabeled_weight}, "student.method")
 
 
 @dataclass
@@ -143,6 +161,17 @@ class RayConfig:
 
 
 @dataclass
+class DistillConfig:
+    """``noisystudent distill``: one student trained from a given teacher (model compression).
+
+    The student is ``student.ladder[0]`` trained with ``student.train`` on the labeled images (the
+    protocol of Sarfraz et al.: teacher and student see the same labeled data)."""
+
+    teacher: Optional[str] = None  # checkpoint (model.pt or its folder); --teacher overrides
+    method: dict = field(default_factory=lambda: {"name": "hinton"}, metadata={"method": True})
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
@@ -153,6 +182,7 @@ class ExperimentConfig:
     pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     # the all-labels oracle sees ~60x more images per epoch than the teacher; it gets its own budget
     oracle_epochs: int = field(default=5, metadata=_range(1, 10_000))
 
@@ -182,6 +212,10 @@ def _convert(value: Any, tp: Any, name: str, meta: dict) -> Any:
         return _convert(value, inner[0], name, meta)
     if value is None:
         raise ConfigError(name, f"must be {_type_name(tp)}, got null")
+    if meta.get("method"):
+        from .distill import resolve_method_config  # local import: the registry imports torch
+
+        return resolve_method_config(value, name)
     if origin is Literal:
         if value not in args:
             raise ConfigError(name, f"must be one of {', '.join(map(str, args))}; got {value!r}")
@@ -251,14 +285,25 @@ def _check(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError("data.labels_per_class", "is required for fashion_mnist (use 6000 for all labels)")
     if not cfg.student.ladder:
         raise ConfigError("student.ladder", "needs at least one model")
-    from .models import list_models  # local import: models import torch
+    from .models import is_model, list_families, list_models  # local import: models import torch
 
-    known = list_models()
     for name, mc in [("teacher.name", cfg.teacher)] + [
         (f"student.ladder[{i}].name", m) for i, m in enumerate(cfg.student.ladder)
     ]:
-        if mc.name not in known:
-            raise ConfigError(name, f"unknown model {mc.name!r}; known: {', '.join(known)}")
+        if not is_model(mc.name):
+            fams = ", ".join(list_families())
+            raise ConfigError(name, f"unknown model {mc.name!r}; known: {', '.join(list_models())}"
+                              + (f" (and the families {fams})" if fams else ""))
+    from .distill import resolve_method_config
+
+    cfg.distill.method = resolve_method_config(cfg.distill.method, "distill.method")  # defaults filled in
+    pl_t = cfg.pseudo_labels.temperature
+    methods = [("student.method", cfg.student.method), ("distill.method", cfg.distill.method)] + [
+        (f"student.ladder[{i}].method", m.method) for i, m in enumerate(cfg.student.ladder)]
+    for where, m in methods:
+        if m and m.get("name") == "hinton" and m.get("source") == "offline" and m["temperature"] != pl_t:
+            raise ConfigError(f"{where}.temperature", f"offline hinton reads probabilities stored at "
+                              f"pseudo_labels.temperature={pl_t:g}; set both to the same value, got {m['temperature']:g}")
     return cfg
 
 

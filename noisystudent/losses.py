@@ -64,10 +64,12 @@ def student_loss(
     alpha: float = 0.5,
     unlabeled_weight: float = 1.0,
     label_smoothing: float = 0.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
+    as_tensors: bool = False,
+) -> tuple[torch.Tensor, dict]:
     """Noisy Student loss: CE on labeled + ``unlabeled_weight`` * pseudo-label loss, each a mean over its batch.
 
-    Returns the total and its parts (floats) for logging.
+    Returns the total and its parts for logging: floats, or detached 0-d tensors with ``as_tensors``
+    (the engine's choice: no device sync per step on a GPU).
     """
     sup = F.cross_entropy(labeled_logits, labels, label_smoothing=label_smoothing) if labels.numel() else labeled_logits.sum() * 0
     if unlabeled_logits.numel():
@@ -75,4 +77,6 @@ def student_loss(
     else:
         unsup = sup * 0
     total = sup + unlabeled_weight * unsup
+    if as_tensors:
+        return total, {"loss_labeled": sup.detach(), "loss_unlabeled": unsup.detach()}
     return total, {"loss_labeled": float(sup.detach()), "loss_unlabeled": float(unsup.detach())}

@@ -26,14 +26,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import ModelSpec, checkpoint_id, safe_load, save_checkpoint, to_plain
-from .errors import UserError
+from .checkpoint import ModelSpec, checkpoint_id, load_checkpoint, safe_load, save_checkpoint, to_plain
 from .config import ModelConfig, StudentConfig, TrainConfig
 from .data import ImageSource
 from .data.torch_dataset import SourceDataset, collate_skip_none
 from .evaluate import evaluate
+from .distill.base import Batch, DistillMethod, Outputs
+from .distill.teacher import OnlineTeacher
+from .errors import UserError
 from .io import atomic_path, write_json, write_text
-from .losses import student_loss
 from .transforms import create_transform
 
 
@@ -89,12 +90,29 @@ class TrainJob:
     config: dict = field(default_factory=dict)
     progress: bool = True  # per-step progress bars and per-epoch lines
     step_bars: bool = True  # per-step bars only (off inside Ray workers, whose logs cannot redraw a bar)
+    # distillation method ({name, ...params}); None: supervised, or the student's noisy_student with pseudo
+    method: Optional[dict] = None
+    # teacher checkpoint: run online by online methods; fidelity is measured against it in every case
+    teacher_ckpt: Optional[str] = None
 
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def resolve_amp(mode: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``train.amp`` on ``device`` (None: full fp32).
+
+    ``auto`` is bf16 on a CUDA device that supports it, fp16 (with loss scaling) on an older one, and off
+    elsewhere; ``bf16``/``fp16`` are taken as asked (torch autocasts on CPU too, slowly).
+    """
+    if mode == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]
 
 
 def seed_everything(seed: int) -> None:
@@ -186,209 +204,335 @@ def _check_resume_state(state: Any, path: Path) -> None:
             raise UserError(f"resume state {path}: field '{key}' is missing; delete the file to restart the job")
 
 
+class StudentStep(torch.nn.Module):
+    """The student and the method's extra modules as one module, so one DDP wrapper synchronises the
+    gradients of both and one ``forward`` runs the student and the method's loss.
+
+    ``forward(batch, teacher_outputs)`` returns ``(loss, parts, labeled_logits)``; with ``labels_only``
+    (the optional labeled fine-tune at the end of a student job) the loss is cross-entropy alone."""
+
+    def __init__(self, student: torch.nn.Module, method: DistillMethod):
+        super().__init__()
+        self.student = student
+        self.method = method
+
+    def forward(self, batch: Batch, teacher: Optional[Outputs], labels_only: bool = False):
+        x = batch.x_labeled if batch.x_unlabeled is None else torch.cat([batch.x_labeled, batch.x_unlabeled])
+        stages = self.method.student_stages if not labels_only else ()
+        if labels_only:
+            logits = self.student(x)
+            ce = F.cross_entropy(logits, batch.y, label_smoothing=self.method.label_smoothing)
+            return ce, {"loss_labeled": ce.detach()}, logits
+        if stages:
+            logits, feats = self.student.forward_intermediates(x, indices=list(stages))
+        else:
+            logits, feats = self.student(x), []
+        out = Outputs(logits=logits, features=list(feats), n_labeled=batch.n_labeled)
+        loss, parts = self.method(out, teacher, batch)
+        return loss, parts, out.labeled
+
+
+def _job_method(job: TrainJob, use_pseudo: bool) -> dict:
+    """The job's resolved method: as given, else the student's Noisy Student loss, else supervised."""
+    from .distill import resolve_method_config
+
+    if job.method is not None:
+        return resolve_method_config(job.method, "method")
+    if use_pseudo and job.student is not None:
+        return job.student.method_for(job.model_cfg)
+    return resolve_method_config({"name": "supervised"}, "method")
+
+
+def _load_teacher(job: TrainJob, device: torch.device, stages) -> OnlineTeacher:
+    ckpt = load_checkpoint(job.teacher_ckpt, expected_classes=job.spec.classes)
+    s, t = job.spec, ckpt.spec
+    if (s.in_chans, s.image_size) != (t.in_chans, t.image_size):
+        raise UserError(f"teacher {job.teacher_ckpt} takes {t.in_chans}x{t.image_size}x{t.image_size} images, the "
+                        f"student {s.in_chans}x{s.image_size}x{s.image_size}")
+    return OnlineTeacher(ckpt, device, stages=stages)
+
+
+@dataclass
+class _Loop:
+    """Everything one job's epochs share; built by :func:`_setup`, so :func:`run_training` reads at once."""
+
+    job: TrainJob
+    hooks: TrainHooks
+    device: torch.device
+    model: torch.nn.Module  # StudentStep, maybe DDP-wrapped
+    core: StudentStep
+    method_cfg: dict
+    teacher: Optional[OnlineTeacher]
+    lab_loader: DataLoader
+    unl_loader: Optional[DataLoader]
+    steps_per_epoch: int
+    finetune_steps: int
+    total_epochs: int
+    opt: torch.optim.Optimizer
+    sched: Any
+    ema: Any
+    amp_dtype: Optional[torch.dtype]
+    scaler: Any
+    eval_tf: Callable
+    use_pseudo: bool
+    n_pseudo: int
+
+    @property
+    def student(self) -> torch.nn.Module:
+        return self.core.student
+
+    @property
+    def final_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.core.student
+
+
+def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
+    """Build the models, the method, the online teacher, the loaders and the optimisation of a job."""
+    cfg, spec = job.train_cfg, job.spec
+    student_cfg = job.student
+    pseudo = job.pseudo if (job.pseudo is not None and len(job.pseudo.source) > 0) else None
+    use_pseudo = pseudo is not None and student_cfg is not None and student_cfg.ratio > 0
+    method_cfg = _job_method(job, use_pseudo)
+
+    student = spec.build(inference=False).to(device)
+    from .distill import create_method, get_method
+
+    teacher = None
+    if get_method(method_cfg["name"]).teacher_for(method_cfg) == "online":
+        if not job.teacher_ckpt:
+            raise UserError(f"method {method_cfg['name']!r} runs a teacher online: give its checkpoint "
+                            "(distill.teacher or --teacher)")
+        teacher = _load_teacher(job, device, ())
+    method = create_method(method_cfg, student_info=list(student.feature_info),
+                           teacher_info=teacher.feature_info if teacher is not None else None,
+                           num_classes=spec.num_classes, label_smoothing=cfg.label_smoothing).to(device)
+    if teacher is not None:
+        teacher.stages = tuple(method.teacher_stages)
+    if method.teacher_kind == "offline" and not use_pseudo:
+        raise UserError(f"method {method_cfg['name']!r} learns from stored pseudo-labels, which this job has none of; "
+                        "use it in `noisystudent run`, or an online method (e.g. hinton) with `noisystudent distill`")
+    core = StudentStep(student, method)
+    model = hooks.prepare_model(core)
+    core = getattr(model, "module", model)
+
+    train_tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, job.model_cfg.noise)
+    eval_tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
+    lab_bs = cfg.batch_size
+    labeled_ds = SourceDataset(job.labeled, train_tf)
+    unl_loader, n_pseudo = None, 0
+    if use_pseudo:
+        unl_bs = max(1, int(round(student_cfg.ratio * lab_bs)))
+        unl_ds = SourceDataset(pseudo.source, train_tf, targets=pseudo.targets.astype(np.float32))
+        expanded = np.repeat(np.arange(len(pseudo.source)), np.maximum(pseudo.weights.astype(np.int64), 0))
+        unl_loader = hooks.prepare_loader(_loader(unl_ds, unl_bs, cfg.num_workers, job.seed + 1, expanded))
+        steps_per_epoch, n_pseudo = max(1, len(expanded) // unl_bs), int(pseudo.weights.sum())
+    else:
+        steps_per_epoch = max(1, len(labeled_ds) // lab_bs)
+    # each DDP worker sees 1/world_size of the data per epoch
+    steps_per_epoch = cfg.steps_per_epoch or max(1, steps_per_epoch // hooks.world_size)
+    lab_loader = hooks.prepare_loader(_loader(labeled_ds, lab_bs, cfg.num_workers, job.seed))
+    finetune_epochs = student_cfg.finetune_epochs if (student_cfg is not None and use_pseudo) else 0
+
+    lr = cfg.lr * (hooks.world_size if cfg.scale_lr_with_workers else 1)
+    opt = _make_optimizer(core, cfg, lr)  # the method's extra modules train with the student
+    sched = _make_scheduler(opt, cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
+    ema = None
+    if cfg.ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    # mixed precision: autocast around forward + loss; fp16 needs loss scaling, bf16 does not
+    amp_dtype = resolve_amp(cfg.amp, device)
+    return _Loop(job=job, hooks=hooks, device=device, model=model, core=core, method_cfg=method_cfg, teacher=teacher,
+                 lab_loader=lab_loader, unl_loader=unl_loader,
+                 steps_per_epoch=steps_per_epoch, finetune_steps=max(1, len(labeled_ds) // lab_bs),
+                 total_epochs=cfg.epochs + finetune_epochs, opt=opt, sched=sched, ema=ema, amp_dtype=amp_dtype,
+                 scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), eval_tf=eval_tf,
+                 use_pseudo=use_pseudo, n_pseudo=n_pseudo)
+
+
+def _resume(lp: _Loop, state_bytes: bytes, path: Path) -> tuple[int, list[dict]]:
+    """Restore a ``last.pt``: student, the method's extra modules, optimizer, schedule, EMA, RNG."""
+    state = safe_load(_io.BytesIO(state_bytes), what=f"resume state {path}", map_location=lp.device)
+    _check_resume_state(state, path)
+    lp.student.load_state_dict(state["model"])
+    method_state = lp.core.method.state_dict()
+    if method_state:
+        if not isinstance(state.get("method"), dict):
+            raise UserError(f"resume state {path}: field 'method' (the {lp.method_cfg['name']} method's trainable "
+                            "modules) is missing; delete the file to restart the job")
+        lp.core.method.load_state_dict(state["method"])
+    lp.opt.load_state_dict(state["optimizer"])
+    lp.sched.load_state_dict(state["scheduler"])
+    if lp.ema is not None and state.get("ema") is not None:
+        lp.ema.load_state_dict(state["ema"])
+    torch.set_rng_state(state["rng"].cpu())  # map_location put it on the GPU; the CPU generator needs it back
+    return state["epoch"] + 1, list(state["history"])
+
+
+def _train_epoch(lp: _Loop, epoch: int, labeled_iter) -> dict:
+    """One epoch of optimizer steps; returns its history row (losses by part, accuracy, speed)."""
+    job, cfg, device = lp.job, lp.job.train_cfg, lp.device
+    finetune = epoch >= cfg.epochs
+    if finetune and epoch == cfg.epochs:
+        # short fine-tune on labeled data only, constant small lr (paper's optional last step)
+        lp.opt = _make_optimizer(lp.core, cfg, job.student.finetune_lr)
+        lp.sched = torch.optim.lr_scheduler.ConstantLR(lp.opt, factor=1.0, total_iters=0)
+    for loader in (lp.lab_loader, lp.unl_loader):
+        sampler = getattr(loader, "sampler", None) if loader is not None else None
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+    lp.model.train()
+    if lp.hooks.fail_at_epoch is not None and epoch == lp.hooks.fail_at_epoch:
+        marker = Path(job.out_dir) / f".failed-once-{epoch}"
+        if not marker.exists():
+            marker.write_text("injected failure\n")
+            raise RuntimeError(f"injected failure in epoch {epoch}")
+    t0 = time.perf_counter()
+    # sums stay on the device (no sync per step on a GPU); read once at the end of the epoch
+    n_images, loss_sum, correct, seen = 0, torch.zeros((), device=device), torch.zeros((), device=device), 0
+    parts_sum: dict[str, torch.Tensor] = {}
+    unl_iter = iter(lp.unl_loader) if (lp.unl_loader is not None and not finetune) else None
+    teacher = lp.teacher if not finetune else None
+    bar = tqdm(range(lp.steps_per_epoch if not finetune else lp.finetune_steps),
+               desc=f"{job.role} gen{job.generation} epoch {epoch + 1}/{lp.total_epochs}" + (" (fine-tune)" if finetune else ""),
+               disable=not (job.progress and job.step_bars and lp.hooks.is_main), leave=False, dynamic_ncols=True)
+    for _ in bar:
+        lb = _batch(next(labeled_iter), device)
+        if lb is None:
+            continue
+        batch = Batch(x_labeled=lb[0], y=lb[1])
+        if unl_iter is not None:
+            try:
+                ub = _batch(next(unl_iter), device)
+            except StopIteration:
+                unl_iter = iter(lp.unl_loader)
+                ub = _batch(next(unl_iter), device)
+            if ub is not None:
+                batch.x_unlabeled, batch.targets = ub
+        with torch.autocast(device.type, dtype=lp.amp_dtype, enabled=lp.amp_dtype is not None):
+            t_out = None
+            if teacher is not None:
+                x = batch.x_labeled if batch.x_unlabeled is None else torch.cat([batch.x_labeled, batch.x_unlabeled])
+                t_out = teacher(x, n_labeled=batch.n_labeled)
+            loss, parts, logits_l = lp.model(batch, t_out, finetune)
+        if device.type == "cpu" and not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {float(loss)} in epoch {epoch + 1}; lower train.lr")
+        lp.opt.zero_grad(set_to_none=True)
+        lp.scaler.scale(loss).backward()
+        lp.scaler.step(lp.opt)
+        lp.scaler.update()
+        if not finetune:
+            lp.sched.step()
+        if lp.ema is not None:
+            lp.ema.update_parameters(lp.student)
+        n = batch.n_labeled + (0 if batch.x_unlabeled is None else len(batch.x_unlabeled))
+        n_images += n
+        loss_sum += loss.detach().float() * n
+        for k, v in parts.items():
+            parts_sum[k] = parts_sum.get(k, 0) + torch.as_tensor(v, device=device).detach().float() * n
+        correct += (logits_l.argmax(1) == batch.y).sum()
+        seen += batch.n_labeled
+        if bar.disable is False and device.type == "cpu":
+            bar.set_postfix(loss=f"{float(loss_sum) / max(n_images, 1):.3f}", acc=f"{int(correct) / max(seen, 1):.3f}")
+    bar.close()
+    if not torch.isfinite(loss_sum):
+        raise FloatingPointError(f"loss is not finite in epoch {epoch + 1}; lower train.lr")
+    seconds = time.perf_counter() - t0
+    row = {"epoch": epoch + 1, "phase": "finetune" if finetune else "train", "lr": lp.opt.param_groups[0]["lr"],
+           "train_loss": float(loss_sum) / max(n_images, 1), "loss_labeled": 0.0, "loss_unlabeled": 0.0}
+    row.update({k: float(v) / max(n_images, 1) for k, v in parts_sum.items()})
+    row.update({"train_acc": int(correct) / max(seen, 1), "seconds": seconds,
+                "images_per_s": n_images * lp.hooks.world_size / max(seconds, 1e-9)})
+    return row
+
+
 def run_training(job: TrainJob, hooks: Optional[TrainHooks] = None) -> dict[str, Any]:
     """Train, evaluate and write ``model.pt``, ``metrics.json``, ``history.csv`` into ``job.out_dir``.
 
-    Returns the final metrics. Resumes from ``out_dir/last.pt`` (or ``hooks.resume_state``) when present.
+    The loop calls the job's distillation method (``job.method``; by default ``supervised``, or
+    ``noisy_student`` when the job has pseudo-labels) and knows no loss by name. Returns the final
+    metrics. Resumes from ``out_dir/last.pt`` (or ``hooks.resume_state``) when present.
     """
     hooks = hooks or TrainHooks()
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(job.device)
     seed_everything(job.seed)
-    cfg, mcfg = job.train_cfg, job.model_cfg
-    spec = job.spec
-
-    model = spec.build(inference=False).to(device)
-    model = hooks.prepare_model(model)
-    core = getattr(model, "module", model)
-
-    train_tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, mcfg.noise)
-    eval_tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
-
-    # --- data -------------------------------------------------------------------------------------
-    student = job.student
-    pseudo = job.pseudo if (job.pseudo is not None and len(job.pseudo.source) > 0) else None
-    use_pseudo = pseudo is not None and student is not None and student.ratio > 0
-    lab_bs = cfg.batch_size
-    labeled_ds = SourceDataset(job.labeled, train_tf)
-    if use_pseudo:
-        unl_bs = max(1, int(round(student.ratio * lab_bs)))
-        unl_ds = SourceDataset(pseudo.source, train_tf, targets=pseudo.targets.astype(np.float32))
-        expanded = np.repeat(np.arange(len(pseudo.source)), np.maximum(pseudo.weights.astype(np.int64), 0))
-        unl_loader = hooks.prepare_loader(_loader(unl_ds, unl_bs, cfg.num_workers, job.seed + 1, expanded))
-        steps_per_epoch = max(1, len(expanded) // unl_bs)
-    else:
-        unl_bs, unl_loader = 0, None
-        steps_per_epoch = max(1, len(labeled_ds) // lab_bs)
-    # each DDP worker sees 1/world_size of the data per epoch
-    steps_per_epoch = cfg.steps_per_epoch or max(1, steps_per_epoch // hooks.world_size)
-    lab_loader = hooks.prepare_loader(_loader(labeled_ds, lab_bs, cfg.num_workers, job.seed))
-
-    finetune_epochs = student.finetune_epochs if (student is not None and use_pseudo) else 0
-    total_epochs = cfg.epochs + finetune_epochs
-
-    # --- optimisation -----------------------------------------------------------------------------
-    lr = cfg.lr * (hooks.world_size if cfg.scale_lr_with_workers else 1)
-    opt = _make_optimizer(core, cfg, lr)
-    sched = _make_scheduler(opt, cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
-    ema = None
-    if cfg.ema_decay:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(core, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    lp = _setup(job, hooks, device)
+    cfg, spec = job.train_cfg, job.spec
 
     history: list[dict] = []
     start_epoch = 0
-    resume = hooks.resume_state
     last_path = out / "last.pt"
-    if resume is None and last_path.is_file():
-        resume = last_path.read_bytes()
+    resume = hooks.resume_state if hooks.resume_state is not None else (last_path.read_bytes() if last_path.is_file() else None)
     if resume is not None:
-        state = safe_load(_io.BytesIO(resume), what=f"resume state {last_path}", map_location=device)
-        _check_resume_state(state, last_path)
-        core.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        history = state["history"]
-        start_epoch = state["epoch"] + 1
-        torch.set_rng_state(state["rng"])
+        start_epoch, history = _resume(lp, resume, last_path)
         if hooks.is_main and job.progress:
             tqdm.write(f"resuming {job.role} from epoch {start_epoch} ({out})")
 
-    labeled_iter = _cycle(lab_loader)
+    labeled_iter = _cycle(lp.lab_loader)
     t_job = time.perf_counter()
-    for epoch in range(start_epoch, total_epochs):
-        finetune = epoch >= cfg.epochs
-        if finetune and epoch == cfg.epochs:
-            # short fine-tune on labeled data only, constant small lr (paper's optional last step)
-            opt = _make_optimizer(core, cfg, student.finetune_lr)
-            sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
-        for loader in (lab_loader, unl_loader):
-            sampler = getattr(loader, "sampler", None) if loader is not None else None
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-        model.train()
-        if hooks.fail_at_epoch is not None and epoch == hooks.fail_at_epoch:
-            marker = out / f".failed-once-{epoch}"
-            if not marker.exists():
-                marker.write_text("injected failure\n")
-                raise RuntimeError(f"injected failure in epoch {epoch}")
-        t0 = time.perf_counter()
-        n_images, loss_sum, parts_sum, correct, seen = 0, 0.0, {"loss_labeled": 0.0, "loss_unlabeled": 0.0}, 0, 0
-        n_steps = steps_per_epoch if not finetune else max(1, len(labeled_ds) // lab_bs)
-        unl_iter = iter(unl_loader) if (unl_loader is not None and not finetune) else None
-        bar = tqdm(
-            range(n_steps),
-            desc=f"{job.role} gen{job.generation} epoch {epoch + 1}/{total_epochs}" + (" (fine-tune)" if finetune else ""),
-            disable=not (job.progress and job.step_bars and hooks.is_main),
-            leave=False,
-            dynamic_ncols=True,
-        )
-        for _ in bar:
-            lb = _batch(next(labeled_iter), device)
-            if lb is None:
-                continue
-            x_l, y_l = lb
-            if unl_iter is not None:
-                try:
-                    ub = _batch(next(unl_iter), device)
-                except StopIteration:
-                    unl_iter = iter(unl_loader)
-                    ub = _batch(next(unl_iter), device)
-                x_u, p_u = ub if ub is not None else (x_l[:0], torch.zeros(0, spec.num_classes, device=device))
-                logits = model(torch.cat([x_l, x_u]))
-                logits_l, logits_u = logits[: len(x_l)], logits[len(x_l) :]
-                loss, parts = student_loss(
-                    logits_l, y_l, logits_u, p_u, mode=student.loss, temperature=student.temperature,
-                    alpha=student.alpha, unlabeled_weight=student.unlabeled_weight, label_smoothing=cfg.label_smoothing,
-                )
-                n_batch = len(x_l) + len(x_u)
-            else:
-                logits_l = model(x_l)
-                loss = F.cross_entropy(logits_l, y_l, label_smoothing=cfg.label_smoothing)
-                parts = {"loss_labeled": float(loss.detach()), "loss_unlabeled": 0.0}
-                n_batch = len(x_l)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {float(loss)} in epoch {epoch + 1}; lower train.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if not finetune:
-                sched.step()
-            if ema is not None:
-                ema.update_parameters(core)
-            n_images += n_batch
-            loss_sum += float(loss.detach()) * n_batch
-            for k in parts_sum:
-                parts_sum[k] += parts[k] * n_batch
-            correct += int((logits_l.argmax(1) == y_l).sum())
-            seen += len(y_l)
-            bar.set_postfix(loss=f"{loss_sum / max(n_images, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
-        bar.close()
-        seconds = time.perf_counter() - t0
-        row = {
-            "epoch": epoch + 1,
-            "phase": "finetune" if finetune else "train",
-            "lr": opt.param_groups[0]["lr"],
-            "train_loss": loss_sum / max(n_images, 1),
-            "loss_labeled": parts_sum["loss_labeled"] / max(n_images, 1),
-            "loss_unlabeled": parts_sum["loss_unlabeled"] / max(n_images, 1),
-            "train_acc": correct / max(seen, 1),
-            "seconds": seconds,
-            "images_per_s": n_images * hooks.world_size / max(seconds, 1e-9),
-        }
-        last = epoch == total_epochs - 1
+    for epoch in range(start_epoch, lp.total_epochs):
+        row = _train_epoch(lp, epoch, labeled_iter)
+        last = epoch == lp.total_epochs - 1
         if job.test is not None and hooks.is_main and (last or (epoch + 1) % cfg.eval_every == 0):
-            eval_model = ema.module if ema is not None else core
-            m = evaluate(eval_model, job.test, eval_tf, batch_size=256, device=device, classes=spec.classes, progress=False)
+            m = evaluate(lp.final_model, job.test, lp.eval_tf, batch_size=256, device=device, classes=spec.classes, progress=False)
             row["test_acc"] = m["top1"]
         history.append(row)
-        state = {
-            "model": core.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "history": to_plain(history),
-            "epoch": epoch,
-            "rng": torch.get_rng_state(),
-        }
+        state = {"model": lp.student.state_dict(), "method": lp.core.method.state_dict(), "optimizer": lp.opt.state_dict(),
+                 "scheduler": lp.sched.state_dict(), "ema": lp.ema.state_dict() if lp.ema is not None else None,
+                 "history": to_plain(history), "epoch": epoch, "rng": torch.get_rng_state()}
         blob = _state_bytes(state)
         if hooks.is_main:
             with atomic_path(last_path) as tmp:
                 tmp.write_bytes(blob)
             if job.progress:
                 tqdm.write(
-                    f"{job.role} gen{job.generation} epoch {epoch + 1}/{total_epochs}: loss {row['train_loss']:.4f} "
+                    f"{job.role} gen{job.generation} epoch {epoch + 1}/{lp.total_epochs}: loss {row['train_loss']:.4f} "
                     f"train_acc {row['train_acc']:.4f}" + (f" test_acc {row['test_acc']:.4f}" if "test_acc" in row else "")
                     + f" ({row['images_per_s']:.0f} img/s)"
                 )
         if hooks.report is not None:
             hooks.report(row, blob)
+    return _finish(lp, history, time.perf_counter() - t_job)
 
-    final_model = ema.module if ema is not None else core
+
+def _finish(lp: _Loop, history: list[dict], seconds: float) -> dict[str, Any]:
+    """Final evaluation (accuracy and fidelity to the teacher) and the job's artifacts, ``model.pt`` last."""
+    job, device, spec = lp.job, lp.device, lp.job.spec
+    out = Path(job.out_dir)
     metrics: dict[str, Any] = {
         "role": job.role,
         "generation": job.generation,
         "model": spec.name,
-        "epochs": total_epochs,
+        "method": lp.method_cfg["name"],
+        "method_params": {k: v for k, v in lp.method_cfg.items() if k != "name"},
+        "epochs": lp.total_epochs,
         "train_seconds": sum(r["seconds"] for r in history),
         "images_per_s": float(np.mean([r["images_per_s"] for r in history])) if history else 0.0,
         "labeled_images": len(job.labeled),
-        "pseudo_labeled_images": int(pseudo.weights.sum()) if use_pseudo else 0,
-        "wall_seconds_this_session": time.perf_counter() - t_job,
+        "pseudo_labeled_images": lp.n_pseudo if lp.use_pseudo else 0,
+        "wall_seconds_this_session": seconds,
+        "amp": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[lp.amp_dtype],
     }
-    if hooks.is_main:
+    if lp.hooks.is_main:
+        final = lp.final_model
         if job.test is not None:
-            test_metrics = evaluate(final_model, job.test, eval_tf, batch_size=256, device=device, classes=spec.classes, progress=job.progress and job.step_bars)
+            test_metrics = evaluate(final, job.test, lp.eval_tf, batch_size=256, device=device, classes=spec.classes,
+                                    progress=job.progress and job.step_bars)
             metrics.update({f"test_{k}" if k != "top1" else "test_acc": v for k, v in test_metrics.items()})
-        metrics["checkpoint_id"] = checkpoint_id(final_model, job.generation, job.role)
+            if job.teacher_ckpt:
+                from .distill.fidelity import fidelity
+
+                teacher = lp.teacher.checkpoint if lp.teacher is not None else load_checkpoint(job.teacher_ckpt)
+                metrics.update(fidelity(final, teacher, job.test, lp.eval_tf, device=device))
+        metrics["checkpoint_id"] = checkpoint_id(final, job.generation, job.role)
         write_text(out / "history.csv", pd.DataFrame(history).to_csv(index=False))
         write_json(out / "metrics.json", metrics)
-        save_checkpoint(out / "model.pt", final_model, spec, metrics=metrics, config=job.config, generation=job.generation, role=job.role)
-        last_path.unlink(missing_ok=True)
+        save_checkpoint(out / "model.pt", final, spec, metrics=metrics, config=job.config, generation=job.generation,
+                        role=job.role)
+        (out / "last.pt").unlink(missing_ok=True)
     return metrics
 
 

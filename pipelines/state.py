@@ -113,6 +113,9 @@ class RunDir:
     def student_dir(self, g: int) -> Path:
         return self.gen(g) / "student"
 
+    def distill_dir(self) -> Path:
+        return self.root / "distill"
+
     def baseline_dir(self, role: str) -> Path:
         return self.root / "baselines" / role
 

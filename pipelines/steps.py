@@ -48,8 +48,12 @@ def load_data(cfg: ExperimentConfig) -> DataBundle:
 
 def _train_step(run: RunDir, cfg: ExperimentConfig, step: str, out: Path, *, model_cfg, train_cfg, labeled, test, classes,
                 generation: int, role: str, progress: bool, job_cfg: Optional[ExperimentConfig] = None,
-                pseudo: Optional[PseudoLabeledSet] = None) -> dict:
-    """Build one :class:`TrainJob`, train it as ``cfg.ray`` says, and record ``step`` as done."""
+                pseudo: Optional[PseudoLabeledSet] = None, method: Optional[dict] = None,
+                teacher: Optional[Path] = None) -> dict:
+    """Build one :class:`TrainJob`, train it as ``cfg.ray`` says, and record ``step`` as done.
+
+    ``method`` is the resolved distillation method (None: supervised, or noisy_student with ``pseudo``);
+    ``teacher`` the checkpoint an online method runs and fidelity is measured against."""
     from .train_ray import train
 
     t0 = time.perf_counter()
@@ -68,6 +72,8 @@ def _train_step(run: RunDir, cfg: ExperimentConfig, step: str, out: Path, *, mod
         role=role,
         config=_cfg_dict(job_cfg or cfg),
         progress=progress,
+        method=method,
+        teacher_ckpt=str(teacher) if teacher is not None else None,
     )
     metrics = train(job, cfg.ray)
     run.mark_done(step, time.perf_counter() - t0, [out / "model.pt", out / "metrics.json", out / "history.csv"],
@@ -250,8 +256,34 @@ def train_student(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = Fals
     _log(f"[gen {g}] student {model_cfg.name} (drop {model_cfg.drop_rate}, drop path {model_cfg.drop_path_rate}, "
          f"RandAugment n={model_cfg.noise.randaugment_n} m={model_cfg.noise.randaugment_m}) on {len(data.labeled)} labeled + "
          f"{int(pseudo.weights.sum())} pseudo-labeled images")
+    method = cfg.student.method_for(model_cfg)
+    if method["name"] != "noisy_student":
+        _log(f"[gen {g}] distillation method {method['name']} " + " ".join(f"{k}={v}" for k, v in method.items() if k != "name"))
     return _train_step(run, cfg, step, out, model_cfg=model_cfg, train_cfg=cfg.student.train, labeled=data.labeled,
-                       test=data.test, classes=data.classes, generation=g, role="student", progress=progress, pseudo=pseudo)
+                       test=data.test, classes=data.classes, generation=g, role="student", progress=progress, pseudo=pseudo,
+                       method=method, teacher=teacher_checkpoint(run, g))
+
+
+def distill(run: RunDir, cfg: ExperimentConfig, force: bool = False, progress: bool = True) -> dict:
+    """One student (``student.ladder[0]``, ``student.train``) from ``distill.teacher`` on the labeled images,
+    with ``distill.method``: model compression, the common case of distillation. Resumable."""
+    step = "distill/student"
+    out = run.distill_dir()
+    if run.is_done(step) and not force:
+        return read_json(out / "metrics.json")
+    method = cfg.distill.method
+    if cfg.distill.teacher is None and method["name"] != "supervised":
+        raise UserError("config field 'distill.teacher': no teacher checkpoint; pass --teacher CKPT "
+                        "(or --method supervised for the no-teacher baseline)")
+    data = load_data(cfg)
+    teacher = Path(cfg.distill.teacher) if cfg.distill.teacher else None
+    if teacher is not None:
+        load_checkpoint(teacher, expected_classes=data.classes)  # fail early, in the driver, naming the file
+    model_cfg = cfg.student.ladder[0]
+    _log(f"[distill] {model_cfg.name} from {teacher or 'no teacher'} with {method['name']} on {len(data.labeled)} labeled images")
+    return _train_step(run, cfg, step, out, model_cfg=model_cfg, train_cfg=cfg.student.train, labeled=data.labeled,
+                       test=data.test, classes=data.classes, generation=0, role="distill", progress=progress,
+                       method=method, teacher=teacher)
 
 
 def evaluate_generation(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False) -> dict:

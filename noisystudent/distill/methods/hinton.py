@@ -1,0 +1,63 @@
+"""``hinton``: knowledge distillation by softened outputs (Hinton, Vinyals & Dean, 2015).
+
+loss = ``alpha`` * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)
+
+The T^2 factor keeps the soft term's gradients the same size whatever T. The KL term is taken on every
+image of the batch (labeled and unlabeled alike: it needs no label), the CE term on labeled images only.
+Defaults T = 4, alpha = 0.9 are those of the comparison this project measures against (Sarfraz et al.,
+ICPR 2020, following Hinton's CIFAR setting).
+
+``source: online`` (default) runs the frozen teacher on the very batch the student sees, noise included.
+``source: offline`` uses the probabilities stored by the labeling job instead; they were computed at the
+labeling temperature, so that temperature must equal T (checked when the config is loaded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from noisystudent.config import _range
+from noisystudent.distill._registry import register_method
+from noisystudent.distill.base import DistillMethod
+
+
+def kd_kl(student_logits: torch.Tensor, teacher_probs_t: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(teacher_T || student_T), mean over rows; teacher given as probabilities at T."""
+    if student_logits.numel() == 0:
+        return student_logits.sum() * 0
+    log_p = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return F.kl_div(log_p, teacher_probs_t.float(), reduction="batchmean") * temperature**2
+
+
+@register_method
+class Hinton(DistillMethod):
+    name = "hinton"
+    summary = "Hinton et al. 2015: T^2 KL between softened outputs + (1 - alpha) CE on labels"
+
+    @dataclass
+    class Params:
+        temperature: float = field(default=4.0, metadata=_range(0, 100, lo_open=True))
+        alpha: float = field(default=0.9, metadata=_range(0, 1))
+        source: Literal["online", "offline"] = "online"
+
+    teacher = "online"  # the default source; "offline" with source: offline
+
+    @classmethod
+    def teacher_for(cls, config):
+        return config.get("source", "online")
+
+    def loss(self, student, teacher, batch):
+        p = self.params
+        if p.source == "online":
+            probs = F.softmax(teacher.logits.float() / p.temperature, dim=-1)
+            kd = kd_kl(student.logits, probs, p.temperature)
+        else:  # stored probabilities (already at T) exist for the unlabeled rows only
+            targets = batch.targets if batch.targets is not None else student.logits.new_zeros(0, self.num_classes)
+            kd = kd_kl(student.unlabeled, targets, p.temperature)
+        ce = F.cross_entropy(student.labeled, batch.y, label_smoothing=self.label_smoothing) if batch.n_labeled else kd * 0
+        total = p.alpha * kd + (1 - p.alpha) * ce
+        return total, {"loss_labeled": ce.detach(), "loss_kd": kd.detach()}
