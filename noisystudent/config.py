@@ -185,6 +185,8 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     # the all-labels oracle sees ~60x more images per epoch than the teacher; it gets its own budget
     oracle_epochs: int = field(default=5, metadata=_range(1, 10_000))
+    # the converged oracle of the accuracy benchmark: the same model and labels, trained to convergence
+    oracle_converged_epochs: int = field(default=30, metadata=_range(1, 10_000))
 
     def student_model(self, generation: int) -> ModelConfig:
         """The ladder's model for ``generation`` (1-based); the last rung repeats for later generations."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from noisystudent.config import ExperimentConfig
 
@@ -95,3 +98,84 @@ def status_rows(run: RunDir) -> list[dict]:
                          "test_acc": info.get("test_acc"), "pseudo_label_acc": None, "pseudo_label_acc_selected": None,
                          "seconds": info.get("seconds")})
     return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# the converged oracle: cached outside every run (``make clean`` keeps runs/), since it does not change
+# between runs of a benchmark and costs an hour or two on 2 cores
+
+ORACLE_CACHE = Path("runs/cache")
+ORACLE_STEP = "baselines/oracle"
+
+
+def _non_default(obj: Any) -> dict:
+    """A dataclass as a dict of the fields that differ from their defaults (nested ones too): a field added
+    later whose default keeps the old behaviour leaves a digest of it unchanged."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            if sub := _non_default(value):
+                out[f.name] = sub
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if value != default:
+            out[f.name] = value
+    return out
+
+
+def converged_oracle_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config of ``cfg``'s converged all-labels oracle: the last ladder model on every labeled training
+    image (Fashion-MNIST: all 60,000), trained ``oracle_converged_epochs`` with ``teacher_train``'s
+    optimizer and warmup + cosine schedule. Fields that do not shape this model stay at their defaults, so
+    any run of the same benchmark finds the same oracle."""
+    from noisystudent.config import StudentConfig, TrainConfig, config_from_dict, to_dict
+
+    model = cfg.student.ladder[-1]
+    epochs = cfg.oracle_converged_epochs
+    data = dataclasses.replace(cfg.data, unlabeled_limit=None,
+                               labels_per_class=6000 if cfg.data.kind == "fashion_mnist" else cfg.data.labels_per_class)
+    train = dataclasses.replace(cfg.teacher_train, epochs=epochs, num_workers=TrainConfig().num_workers)
+    oracle = ExperimentConfig(name=f"oracle-{model.name}-{epochs}ep", seed=cfg.seed, device=cfg.device, data=data,
+                              teacher=model, teacher_train=train, student=StudentConfig(generations=0, ladder=[model]),
+                              ray=cfg.ray, oracle_epochs=epochs, oracle_converged_epochs=epochs)
+    return config_from_dict(to_dict(oracle))  # validated and normalised as a reloaded config.yaml will be
+
+
+def converged_oracle_dir(cfg: ExperimentConfig, cache_root: str | Path = ORACLE_CACHE) -> Path:
+    """``cache_root/oracle-<model>-<epochs>ep-<digest>``: the digest covers the model, the data split, the
+    training settings and the seed (not the device, Ray, or where the Fashion-MNIST files lie)."""
+    oracle = converged_oracle_config(cfg)
+    data = _non_default(oracle.data)
+    if oracle.data.kind == "fashion_mnist":
+        data.pop("root", None)
+    blob = json.dumps({"model": _non_default(oracle.teacher), "data": data, "train": _non_default(oracle.teacher_train),
+                       "seed": oracle.seed}, sort_keys=True, default=str)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return Path(cache_root) / f"oracle-{oracle.teacher.name}-{oracle.teacher_train.epochs}ep-{digest}"
+
+
+def converged_oracle(cache_dir: str | Path) -> Optional[dict]:
+    """The finished converged oracle in ``cache_dir``: model, epochs, test accuracy, seconds, folder; None
+    when it has not finished training."""
+    from noisystudent.io import read_json
+
+    run = RunDir(cache_dir)
+    info = run.step_info(ORACLE_STEP)
+    if info is None:
+        return None
+    m = read_json(run.baseline_dir("oracle") / "metrics.json")
+    return {"model": m.get("model", info.get("model")), "epochs": m.get("epochs"), "test_acc": m.get("test_acc"),
+            "seconds": info.get("seconds"), "dir": str(run.root)}
+
+
+def train_converged_oracle(cfg: ExperimentConfig, cache_root: str | Path = ORACLE_CACHE, progress: bool = True,
+                           force: bool = False, loader_workers: Optional[int] = None) -> dict:
+    """Train (or resume, or reuse) ``cfg``'s converged oracle in :func:`converged_oracle_dir`; return
+    :func:`converged_oracle`. A finished one is reused without loading any data."""
+    run = RunDir(converged_oracle_dir(cfg, cache_root))
+    if force or not run.is_done(ORACLE_STEP):
+        oracle = run.freeze_config(converged_oracle_config(cfg))
+        steps.train_baseline(run, oracle, "oracle", None, progress=progress, force=force,
+                             epochs=oracle.teacher_train.epochs, loader_workers=loader_workers)
+    return converged_oracle(run.root)

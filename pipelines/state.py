@@ -23,8 +23,9 @@ from noisystudent.config import ExperimentConfig, config_from_dict, dump_config,
 from noisystudent.errors import UserError
 from noisystudent.io import read_json, sha256_file, write_json, write_text
 
-# Fields that may change between calls on the same run: where Ray runs, how many generations to go.
-RUNTIME_FIELDS = ("ray", "student.generations", "device")
+# Fields that may change between calls on the same run: where Ray runs, how many generations to go, and
+# the converged oracle's epochs (that oracle is cached outside the run, under a name that carries them).
+RUNTIME_FIELDS = ("ray", "student.generations", "device", "oracle_converged_epochs")
 
 STEPS = ("label", "select", "student", "evaluate", "promote")
 

@@ -98,12 +98,13 @@ def train_teacher(run: RunDir, cfg: ExperimentConfig, force: bool = False, progr
 
 
 def train_baseline(run: RunDir, cfg: ExperimentConfig, role: str, labels_per_class: Optional[int], progress: bool = True,
-                   force: bool = False, epochs: Optional[int] = None) -> dict:
+                   force: bool = False, epochs: Optional[int] = None, loader_workers: Optional[int] = None) -> dict:
     """A supervised-only reference in ``baselines/<role>``: ``supervised`` (the config's labels, the
     largest ladder model) or ``oracle`` (every training image labeled).
 
     Trained with ``teacher_train`` (its epochs replaced by ``epochs`` when given: 60 times more images
-    per epoch make the oracle's epochs a different budget)."""
+    per epoch make the oracle's epochs a different budget; its ``num_workers`` by ``loader_workers``, a
+    setting of this machine that the frozen config does not record)."""
     from dataclasses import replace
 
     step = f"baselines/{role}"
@@ -113,9 +114,11 @@ def train_baseline(run: RunDir, cfg: ExperimentConfig, role: str, labels_per_cla
     data_cfg = replace(cfg.data, labels_per_class=labels_per_class or cfg.data.labels_per_class)
     data = create_data(data_cfg)
     model_cfg = cfg.student.ladder[-1]
-    _log(f"[baseline] {role}: {model_cfg.name} on {len(data.labeled)} labeled images")
-    return _train_step(run, cfg, step, out, model_cfg=model_cfg,
-                       train_cfg=replace(cfg.teacher_train, epochs=epochs or cfg.teacher_train.epochs),
+    train_cfg = replace(cfg.teacher_train, epochs=epochs or cfg.teacher_train.epochs)
+    if loader_workers is not None:
+        train_cfg = replace(train_cfg, num_workers=loader_workers)
+    _log(f"[baseline] {role}: {model_cfg.name} on {len(data.labeled)} labeled images, {train_cfg.epochs} epochs")
+    return _train_step(run, cfg, step, out, model_cfg=model_cfg, train_cfg=train_cfg,
                        labeled=data.labeled, test=data.test, classes=data.classes, generation=0, role=role,
                        progress=progress, job_cfg=replace(cfg, data=data_cfg))
 

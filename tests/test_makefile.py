@@ -43,3 +43,10 @@ def test_clean_runs_says_what_it_deletes_and_deletes_runs():
 def test_help_lists_both_targets():
     res = subprocess.run(["make", "-s", "-C", str(ROOT), "help"], capture_output=True, text=True, timeout=60)
     assert "make clean-runs" in res.stdout and "keeps runs/" in res.stdout
+
+
+def test_the_converged_oracle_cache_survives_make_clean():
+    """bench-accuracy caches its converged oracle under runs/ (default ``runs/cache``), which `clean` keeps."""
+    from pipelines.loop import ORACLE_CACHE
+
+    assert ORACLE_CACHE.parts[0] == "runs" and "runs" not in _removed_paths(_dry_run("clean"))

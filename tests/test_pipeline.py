@@ -19,7 +19,7 @@ from noisystudent.config import config_from_dict
 from noisystudent.errors import UserError
 from pipelines import steps
 from pseudo_labels import read_labels
-from pipelines.loop import run_all
+from pipelines.loop import converged_oracle, converged_oracle_dir, run_all, train_converged_oracle
 from pipelines.state import RunDir, step_name
 
 
@@ -205,7 +205,7 @@ def test_baseline_roles_from_the_same_config(two_generations, tmp_path):
     rows = json.loads(CliRunner().invoke(main, ["status", str(run_dir), "--json"]).output)
     assert rows[-1]["generation"] == "oracle" and rows[-1]["test_acc"] == m["test_acc"]
     # the accuracy benchmark's table: gain over the teacher and share of the teacher-to-oracle gap closed
-    from bench.accuracy import print_table, table
+    from bench.accuracy import headline_oracle, print_table, table
 
     bench_rows = {r["generation"]: r for r in table(run_dir)}
     teacher, oracle = bench_rows[0]["test_acc"], bench_rows["oracle"]["test_acc"]
@@ -213,10 +213,68 @@ def test_baseline_roles_from_the_same_config(two_generations, tmp_path):
     assert g2["gain_vs_teacher"] == pytest.approx(g2["test_acc"] - teacher)
     assert g2["gap_closed"] == (pytest.approx((g2["test_acc"] - teacher) / (oracle - teacher)) if oracle > teacher else None)
     assert bench_rows["oracle"]["gap_closed"] is None
+    assert g2["gap_closed_budget"] == g2["gap_closed"] and g2["gap_closed_converged"] is None
     text = print_table(list(bench_rows.values()))
     assert "oracle" in text and f"{g2['test_acc']:.4f}" in text
+    assert "headline: gap closed against the budget oracle" in text and "--oracle-only" in text
+    # with a converged oracle (cached outside the run): both gaps, the headline against the converged one
+    conv = {"model": "resnet14", "epochs": 30, "test_acc": max(oracle, teacher) + 0.05, "seconds": 4321.6, "dir": "cache/o"}
+    rows = table(run_dir, conv)
+    by = {r["generation"]: r for r in rows}
+    g2 = by[2]
+    assert g2["gap_closed_converged"] == pytest.approx((g2["test_acc"] - teacher) / (conv["test_acc"] - teacher))
+    assert g2["gap_closed"] == g2["gap_closed_converged"]
+    assert g2["gap_closed_budget"] == (pytest.approx((g2["test_acc"] - teacher) / (oracle - teacher)) if oracle > teacher else None)
+    assert by["oracle-converged"]["test_acc"] == conv["test_acc"] and by["oracle-converged"]["gap_closed"] is None
+    assert headline_oracle(rows) == "converged"
+    text = print_table(rows)
+    head = text.splitlines()[0]
+    assert "gap closed (converged oracle, 30 ep)" in head and "gap closed (budget oracle, 3 ep)" in head
+    assert "oracle, 30 ep (converged)" in text and "oracle, 3 ep (budget)" in text and "4,322" in text
+    assert f"headline: gap closed against the converged oracle ({conv['test_acc']:.4f}, 30 epochs" in text
+    gen2 = next(line for line in text.splitlines() if line.startswith("2 "))
+    assert f"{100 * g2['gap_closed_converged']:.0f}%" in gen2
     res = CliRunner().invoke(main, ["teacher", str(cfg_file), "--run-dir", str(run_dir), "--labels-per-class", "5"])
     assert res.exit_code == 2 and "--labels-per-class" in res.output
+
+
+def test_converged_oracle_cache_key():
+    """The converged oracle's cache folder names the model and epochs; its digest changes with what shapes
+    the model and not with the rest of the benchmark's config, Ray, the device or where the files lie."""
+    base = converged_oracle_dir(config_from_dict(tiny(oracle_converged_epochs=30)), "cache")
+    assert base.parent.name == "cache" and base.name.startswith("oracle-resnet14-30ep-")
+    for same in (tiny(student={"generations": 7}), tiny(ray={"workers": 2, "torch_threads": 2}), tiny(device="cpu"),
+                 tiny(pseudo_labels={"threshold": 0.9}), tiny(data={"root": "/elsewhere", "unlabeled_limit": 50}),
+                 tiny(data={"labels_per_class": 7}), tiny(teacher_train={"num_workers": 4}), tiny(oracle_epochs=9),
+                 tiny(teacher={"name": "resnet20"})):
+        assert converged_oracle_dir(config_from_dict({**same, "oracle_converged_epochs": 30}), "cache") == base, same
+    ladder = tiny()["student"]["ladder"]
+    for other in (tiny(oracle_converged_epochs=40), tiny(seed=1), tiny(teacher_train={"lr": 0.1}),
+                  tiny(data={"test_limit": 100}),
+                  tiny(student={"ladder": ladder[:1] + [{**ladder[1], "drop_rate": 0.1}]}),
+                  tiny(student={"ladder": ladder[:1]})):
+        assert converged_oracle_dir(config_from_dict({"oracle_converged_epochs": 30, **other}), "cache") != base, other
+
+
+def test_converged_oracle_is_trained_once_into_the_cache(tmp_path, require_fmnist):
+    """`bench.accuracy --oracle-only` trains the last ladder model on all 60,000 labels into the cache
+    folder; a later call (another benchmark config that differs only where the oracle does not care)
+    reuses it without training."""
+    d = tiny(teacher_train={"steps_per_epoch": 2, "epochs": 5}, oracle_converged_epochs=1,
+             data={"test_limit": 200})
+    cfg = config_from_dict(d)
+    cache = tmp_path / "cache"
+    m = train_converged_oracle(cfg, cache, progress=False)
+    folder = converged_oracle_dir(cfg, cache)
+    assert m["dir"] == str(folder) and m["model"] == "resnet14" and m["epochs"] == 1 and 0 <= m["test_acc"] <= 1
+    metrics = json.loads((folder / "baselines" / "oracle" / "metrics.json").read_text())
+    assert metrics["test_acc"] == m["test_acc"] and metrics["role"] == "oracle"
+    frozen = RunDir(folder).load_config()
+    assert frozen.data.labels_per_class == 6000 and frozen.teacher_train.epochs == 1 and frozen.teacher.name == "resnet14"
+    finished = RunDir(folder).step_info("baselines/oracle")["finished"]
+    again = train_converged_oracle(config_from_dict({**d, "student": {**d["student"], "generations": 9}}), cache)
+    assert again == m and RunDir(folder).step_info("baselines/oracle")["finished"] == finished
+    assert converged_oracle(tmp_path / "nothing-here") is None
 
 
 def test_ray_train_worker_applies_torch_threads(monkeypatch):
