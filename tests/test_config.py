@@ -106,6 +106,20 @@ def test_shipped_configs_load(path):
     assert teacher <= sizes[0] and sizes == sorted(sizes), (cfg.teacher.name, sizes)
 
 
+@pytest.mark.parametrize("where", ["teacher_train", "student.train"])
+def test_train_amp_is_validated(where):
+    """``train.amp`` takes auto, bf16, fp16 or off (auto by default); anything else names the field."""
+    assert config_from_dict({}).teacher_train.amp == "auto"
+    for mode in ("auto", "bf16", "fp16", "off"):
+        cfg = config_from_dict(apply_overrides({}, {f"{where}.amp": mode}))
+        train = cfg.teacher_train if where == "teacher_train" else cfg.student.train
+        assert train.amp == mode
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(apply_overrides({}, {f"{where}.amp": "bogus"}))
+    assert info.value.field == f"{where}.amp"
+    assert "one of auto, bf16, fp16, off" in str(info.value)
+
+
 def test_ray_torch_threads_is_validated_and_a_runtime_field(tmp_path):
     """``ray.torch_threads``: 1 by default, null keeps Ray's OMP_NUM_THREADS, below 1 names the field; a run
     may change it (like every ``ray`` field) without being refused as a different config."""

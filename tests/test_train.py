@@ -124,3 +124,46 @@ def test_student_batches_respect_ratio(trained_teacher, tmp_path):
     assert hist["loss_unlabeled"].iloc[0] > 0
     per_step = 50 + 2 * 50
     assert hist["images_per_s"].iloc[0] * hist["seconds"].iloc[0] == pytest.approx(8 * per_step, rel=1e-6)
+
+
+@pytest.mark.parametrize("amp, recorded", [("off", "off"), ("auto", "off"), ("bf16", "bf16")])
+def test_amp_modes_train_on_cpu(tmp_path, amp, recorded):
+    """Mixed precision: auto is off on CPU; an explicit bf16 autocasts there too; each trains and says which it used."""
+    from noisystudent.checkpoint import ModelSpec
+    from noisystudent.config import ModelConfig, NoiseConfig, TrainConfig
+    from noisystudent.data.base import ImageSource
+    from noisystudent.train import resolve_amp
+
+    class Tiny(ImageSource):
+        def __init__(self, images, labels):
+            super().__init__(1, [str(k) for k in range(4)])
+            self.images, self.labels = images, labels
+
+        def __len__(self):
+            return len(self.images)
+
+        def image_id(self, i):
+            return f"tiny-{i}"
+
+        def load(self, i):
+            return self.images[i]
+
+        def _take(self, idx):
+            self.images = self.images[idx]
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 64)
+    images = (rng.integers(0, 60, (64, 12, 12, 1)) + 60 * labels[:, None, None, None]).astype(np.uint8)
+    source = Tiny(images, labels)
+    spec = ModelSpec(name="resnet8", num_classes=4, in_chans=1, image_size=12, mean=[0.5], std=[0.25],
+                     classes=[str(k) for k in range(4)])
+    job = TrainJob(spec=spec, model_cfg=ModelConfig(name="resnet8", noise=NoiseConfig(randaugment_n=0, hflip=False, crop_padding=0)),
+                   train_cfg=TrainConfig(epochs=2, batch_size=16, lr=0.05, amp=amp), labeled=source, test=source,
+                   out_dir=tmp_path, device="cpu", progress=False)
+    metrics = run_training(job)
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert metrics["amp"] == recorded
+    assert np.isfinite(hist["train_loss"]).all() and (tmp_path / "model.pt").is_file()
+    assert 0.0 <= metrics["test_acc"] <= 1.0
+    assert resolve_amp("auto", torch.device("cpu")) is None
+    assert resolve_amp("fp16", torch.device("cpu")) is torch.float16

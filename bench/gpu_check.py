@@ -1,0 +1,689 @@
+"""GPU check: the CUDA paths of the torch layers, measured against bare PyTorch loops, without Ray.
+
+Run from the source tree (``PYTHONPATH=$PWD python bench/gpu_check.py``); ``--quick`` is a CPU smoke test
+with tiny sizes. Nothing here imports Ray: the Ray layers call exactly these torch layers.
+
+Sections (each check records ``ok`` or its error and the run goes on):
+
+- ``labeling``: :class:`pseudo_labels.labeling.Labeler`, the callable class of the labeling job's
+  ``map_batches``, built as the job builds it (``fn_constructor_kwargs``: source, teacher checkpoints,
+  device) and called on ``{"index": ...}`` batches as Ray Data calls it. *ours-call* is the whole actor
+  call (decode, transform, fp16 forward, Arrow table); *ours-probs* is its tensor part
+  (``Labeler._probs``) on pre-transformed CPU batches, compared with a bare ``model.half()`` loop on the
+  same batches (copy to the GPU, forward, softmax, back to numpy). *ceiling* is the model's pure fp16
+  forward on a GPU-resident batch (no copies). Probabilities are checked against the fp32 model.
+- ``training``: :func:`noisystudent.train.run_training` in-process (what ``ray.workers: 0`` runs) on
+  synthetic images with the teacher noise of ``configs/fashion_mnist.yaml``, against a bare loop with the
+  same model, transform, DataLoader (same workers), nesterov SGD, batch size and autocast dtype. Two
+  epochs each; the second is timed (the first starts workers and warms cuDNN). *ceiling* is the bare
+  step on GPU-resident tensors (no data loading). Also: the online teacher of the distillation engine
+  (``hinton`` and ``fitnet`` with a ResNet-26 teacher checkpoint) against a bare Hinton-KD loop, a student
+  job (soft pseudo-labels, EMA, evaluation), ``amp: fp16`` with loss scaling, and resume from ``last.pt``
+  after an injected failure.
+- ``ddp``: single-process DDP (world size 1, NCCL on CUDA, gloo on CPU, ``tcp://127.0.0.1``) wrapping
+  the model of ``run_training`` through :class:`~noisystudent.train.TrainHooks`, as Ray Train's
+  ``prepare_model``/``prepare_data_loader`` do, plus an ``all_reduce``.
+
+Output: a table on stdout and JSON to ``$OUT/gpu_check.json`` when ``$OUT`` is set, else
+``bench/results/gpu_check.json`` (``--out`` overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from noisystudent.checkpoint import Checkpoint, ModelSpec  # noqa: E402
+from noisystudent.config import ModelConfig, NoiseConfig, StudentConfig, TrainConfig  # noqa: E402
+from noisystudent.data.base import ImageSource  # noqa: E402
+
+CLASSES = [f"class{i}" for i in range(10)]
+#: (model, image size, channels) for the labeling rows
+LABEL_MODELS = [("resnet14", 28, 1), ("resnet26", 28, 1), ("wrn_16_2", 32, 3)]
+#: the same for the training rows
+TRAIN_MODELS = [("resnet14", 28, 1), ("wrn_16_2", 32, 3)]
+TEACHER_NOISE = NoiseConfig(randaugment_n=2, randaugment_m=9.0, hflip=True, crop_padding=2)
+#: no augmentation at all: the transform is then the eval transform (resize, normalise)
+CLEAN = NoiseConfig(randaugment_n=0, hflip=False, crop_padding=0, random_erasing=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    label_batch: int
+    label_batches: int
+    train_batch: int
+    train_steps: int  # steps per epoch (the data set holds exactly this many batches)
+    workers: int  # DataLoader workers, ours and bare
+    repeats: int  # alternating ours/bare pairs; medians are reported
+    ceiling_steps: int
+
+
+FULL = Sizes(label_batch=1024, label_batches=16, train_batch=256, train_steps=40, workers=12, repeats=3, ceiling_steps=50)
+QUICK = Sizes(label_batch=64, label_batches=2, train_batch=32, train_steps=3, workers=0, repeats=1, ceiling_steps=3)
+
+ROWS: list[dict[str, Any]] = []
+CHECKS: list[dict[str, Any]] = []
+ONLY: list[str] = []  # --only: run just the checks whose name contains one of these
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+class ArraySource(ImageSource):
+    """Synthetic uint8 images as an :class:`ImageSource` (the project's own face for image data)."""
+
+    def __init__(self, images: np.ndarray, labels: Optional[np.ndarray] = None) -> None:
+        super().__init__(images.shape[-1], CLASSES if labels is not None else None)
+        self.images = images
+        self._idx = np.arange(len(images), dtype=np.int64)
+        if labels is not None:
+            self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._idx)
+
+    def image_id(self, i: int) -> str:
+        return f"syn-{int(self._idx[i]):06d}"
+
+    def load(self, i: int) -> np.ndarray:
+        return self.images[self._idx[int(i)]]
+
+    def _take(self, idx: np.ndarray) -> None:
+        self._idx = self._idx[idx]
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """The bare loop's data set: a uint8 array, labels and a transform, nothing else."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+def images_for(n: int, size: int, ch: int, seed: int = 0) -> np.ndarray:
+    # uniform noise: pixel content does not change the speed of any transform or model here
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, ch), dtype=np.uint8)
+
+
+def spec_of(name: str, size: int, ch: int, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> ModelSpec:
+    return ModelSpec(name=name, num_classes=len(CLASSES), in_chans=ch, image_size=size, mean=[0.5] * ch,
+                     std=[0.25] * ch, classes=list(CLASSES), drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def rate(fn: Callable[[], int], dev: torch.device) -> float:
+    """Images/s of ``fn`` (which returns how many images it processed), synchronised on the GPU."""
+    sync(dev)
+    t0 = time.perf_counter()
+    n = fn()
+    sync(dev)
+    return n / max(time.perf_counter() - t0, 1e-9)
+
+
+def interleave(repeats: int, measure: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """Median of each measurement over ``repeats`` rounds, alternating the order each round."""
+    values: dict[str, list[float]] = {k: [] for k in measure}
+    names = list(measure)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            values[name].append(measure[name]())
+    return {k: statistics.median(v) for k, v in values.items()}
+
+
+def add_row(section: str, name: str, ours: Optional[float], bare: Optional[float] = None, note: str = "") -> None:
+    ratio = ours / bare if (ours is not None and bare) else None
+    ROWS.append({"section": section, "name": name, "ours": ours, "bare": bare, "ratio": ratio, "note": note})
+
+
+def check(name: str):
+    """Decorator-ish: run ``fn``, record ok/error (with the traceback tail) and its details; never raise."""
+
+    def wrap(fn: Callable[[], Optional[dict]]):
+        if ONLY and not any(o in name for o in ONLY):
+            return None
+        t0 = time.perf_counter()
+        entry: dict[str, Any] = {"name": name}
+        try:
+            entry.update(fn() or {})
+            entry["ok"] = True
+        except Exception as exc:  # noqa: BLE001 - a check reports its failure and the run goes on
+            entry["ok"] = False
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            entry["traceback"] = traceback.format_exc().splitlines()[-12:]
+            print(f"  FAILED {name}: {entry['error']}", flush=True)
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        CHECKS.append(entry)
+        print(f"[{'ok' if entry['ok'] else 'FAIL'}] {name} ({entry['seconds']} s)", flush=True)
+        return entry
+
+    return wrap
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. labeling
+
+
+def labeling(sizes: Sizes, dev: torch.device) -> None:
+    from pseudo_labels.labeling import Labeler
+
+    cuda = dev.type == "cuda"
+    bs, nb = sizes.label_batch, sizes.label_batches
+    n = bs * nb
+    for name, size, ch in LABEL_MODELS[: 1 if sizes is QUICK else None]:
+
+        @check(f"labeling {name} {size}x{size}x{ch}")
+        def _():
+            torch.manual_seed(0)
+            spec = spec_of(name, size, ch)
+            net = spec.build(inference=True)
+            ckpt = Checkpoint(spec=spec, state_dict={k: v.detach().clone() for k, v in net.state_dict().items()},
+                              checkpoint_id=f"gpu-check-{name}")
+            images = images_for(n, size, ch)
+            source = ArraySource(images)
+            # as Ray Data builds the actor: Labeler(**fn_constructor_kwargs), device "cuda" when it has a GPU
+            kwargs = dict(source=source, teachers=[ckpt], temperature=1.0, topk=None, device=dev.type)
+            labeler = Labeler(**kwargs, decode_threads=1)
+            labeler8 = Labeler(**kwargs, decode_threads=8)
+            key, model = labeler.models[0]
+            tf = labeler.transforms[key]
+            batches = [np.arange(s, s + bs, dtype=np.int64) for s in range(0, n, bs)]
+            cpu_batches = [torch.stack([tf(images[i]) for i in b]) for b in batches]
+
+            bare = ckpt.build_model(dev)
+            if cuda:
+                bare = bare.half()
+            fp32 = ckpt.build_model(dev)
+
+            def ours_call(lab) -> Callable[[], int]:
+                def run() -> int:
+                    rows = 0
+                    for b in batches:
+                        rows += lab({"index": b}).num_rows
+                    assert rows == n, rows
+                    return n
+                return run
+
+            def ours_probs() -> int:
+                for x in cpu_batches:
+                    labeler._probs({key: x})
+                return n
+
+            @torch.inference_mode()
+            def bare_probs() -> int:
+                for x in cpu_batches:
+                    x = x.to(dev, non_blocking=True)
+                    if cuda:
+                        x = x.half()
+                    torch.softmax(bare(x).float(), dim=1).cpu().numpy()
+                return n
+
+            # correctness first (also the warm-up of every path)
+            got = labeler._probs({key: cpu_batches[0]})
+            with torch.inference_mode():
+                ref = torch.softmax(fp32(cpu_batches[0].to(dev)).float(), dim=1).cpu().numpy()
+            table = labeler({"index": batches[0]})
+            max_diff = float(np.abs(got - ref).max())
+            agree = float((got.argmax(1) == ref.argmax(1)).mean())
+            labels_ok = table["label"].to_numpy().tolist() == got.argmax(1).tolist()
+            assert got.shape == (bs, len(CLASSES)) and np.allclose(got.sum(1), 1, atol=1e-3)
+            assert max_diff < 2e-2, f"fp16 labeler probabilities differ from fp32 by {max_diff}"
+            ours_call(labeler8)()
+            bare_probs()
+
+            med = interleave(sizes.repeats, {
+                "probs": lambda: rate(ours_probs, dev),
+                "bare": lambda: rate(bare_probs, dev),
+                "call1": lambda: rate(ours_call(labeler), dev),
+                "call8": lambda: rate(ours_call(labeler8), dev),
+            })
+
+            # ceilings: pure forward on a GPU-resident batch, no host copies
+            x_dev = cpu_batches[0].to(dev)
+            x_ours = x_dev.half().contiguous(memory_format=torch.channels_last) if cuda else x_dev
+            x_bare = x_dev.half() if cuda else x_dev
+
+            def fwd(m, x) -> Callable[[], int]:
+                @torch.inference_mode()
+                def run() -> int:
+                    for _ in range(nb):
+                        m(x)
+                    return n
+                return run
+
+            for m, x in ((model, x_ours), (bare, x_bare), (fp32, x_dev)):
+                fwd(m, x)()
+            ceil = interleave(sizes.repeats, {
+                "ours": lambda: rate(fwd(model, x_ours), dev),
+                "bare": lambda: rate(fwd(bare, x_bare), dev),
+                "fp32": lambda: rate(fwd(fp32, x_dev), dev),
+            })
+            prec = "fp16+channels_last" if cuda else "fp32"
+            tag = f"{name} {size}x{size}x{ch} b{bs}"
+            add_row("labeling", f"{tag} Labeler._probs vs bare half loop", med["probs"], med["bare"], prec)
+            add_row("labeling", f"{tag} Labeler call, 1 decode thread", med["call1"], None, "decode+transform+fwd+table")
+            add_row("labeling", f"{tag} Labeler call, 8 decode threads", med["call8"], None, "decode+transform+fwd+table")
+            add_row("labeling", f"{tag} ceiling: Labeler model, GPU-resident", ceil["ours"], ceil["bare"], "vs bare half NCHW")
+            add_row("labeling", f"{tag} ceiling: fp32 model, GPU-resident", ceil["fp32"], None, "")
+            return {"max_abs_prob_diff_vs_fp32": max_diff, "argmax_agreement_vs_fp32": agree, "table_labels_match": labels_ok,
+                    "images_per_s": {**{k: round(v, 1) for k, v in med.items()},
+                                     **{f"ceiling_{k}": round(v, 1) for k, v in ceil.items()}}}
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. training
+
+
+def train_job(out: Path, spec: ModelSpec, images: np.ndarray, labels: np.ndarray, sizes: Sizes, dev: torch.device,
+              amp: str, noise: NoiseConfig = TEACHER_NOISE, epochs: int = 2, **extra: Any):
+    from noisystudent.train import TrainJob
+
+    tcfg = TrainConfig(epochs=epochs, batch_size=sizes.train_batch, lr=0.05, num_workers=sizes.workers, amp=amp,
+                       ema_decay=extra.pop("ema_decay", None))
+    mcfg = ModelConfig(name=spec.name, drop_rate=spec.drop_rate, drop_path_rate=spec.drop_path_rate, noise=noise)
+    return TrainJob(spec=spec, model_cfg=mcfg, train_cfg=tcfg, labeled=ArraySource(images, labels), out_dir=out,
+                    device=str(dev), progress=False, **extra)
+
+
+def last_epoch_rate(out: Path) -> float:
+    import pandas as pd
+
+    return float(pd.read_csv(out / "history.csv")["images_per_s"].iloc[-1])
+
+
+def bare_train(spec: ModelSpec, images: np.ndarray, labels: np.ndarray, sizes: Sizes, dev: torch.device,
+               amp_dtype: Optional[torch.dtype], noise: NoiseConfig = TEACHER_NOISE, epochs: int = 2,
+               teacher: Optional[torch.nn.Module] = None, temperature: float = 4.0, alpha: float = 0.9) -> float:
+    """The hand-written loop: same model, transform, loader, optimizer and autocast; last epoch's images/s.
+
+    With ``teacher``: Hinton KD, the frozen teacher run under ``no_grad`` on the same batch,
+    ``alpha * T^2 * KL(t_T || s_T) + (1 - alpha) * CE``."""
+    from torch.utils.data import DataLoader
+
+    from noisystudent.models import create_model
+    from noisystudent.transforms import create_transform
+
+    torch.manual_seed(0)
+    model = create_model(spec.name, num_classes=spec.num_classes, in_chans=spec.in_chans).to(dev).train()
+    tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, noise)
+    loader = DataLoader(ArrayDataset(images, labels, tf), batch_size=sizes.train_batch, shuffle=True, drop_last=True,
+                        num_workers=sizes.workers, persistent_workers=sizes.workers > 0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
+    result = 0.0
+    for _ in range(epochs):
+        sync(dev)
+        t0, n = time.perf_counter(), 0
+        for x, y in loader:
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_probs = torch.softmax(teacher(x).float() / temperature, dim=1)
+                    kd = F.kl_div(F.log_softmax(logits.float() / temperature, dim=1), t_probs, reduction="batchmean")
+                    loss = alpha * temperature**2 * kd + (1 - alpha) * loss
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            n += len(x)
+        sync(dev)
+        result = n / (time.perf_counter() - t0)
+    return result
+
+
+def ceiling_train(spec: ModelSpec, sizes: Sizes, dev: torch.device, amp_dtype: Optional[torch.dtype],
+                  channels_last: bool = False) -> float:
+    """The bare step on GPU-resident tensors: what the GPU can do with no data loading at all."""
+    from noisystudent.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(spec.name, num_classes=spec.num_classes, in_chans=spec.in_chans).to(dev).train()
+    x = torch.randn(sizes.train_batch, spec.in_chans, spec.image_size, spec.image_size, device=dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, spec.num_classes, (sizes.train_batch,), device=dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def steps(k: int) -> int:
+        for _ in range(k):
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return k * sizes.train_batch
+
+    steps(3)
+    return rate(lambda: steps(sizes.ceiling_steps), dev)
+
+
+def training(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
+    from noisystudent.train import TrainHooks, resolve_amp, run_training
+
+    auto = resolve_amp("auto", dev)
+    auto_name = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[auto]
+    n = sizes.train_batch * sizes.train_steps
+    counter = iter(range(10_000))
+
+    def fresh(prefix: str) -> Path:
+        return scratch / f"{prefix}-{next(counter)}"
+
+    for name, size, ch in TRAIN_MODELS[: 1 if sizes is QUICK else None]:
+        spec = spec_of(name, size, ch)
+        images = images_for(n, size, ch, seed=1)
+        labels = np.random.default_rng(1).integers(0, len(CLASSES), n)
+        tag = f"{name} {size}x{size}x{ch} b{sizes.train_batch} w{sizes.workers}"
+        for amp, noise, noise_name in (("auto", TEACHER_NOISE, "RandAugment n2 m9, flip, crop"), ("off", TEACHER_NOISE, "RandAugment n2 m9, flip, crop"),
+                                       ("auto", CLEAN, "no augmentation")):
+            dtype = resolve_amp(amp, dev)
+
+            @check(f"run_training {name} amp={amp} {'noised' if noise is TEACHER_NOISE else 'clean'}")
+            def _():
+                metrics: dict[str, Any] = {}
+
+                def ours() -> float:
+                    out = fresh("ours")
+                    metrics.update(run_training(train_job(out, spec, images, labels, sizes, dev, amp, noise=noise)))
+                    return last_epoch_rate(out)
+
+                med = interleave(sizes.repeats, {
+                    "ours": ours, "bare": lambda: bare_train(spec, images, labels, sizes, dev, dtype, noise=noise)})
+                assert metrics["amp"] == (auto_name if amp == "auto" else "off"), metrics["amp"]
+                add_row("training", f"{tag} run_training amp={amp} ({metrics['amp']}) vs bare", med["ours"], med["bare"], noise_name)
+                return {"amp_recorded": metrics["amp"], "images_per_s": med}
+
+        @check(f"ceiling {name}")
+        def _():
+            out = {}
+            variants = [("fp32", None, False)]
+            if auto is not None:
+                variants += [(auto_name, auto, False), (f"{auto_name}+channels_last", auto, True)]
+            for label, dtype, cl in variants:
+                out[label] = ceiling_train(spec, sizes, dev, dtype, channels_last=cl)
+                add_row("training", f"{tag} ceiling: bare step, GPU-resident, {label}", out[label], None, "no data loading")
+            return {"images_per_s": out}
+
+    # correctness of the other CUDA paths, on the first model
+    name, size, ch = TRAIN_MODELS[0]
+    images = images_for(n, size, ch, seed=2)
+    labels = np.random.default_rng(2).integers(0, len(CLASSES), n)
+
+    @check("online teacher (distillation engine): hinton and fitnet vs supervised vs bare KD loop")
+    def _():
+        from noisystudent.checkpoint import load_checkpoint, save_checkpoint
+        from noisystudent.distill import resolve_method_config
+
+        spec = spec_of(name, size, ch)
+        tspec = spec_of("resnet26", size, ch)
+        torch.manual_seed(1)
+        tpath = scratch / "teacher-resnet26.pt"
+        save_checkpoint(tpath, tspec.build(inference=True), tspec, role="teacher")
+        teacher = load_checkpoint(tpath).build_model(dev)
+        for prm in teacher.parameters():
+            prm.requires_grad_(False)
+        methods = {m: resolve_method_config({"name": m}, "method") for m in ("hinton", "fitnet")}
+        found: dict[str, Any] = {}
+
+        def ours(method: Optional[str]) -> Callable[[], float]:
+            def run() -> float:
+                out = fresh(f"online-{method}")
+                extra = {"method": methods[method], "teacher_ckpt": str(tpath)} if method else {}
+                m = run_training(train_job(out, spec, images, labels, sizes, dev, "auto", noise=CLEAN, **extra))
+                found[method or "supervised"] = {"amp": m["amp"], **{k: v for k, v in m.items() if "fidelity" in k or k == "method"}}
+                return last_epoch_rate(out)
+            return run
+
+        med = interleave(sizes.repeats, {
+            "hinton": ours("hinton"), "fitnet": ours("fitnet"), "supervised": ours(None),
+            "bare_kd": lambda: bare_train(spec, images, labels, sizes, dev, auto, noise=CLEAN, teacher=teacher),
+            "bare": lambda: bare_train(spec, images, labels, sizes, dev, auto, noise=CLEAN),
+        })
+        tag = f"{name} <- resnet26 teacher, no augmentation, {auto_name}"
+        add_row("online", f"{tag}: run_training hinton (online) vs bare KD loop", med["hinton"], med["bare_kd"], "")
+        add_row("online", f"{tag}: run_training fitnet (online) vs bare KD loop", med["fitnet"], med["bare_kd"], "features + regressor")
+        add_row("online", f"{tag}: run_training supervised vs bare loop", med["supervised"], med["bare"], "same data, no teacher")
+        return {"images_per_s": med, "metrics": found}
+
+    @check("run_training amp=fp16 (GradScaler)")
+    def _():
+        out = fresh("fp16")
+        m = run_training(train_job(out, spec_of(name, size, ch), images, labels, sizes, dev, "fp16"))
+        import pandas as pd
+
+        hist = pd.read_csv(out / "history.csv")
+        assert m["amp"] == "fp16" and np.isfinite(hist["train_loss"]).all()
+        add_row("training", f"{name} run_training amp=fp16 + GradScaler", last_epoch_rate(out), None, "")
+        return {"train_loss": hist["train_loss"].tolist()}
+
+    @check("student job: soft pseudo-labels, drop path, EMA, evaluate on device")
+    def _():
+        from noisystudent.train import PseudoLabeledSet
+
+        rng = np.random.default_rng(3)
+        unl = ArraySource(images_for(n, size, ch, seed=3))
+        targets = rng.dirichlet(np.ones(len(CLASSES)) * 0.3, n).astype(np.float32)
+        pseudo = PseudoLabeledSet(unl, targets, np.ones(n, dtype=np.int64))
+        test = ArraySource(images_for(max(256, sizes.train_batch), size, ch, seed=4),
+                           rng.integers(0, len(CLASSES), max(256, sizes.train_batch)))
+        student = StudentConfig(ratio=1.0, loss="soft", finetune_epochs=1)
+        out = fresh("student")
+        spec = spec_of(name, size, ch, drop_rate=0.2, drop_path_rate=0.1)
+        m = run_training(train_job(out, spec, images, labels, sizes, dev, "auto", epochs=1, ema_decay=0.99,
+                                   test=test, pseudo=pseudo, student=student, role="student", generation=1))
+        assert (out / "model.pt").is_file() and 0.0 <= m["test_acc"] <= 1.0
+        add_row("training", f"{name} student job (labeled+pseudo, EMA, fine-tune)", m["images_per_s"], None, m["amp"])
+        return {"amp": m["amp"], "test_acc": m["test_acc"], "images_per_s": m["images_per_s"]}
+
+    @check("torch.set_rng_state refuses a state mapped to the device (why resume needs .cpu())")
+    def _():
+        state = torch.get_rng_state().to(dev)
+        try:
+            torch.set_rng_state(state)
+        except (TypeError, RuntimeError) as exc:
+            return {"refused": True, "message": f"{type(exc).__name__}: {exc}"}
+        return {"refused": False}
+
+    @check("resume from last.pt after an injected failure")
+    def _():
+        out = fresh("resume")
+        spec = spec_of(name, size, ch)
+        try:
+            run_training(train_job(out, spec, images, labels, sizes, dev, "auto"), TrainHooks(fail_at_epoch=1))
+        except RuntimeError as exc:
+            assert "injected" in str(exc), exc
+        assert (out / "last.pt").is_file()
+        m = run_training(train_job(out, spec, images, labels, sizes, dev, "auto"), TrainHooks(fail_at_epoch=1))
+        import pandas as pd
+
+        assert list(pd.read_csv(out / "history.csv")["epoch"]) == [1, 2]
+        return {"amp": m["amp"]}
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. DDP, world size 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ddp(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from noisystudent.train import TrainHooks, run_training
+
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    name, size, ch = TRAIN_MODELS[0]
+    n = sizes.train_batch * sizes.train_steps
+    images = images_for(n, size, ch, seed=5)
+    labels = np.random.default_rng(5).integers(0, len(CLASSES), n)
+    spec = spec_of(name, size, ch)
+
+    @check(f"DDP world size 1, {backend}")
+    def _():
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        try:
+            t = torch.ones(4, device=dev)
+            dist.all_reduce(t)
+            assert t.tolist() == [1.0] * 4
+
+            def prepare_model(m: torch.nn.Module) -> torch.nn.Module:
+                return DDP(m, device_ids=[dev.index or 0] if dev.type == "cuda" else None)
+
+            def prepare_loader(dl: DataLoader) -> DataLoader:
+                # what ray.train.torch.prepare_data_loader(move_to_device=False) does: a DistributedSampler
+                sampler = DistributedSampler(dl.dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
+                return DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler, num_workers=dl.num_workers,
+                                  collate_fn=dl.collate_fn, drop_last=dl.drop_last, worker_init_fn=dl.worker_init_fn,
+                                  persistent_workers=dl.persistent_workers)
+
+            hooks = lambda: TrainHooks(prepare_model=prepare_model, prepare_loader=prepare_loader, world_size=1)  # noqa: E731
+            rates: dict[str, list[float]] = {"ddp": [], "plain": []}
+            metrics: dict[str, Any] = {}
+            for r in range(sizes.repeats):
+                for kind in ("ddp", "plain") if r % 2 == 0 else ("plain", "ddp"):
+                    out = scratch / f"ddp-{kind}-{r}"
+                    metrics = run_training(train_job(out, spec, images, labels, sizes, dev, "auto"),
+                                           hooks() if kind == "ddp" else None)
+                    rates[kind].append(last_epoch_rate(out))
+            med = {k: statistics.median(v) for k, v in rates.items()}
+            add_row("ddp", f"{name} run_training in DDP ({backend}, world 1) vs without", med["ddp"], med["plain"], metrics["amp"])
+            return {"backend": backend, "images_per_s": med, "amp": metrics["amp"]}
+        finally:
+            dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def environment(dev: torch.device) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(dev),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        import albumentations
+
+        env["albumentations"] = albumentations.__version__
+    except Exception as exc:  # noqa: BLE001
+        env["albumentations"] = f"missing ({exc})"
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        env.update({
+            "gpu": torch.cuda.get_device_name(dev),
+            "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+            "capability": f"{props.major}.{props.minor}",
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "bf16_supported": torch.cuda.is_bf16_supported(),
+            "nccl": ".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None,
+        })
+    return env
+
+
+def fmt(v: Optional[float], digits: int = 0) -> str:
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def table() -> str:
+    head = ["section", "measurement", "ours img/s", "bare img/s", "ratio", "note"]
+    lines = [[r["section"], r["name"], fmt(r["ours"]), fmt(r["bare"]), fmt(r["ratio"], 2), r["note"]] for r in ROWS]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    out = [" | ".join(str(c).ljust(w) for c, w in zip(head, widths))]
+    out.append("-+-".join("-" * w for w in widths))
+    out += [" | ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke test)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cuda or cpu")
+    p.add_argument("--sections", default="labeling,training,ddp", help="comma-separated: labeling,training,ddp")
+    p.add_argument("--only", action="append", default=[], help="run only checks whose name contains this (repeatable)")
+    p.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json or bench/results/gpu_check.json)")
+    args = p.parse_args(argv)
+
+    dev = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
+                       ("cpu" if args.device == "auto" else args.device))
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", 0)
+    sizes = QUICK if args.quick else FULL
+    if dev.type == "cpu" and not args.quick:
+        sizes = dataclasses.replace(FULL, workers=min(FULL.workers, max(0, (os.cpu_count() or 1) - 1)))
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    ONLY.extend(args.only)
+    out_path = Path(args.out) if args.out else (
+        Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else ROOT / "bench" / "results" / "gpu_check.json")
+
+    env = environment(dev)
+    print(json.dumps(env, indent=1), flush=True)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        scratch = Path(tmp)
+        if "labeling" in sections:
+            labeling(sizes, dev)
+        if "training" in sections:
+            training(sizes, dev, scratch)
+        if "ddp" in sections:
+            ddp(sizes, dev, scratch)
+    seconds = time.perf_counter() - t0
+
+    print()
+    print(table())
+    failed = [c for c in CHECKS if not c["ok"]]
+    print(f"\n{len(CHECKS) - len(failed)}/{len(CHECKS)} checks ok in {seconds:.0f} s")
+    for c in failed:
+        print(f"FAILED {c['name']}: {c['error']}")
+        print("   " + "\n   ".join(c["traceback"]))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    result = {"environment": env, "sizes": dataclasses.asdict(sizes), "quick": args.quick, "sections": sections,
+              "seconds": round(seconds, 1), "rows": ROWS, "checks": CHECKS,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out_path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"wrote {out_path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
