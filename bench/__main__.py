@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only teacher,labeling,workers] [--threads N]``: one table, one JSON file.
+"""``python -m bench [--quick] [--only teacher,online,labeling,workers] [--threads N]``: one table, one JSON file.
 
 Prints one plain-text table (ours vs bare images/s and their ratio per row) and writes
 ``bench/results/bench.json`` with every raw sample. ``--quick`` is a smoke test (small sizes, about
@@ -41,13 +41,14 @@ def _sections(only: str | None) -> list[str]:
 @click.option("--repeats", default=None, type=click.IntRange(1, 20),
               help="Override the number of ours/bare rounds per row (median reported).")
 def main(quick: bool, only: str | None, threads: int, repeats: int | None) -> None:
-    """Throughput of teacher training, labeling and Ray Train workers against bare PyTorch loops."""
+    """Throughput of teacher training, distillation with an online teacher, labeling and Ray Train workers
+    against bare PyTorch loops."""
     import dataclasses
 
     import torch
     from tqdm.auto import tqdm
 
-    from . import labeling, throughput
+    from . import labeling, online, throughput
 
     sections = _sections(only)
     sizes = QUICK if quick else FULL
@@ -67,6 +68,10 @@ def main(quick: bool, only: str | None, threads: int, repeats: int | None) -> No
             for dev in devices:
                 with tqdm(total=4 * sizes.repeats, desc=f"teacher ({dev})", unit="run", dynamic_ncols=True) as bar:
                     rows += throughput.bench_teacher(cfg, bundle, sizes, threads, dev, bar)
+        if "online" in sections:
+            for dev in devices:
+                with tqdm(total=online.planned_runs(sizes), desc=f"online ({dev})", unit="run", dynamic_ncols=True) as bar:
+                    rows += online.bench_online(cfg, bundle, sizes, threads, dev, bar)
         if "labeling" in sections:
             lab_cfg, lab_bundle = fashion_mnist(labeling.LABELS_PER_CLASS)
             n_unl = min(sizes.label_images or len(lab_bundle.unlabeled), len(lab_bundle.unlabeled))
@@ -88,6 +93,11 @@ def main(quick: bool, only: str | None, threads: int, repeats: int | None) -> No
     if {"teacher", "workers"} & set(sections):
         footer.append("teacher/workers: ours = history.csv images_per_s of run_training (epoch loop only; 'call' = "
                       "whole call); bare = same model, transform, batch 64 and steps, same span timed.")
+    if "online" in sections:
+        footer.append("online: ours = history.csv images_per_s of run_training with method hinton and a ResNet-26 "
+                      "teacher_ckpt run online (same student, noise, batch and steps as the teacher rows); bare = "
+                      "the same loop written by hand with the teacher forward under torch.no_grad() and the same "
+                      "KL+CE loss; 'teacher fwd' = 1 - bare / bare without the teacher.")
     if "labeling" in sections:
         footer.append("labeling: ours = the whole label_images call on a running Ray (actor start and Parquet writing "
                       "included); bare = the same inference in N one-thread processes for N actors, no files.")

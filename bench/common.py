@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_FILE = RESULTS_DIR / "bench.json"
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist.yaml"
-SECTIONS = ("teacher", "labeling", "workers")
+SECTIONS = ("teacher", "online", "labeling", "workers")
 
 #: the 1-minute load average after every measurement of this run (see :func:`interleave`)
 LOAD_SAMPLES: list[float] = []
