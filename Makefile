@@ -14,7 +14,8 @@ help:
 	@echo "make test            the test suite (installs first)"
 	@echo "make run-full        the longer benchmark config"
 	@echo "make bench           throughput benchmarks against a bare PyTorch loop"
-	@echo "make bench-accuracy  teacher / 3 generations / oracle accuracy table (42+ min on 2 cores)"
+	@echo "make bench-accuracy  teacher / 3 generations / oracles accuracy table (42+ min on 2 cores; the first run"
+	@echo "                     also trains the 30-epoch converged oracle, ~75 min more, cached in runs/cache)"
 	@echo "make clean           remove what can be rebuilt: the venv, caches, egg-info, bench/results (keeps runs/)"
 	@echo "make clean-runs      delete runs/: every run's results and the cached converged oracle"
 

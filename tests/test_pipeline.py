@@ -229,8 +229,9 @@ def test_baseline_roles_from_the_same_config(two_generations, tmp_path):
     assert headline_oracle(rows) == "converged"
     text = print_table(rows)
     head = text.splitlines()[0]
-    assert "gap closed (converged oracle, 30 ep)" in head and "gap closed (budget oracle, 3 ep)" in head
-    assert "oracle, 30 ep (converged)" in text and "oracle, 3 ep (budget)" in text and "4,322" in text
+    budget_epochs = RunDir(run_dir).load_config().oracle_epochs
+    assert "gap closed (converged oracle, 30 ep)" in head and f"gap closed (budget oracle, {budget_epochs} ep)" in head
+    assert "oracle, 30 ep (converged)" in text and f"oracle, {budget_epochs} ep (budget)" in text and "4,322" in text
     assert f"headline: gap closed against the converged oracle ({conv['test_acc']:.4f}, 30 epochs" in text
     gen2 = next(line for line in text.splitlines() if line.startswith("2 "))
     assert f"{100 * g2['gap_closed_converged']:.0f}%" in gen2
