@@ -96,10 +96,17 @@ def test_cli_exits_2_with_one_line(tmp_path, content, flag, needle):
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
-    """Every config under configs/ is valid, and its ladder only grows (the student is equal or larger)."""
+    """Every config under configs/ is valid, and its ladder only grows (the student is equal or larger);
+    a distillation config's student is smaller than its teacher."""
     from noisystudent.models import create_model
 
     cfg = load_config(path)
+    if cfg.student.generations == 0:  # a distillation config (`noisystudent distill`): the student compresses
+        def params(name):
+            return sum(p.numel() for p in create_model(name, num_classes=10, in_chans=cfg.data.in_chans).parameters())
+
+        assert params(cfg.student.ladder[0].name) < params(cfg.teacher.name)
+        return
     sizes = [sum(p.numel() for p in create_model(cfg.student_model(g).name, num_classes=10, in_chans=cfg.data.in_chans).parameters())
              for g in range(1, cfg.student.generations + 1)]
     teacher = sum(p.numel() for p in create_model(cfg.teacher.name, num_classes=10, in_chans=cfg.data.in_chans).parameters())
