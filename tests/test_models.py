@@ -8,7 +8,14 @@ from torch import nn
 from torchvision.ops import StochasticDepth
 
 from noisystudent.errors import UserError
-from noisystudent.models import create_model, is_model, list_models, model_num_params
+from noisystudent.models import (
+    create_model,
+    feature_take_indices,
+    is_model,
+    list_models,
+    model_num_params,
+    stage_info,
+)
 from noisystudent.models.layers import drop_path_rates
 from noisystudent.models.torchvision_models import TorchvisionNet
 
@@ -219,3 +226,154 @@ def test_torchvision_models_match_torchvision_layout() -> None:
         assert isinstance(ours, TorchvisionNet)
         theirs = getattr(tvm, name)(weights=None, num_classes=NUM_CLASSES)
         assert model_num_params(ours) == model_num_params(theirs)
+
+
+# --- stage features: feature_info / forward_intermediates / stage_info ---------------------------------------
+
+# every registered name, plus family names the registry cannot list (a family slipped through once)
+FEATURE_MODELS = ALL + ["wrn_22_8", "wrn_10_2"]
+
+
+def _stage_input(name: str, batch: int = 2, scale: int = 1) -> torch.Tensor:
+    """Small models at CIFAR size; torchvision ones at 64x64 so their 32x-reduced stage is still 2x2
+    (each side divided by ``scale`` where the spatial layout does not matter, to save time)."""
+    size = (64 if name in IMAGENET else 32) // scale
+    return torch.randn(batch, 3, size, size)
+
+
+def _feature_map_height(model: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        return model.forward_features(x).shape[2]
+
+
+@pytest.mark.parametrize("name", FEATURE_MODELS)
+def test_feature_info_describes_the_stage_outputs(name: str) -> None:
+    model = create_model(name, NUM_CLASSES).eval()
+    info = model.feature_info
+    x = _stage_input(name)
+    with torch.no_grad():
+        logits, stages = model.forward_intermediates(x)
+        torch.testing.assert_close(logits, model(x), rtol=0, atol=0)  # the same ops: bit for bit
+    assert len(stages) == len(info) >= 3
+    modules = dict(model.named_modules())
+    for i, (stage, feat) in enumerate(zip(info, stages)):
+        assert set(stage) == {"num_chs", "reduction", "module", "index"} and stage["index"] == i
+        assert stage["module"] in modules
+        assert feat.shape == (2, stage["num_chs"], x.shape[2] // stage["reduction"], x.shape[3] // stage["reduction"])
+    reductions = [stage["reduction"] for stage in info]
+    assert reductions == sorted(reductions)
+    assert reductions[-1] == x.shape[2] // _feature_map_height(model, x)  # the last stage is at the final resolution
+    # stage_info (meta device) says the same without real weights, and adds the spatial size
+    described = stage_info(name, in_chans=3, image_size=x.shape[2])
+    assert [{k: v for k, v in s.items() if k != "size"} for s in described] == info
+    assert [s["size"] for s in described] == [tuple(f.shape[2:]) for f in stages]
+    # feature_info is a copy: a caller cannot change the model's
+    model.feature_info[0]["num_chs"] = -1
+    assert model.feature_info[0]["num_chs"] == info[0]["num_chs"]
+
+
+@pytest.mark.parametrize("name", FEATURE_MODELS)
+def test_stage_outputs_equal_torchvision_feature_extractor(name: str) -> None:
+    """torchvision's maintained extractor (FX graph, node = module name) is the reference for our direct pass."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = create_model(name, NUM_CLASSES, in_chans=1).eval()
+    info = model.feature_info
+    extractor = create_feature_extractor(model, return_nodes={stage["module"]: str(stage["index"]) for stage in info})
+    x = _stage_input(name)[:, :1]
+    with torch.no_grad():
+        expected = extractor(x)
+        _, stages = model.forward_intermediates(x)
+    assert len(expected) == len(stages)
+    for stage, feat in zip(info, stages):
+        torch.testing.assert_close(feat, expected[str(stage["index"])], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", FEATURE_MODELS)
+def test_forward_intermediates_logits_keep_forward_noise(name: str) -> None:
+    """In training mode the logits are forward's, random draws included (dropout, drop path in the same order)."""
+    model = create_model(name, NUM_CLASSES, drop_rate=0.3, drop_path_rate=0.3).train()
+    x = _stage_input(name, scale=2)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        expected = model(x)
+        torch.manual_seed(1)
+        logits, _ = model.forward_intermediates(x, indices=[0])
+        torch.manual_seed(2)
+        other, _ = model.forward_intermediates(x, indices=[0])
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    assert _differ(logits, other), "noise is on but two seeds gave the same logits"
+
+
+@pytest.mark.parametrize("name", FEATURE_MODELS)
+def test_gradients_flow_to_stage_outputs(name: str) -> None:
+    """A loss on the stage outputs (a feature-distillation loss) trains the layers below them, with no
+    in-place op breaking autograd, next to the classification loss of the same pass."""
+    model = create_model(name, NUM_CLASSES, drop_rate=0.1, drop_path_rate=0.1).train()
+    logits, stages = model.forward_intermediates(_stage_input(name))
+    for feat in stages:
+        assert feat.requires_grad
+        feat.retain_grad()
+    feature_loss = sum(feat.pow(2).mean() for feat in stages)
+    (nn.functional.cross_entropy(logits, torch.arange(2)) + feature_loss).backward()
+    for i, feat in enumerate(stages):
+        assert feat.grad is not None and feat.grad.abs().sum() > 0, f"stage {i} got no gradient"
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
+
+    # the shallowest stage alone is wired to the input side of the network
+    model.zero_grad()
+    _, (first,) = model.forward_intermediates(_stage_input(name), indices=[0])
+    first.pow(2).mean().backward()
+    assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
+
+
+def test_indices_choose_stages_in_the_order_asked() -> None:
+    model = create_model("resnet8", NUM_CLASSES, in_chans=1).eval()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        _, every = model.forward_intermediates(x)
+        for indices, expected in ((None, [0, 1, 2]), (2, [1, 2]), ([-1, 0], [2, 0]), ([1, 1], [1, 1]), ([], [])):
+            _, stages = model.forward_intermediates(x, indices)
+            assert len(stages) == len(expected)
+            for feat, i in zip(stages, expected):
+                torch.testing.assert_close(feat, every[i], rtol=0, atol=0)
+        for bad in (4, 0, -1, [3], [-4], [True], [0.5]):
+            with pytest.raises(IndexError):
+                model.forward_intermediates(x, bad)
+    assert feature_take_indices(5, [-1, 0]) == [4, 0] and feature_take_indices(5, 2) == [3, 4]
+
+
+def test_wrn_last_stage_is_before_the_final_bn_relu() -> None:
+    """The documented choice: WRN stages are block-group outputs (AT/RepDistiller), forward_features follows
+    them with BN-ReLU; for CIFAR ResNets, torchvision ResNets and ConvNeXt the last stage is the feature map."""
+    x = torch.randn(2, 3, 32, 32)
+    wrn = create_model("wrn_16_2", NUM_CLASSES).eval()
+    with torch.no_grad():
+        _, (last,) = wrn.forward_intermediates(x, indices=[-1])
+        torch.testing.assert_close(wrn.forward_features(x), wrn.act(wrn.norm(last)), rtol=0, atol=0)
+        assert (last < 0).any()  # un-rectified
+    for name in ("resnet8", "resnet18", "convnext_tiny"):
+        model = create_model(name, NUM_CLASSES).eval()
+        x = _stage_input(name)
+        with torch.no_grad():
+            _, (last,) = model.forward_intermediates(x, indices=[-1])
+            torch.testing.assert_close(last, model.forward_features(x), rtol=0, atol=0)
+
+
+def test_stage_info_validates_configs() -> None:
+    """What config validation needs: sizes per stage at the data's resolution, and a stage that does not
+    exist (or an image too small) is a UserError naming the model."""
+    cifar = stage_info("resnet20", in_chans=1, image_size=28)
+    assert [s["size"] for s in cifar] == [(28, 28), (14, 14), (7, 7)]
+    assert [s["num_chs"] for s in cifar] == [16, 32, 64]
+    assert [s["size"] for s in stage_info("resnet18", image_size=(64, 32))] == [(16, 8), (8, 4), (4, 2), (2, 1)]
+    assert [s["index"] for s in stage_info("wrn_22_8", indices=[-1, 0])] == [2, 0]
+    with pytest.raises(UserError, match="'resnet8' has 3 stages"):
+        stage_info("resnet8", indices=[3])
+    with pytest.raises(UserError, match="unknown model"):
+        stage_info("resnet9000")
+    with pytest.raises(UserError, match="'convnext_tiny' cannot take 2x2 images"):
+        stage_info("convnext_tiny", image_size=2)
+    with pytest.raises(UserError, match="image size"):
+        stage_info("resnet8", image_size=0)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
 from torch import nn
 
 from noisystudent.errors import UserError
 from noisystudent.models._registry import list_families, list_models, model_entrypoint
+from noisystudent.models.layers import StageIndices, feature_take_indices
 
-__all__ = ["create_model", "model_num_params"]
+__all__ = ["create_model", "model_num_params", "stage_info"]
 
 
 def create_model(
@@ -49,3 +51,41 @@ def create_model(
 def model_num_params(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (optionally only those with ``requires_grad``), for logs and model ladders."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def stage_info(
+    name: str, in_chans: int = 3, image_size: int | tuple[int, int] = 32, indices: StageIndices = None
+) -> list[dict[str, Any]]:
+    """``feature_info`` of model ``name`` for ``image_size`` inputs, each entry with ``size``: the stage's
+    ``(height, width)``; only the stages ``indices`` asks for (as in ``forward_intermediates``), all when None.
+
+    For validating a config before any training: which stages exist, their channels, and which pairs
+    share a resolution (FSP needs equal sizes; a stride of 32 leaves 1x1 maps on 28x28 images). The
+    model is built on the meta device and run on a meta tensor, so no weights are initialised or
+    allocated and no arithmetic runs: well under a second even for a ConvNeXt, on a machine of any size.
+
+    Raises:
+        UserError: unknown model, a bad size, an image too small for the model, or a stage index the
+            model does not have (the message names the model and its stages).
+    """
+    sizes = (image_size, image_size) if isinstance(image_size, int) else image_size
+    sizes = tuple(sizes) if isinstance(sizes, (tuple, list)) else ()
+    if len(sizes) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes):
+        raise UserError(f"model {name!r}: image size must be an integer >= 1 or a pair of them, got {image_size!r}")
+    with torch.device("meta"):
+        model = create_model(name, num_classes=1, in_chans=in_chans).eval()
+    info = model.feature_info
+    try:
+        take = feature_take_indices(len(info), indices)
+    except IndexError:
+        modules = ", ".join(f"{i}: {stage['module']}" for i, stage in enumerate(info))
+        raise UserError(
+            f"model {name!r} has {len(info)} stages ({modules}; negative indices count from the end), "
+            f"so stage indices {indices!r} do not exist"
+        ) from None
+    try:
+        with torch.no_grad():
+            _, outputs = model.forward_intermediates(torch.empty(1, in_chans, *sizes, device="meta"), take)
+    except RuntimeError as err:
+        raise UserError(f"model {name!r} cannot take {sizes[0]}x{sizes[1]} images: {err}") from None
+    return [{**info[i], "size": (int(out.shape[-2]), int(out.shape[-1]))} for i, out in zip(take, outputs)]

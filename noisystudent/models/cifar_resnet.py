@@ -5,6 +5,11 @@ pooling and a linear classifier. They are the CPU-scale ladder of this project (
 a student can be the same size as its teacher or larger. Projection shortcuts (1x1 conv + BN, "option B")
 are used where the shape changes. Every residual branch ends in a
 :class:`torchvision.ops.StochasticDepth` (drop path), its rate rising linearly over the blocks.
+
+Stage features (``feature_info`` / ``forward_intermediates``): the outputs of the three block groups,
+16/32/64 channels at reductions 1/2/4 (``stages.0`` ... ``stages.2``), after each group's last ReLU; the
+last one is the ``forward_features`` map. They are the block-group outputs that AT's and RepDistiller's
+CIFAR ResNets give FitNet/AT/FSP.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from torchvision.ops import StochasticDepth
 
 from noisystudent.errors import UserError
 from noisystudent.models._registry import register_model
-from noisystudent.models.layers import Classifier, ClassifierHead, drop_path_rates
+from noisystudent.models.layers import Classifier, ClassifierHead, drop_path_rates, make_feature_info
 
 __all__ = ["BasicBlock", "CifarResNet", "resnet8", "resnet14", "resnet20", "resnet26"]
 
 STAGE_WIDTHS = (16, 32, 64)
+STAGE_REDUCTIONS = (1, 2, 4)
 
 
 class BasicBlock(nn.Module):
@@ -78,10 +84,14 @@ class CifarResNet(Classifier):
         self.stages = nn.Sequential(*stages)
         self.num_features = in_planes
         self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
+        self._feature_info = make_feature_info(
+            [(w, r, f"stages.{i}") for i, (w, r) in enumerate(zip(STAGE_WIDTHS, STAGE_REDUCTIONS))]
+        )
         _init_weights(self)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.stages(self.stem(x))
+    def _feature_path(self) -> list[tuple[str, nn.Module]]:
+        """stem, then the three stages: ``forward_features`` is ``stages(stem(x))``."""
+        return [("stem", self.stem)] + [(f"stages.{i}", stage) for i, stage in enumerate(self.stages)]
 
 
 def _init_weights(model: nn.Module) -> None:

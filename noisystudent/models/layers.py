@@ -1,5 +1,10 @@
 """Small building blocks shared by every model: the classifier head, the common model face, the drop-path schedule.
 
+The common face (:class:`Classifier`) includes timm's *stage features*: ``feature_info`` says what each
+stage gives (channels, reduction, module) and ``forward_intermediates`` returns the logits and the chosen
+stage outputs from one pass. Feature and relational distillation (FitNet, AT, FSP, STPM, ...) read stages
+through this face, the same way for every model, without forward hooks.
+
 Drop path is the per-sample form of stochastic depth (Huang et al. 2016): in training, each sample's
 residual branch is dropped with probability ``p`` and kept ones are scaled by ``1 / (1 - p)``; the
 shortcut always passes. timm calls it "drop path" because whole paths through the network vanish for a
@@ -11,11 +16,22 @@ type, and tests or callers can find every drop-path site with ``isinstance(m, St
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Classifier", "ClassifierHead", "drop_path_rates", "adapt_input_conv"]
+__all__ = [
+    "Classifier",
+    "ClassifierHead",
+    "adapt_input_conv",
+    "drop_path_rates",
+    "feature_take_indices",
+    "make_feature_info",
+]
+
+StageIndices = int | Sequence[int] | None
 
 
 def drop_path_rates(num_blocks: int, drop_path_rate: float) -> list[float]:
@@ -66,23 +82,98 @@ class ClassifierHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
+def make_feature_info(stages: Sequence[tuple[int, int, str]]) -> list[dict[str, Any]]:
+    """timm-style ``feature_info`` from ``(num_chs, reduction, module)`` triples, numbered in order."""
+    return [
+        {"num_chs": int(chs), "reduction": int(red), "module": module, "index": i}
+        for i, (chs, red, module) in enumerate(stages)
+    ]
+
+
+def feature_take_indices(num_stages: int, indices: StageIndices = None) -> list[int]:
+    """The stage indices ``indices`` asks for, as non-negative ints in the order asked (timm's rule).
+
+    None means every stage; an int ``n`` the last ``n`` stages; a sequence picks stages by index, negative
+    ones counting from the end (``-1`` is the last stage). Out-of-range indices raise IndexError: a config
+    naming stages should be checked first against :func:`noisystudent.models.stage_info`, which can say
+    which model lacks the stage.
+    """
+    if indices is None:
+        return list(range(num_stages))
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= num_stages:
+            raise IndexError(f"asked for the last {indices} stages of a model with {num_stages}")
+        return list(range(num_stages - indices, num_stages))
+    taken = []
+    for index in indices:
+        if isinstance(index, bool) or not isinstance(index, int) or not -num_stages <= index < num_stages:
+            raise IndexError(f"stage index {index!r} out of range for a model with {num_stages} stages")
+        taken.append(index % num_stages)
+    return taken
+
+
 class Classifier(nn.Module):
     """The face every model has, so training, distillation and labeling code never care which model it is.
 
-    Subclasses set ``self.head`` (a :class:`ClassifierHead`) and ``self.num_features`` and implement
-    :meth:`forward_features`, which returns the unpooled feature map ``(N, num_features, H, W)``.
-    ``forward(x) == forward_head(forward_features(x))`` always holds.
+    Subclasses set ``self.head`` (a :class:`ClassifierHead`), ``self.num_features`` and
+    ``self._feature_info`` (:func:`make_feature_info`), and implement :meth:`_feature_path`: the modules
+    that, applied in order, compute the unpooled feature map ``(N, num_features, H, W)``. Both
+    :meth:`forward_features` and :meth:`forward_intermediates` walk that one path, so the stage outputs are
+    the very tensors the classifier's forward computes, and ``forward(x) == forward_head(forward_features(x))``
+    always holds.
     """
 
     head: ClassifierHead
     num_features: int
+    _feature_info: list[dict[str, Any]]
 
     @property
     def num_classes(self) -> int:
         return self.head.num_classes
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """One dict per stage, shallowest first: ``num_chs`` (channels of the stage output), ``reduction``
+        (input size / output size, the stride vs the input), ``module`` (dotted name of the module whose
+        output the stage is: ``model.get_submodule(module)``, and the node name for
+        ``torchvision.models.feature_extraction``) and ``index`` (its position here, the index
+        :meth:`forward_intermediates` takes). A fresh copy: changing it does not change the model."""
+        return [dict(info) for info in self._feature_info]
+
+    def _feature_path(self) -> list[tuple[str, nn.Module]]:
+        """``(dotted name, module)`` pairs whose composition is :meth:`forward_features`; each stage's
+        ``module`` in ``feature_info`` is one of the names."""
         raise NotImplementedError
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        for _, module in self._feature_path():
+            x = module(x)
+        return x
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: StageIndices = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(logits, stage outputs)`` from one forward pass; what a feature-distillation loss needs.
+
+        ``indices`` chooses the stages (:func:`feature_take_indices`: None = all, an int = the last n, a
+        sequence = those indices, negatives from the end); the outputs come back in the order asked.
+        ``logits`` is exactly ``forward(x)``, noise included: the same modules run in the same order, so
+        in training mode dropout and drop path draw the same random numbers as :meth:`forward` would.
+        The stage outputs are part of the autograd graph (a loss on them trains the layers below them).
+        A plain loop over the model's own modules, not forward hooks: nothing stays registered on the
+        model, and every parameter that ``forward`` uses is used. Under DDP, call it through the wrapper's
+        ``forward`` (e.g. a module whose ``forward`` is this method, wrapped in DDP): DDP only arms its
+        gradient all-reduce for passes that go through ``DistributedDataParallel.forward``, so
+        ``ddp.module.forward_intermediates(x)`` would train each worker on its own gradients.
+        """
+        take = feature_take_indices(len(self._feature_info), indices)
+        wanted = {self._feature_info[i]["module"]: i for i in take}
+        outputs: dict[int, torch.Tensor] = {}
+        for name, module in self._feature_path():
+            x = module(x)
+            if name in wanted:
+                outputs[wanted[name]] = x
+        return self.forward_head(x), [outputs[i] for i in take]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool, dropout and classify a feature map; with ``pre_logits`` return the pooled features."""

@@ -10,6 +10,23 @@ ConvNeXt ``stochastic_depth_prob`` (dropout before its linear layer is ours). to
 stochastic depth, so its blocks are subclassed to put a :class:`torchvision.ops.StochasticDepth` on the
 residual branch; parameter names stay torchvision's (``layer1.0.conv1.weight`` under ``features``).
 A first conv for ``in_chans != 3`` is derived from the 3-channel one (:func:`adapt_input_conv`).
+
+Stage features (``feature_info`` / ``forward_intermediates``), timm's taps for these families (timm also
+lists ResNet's stride-2 stem, left out here):
+
+- ResNet: ``layer1`` ... ``layer4``, reductions 4/8/16/32 (64/128/256/512 channels, x4 for ResNet-50).
+- EfficientNet: the last block group at each resolution, ``features.1/2/3/5/7``, reductions
+  2/4/8/16/32 (B0: 16/24/40/112/320 channels). The last stage is the 320-channel block output, before
+  the 1x1 head conv that makes the 1280-channel ``forward_features`` map: like WRN's, a block-group
+  output, not the head's widening projection.
+- ConvNeXt: its four stages ``features.1/3/5/7``, reductions 4/8/16/32 (T: 96/192/384/768 channels);
+  the last is the ``forward_features`` map.
+
+``forward_intermediates`` is a direct pass over the children of ``features`` (an ``nn.Sequential``)
+that keeps the stage outputs: the same modules ``forward`` runs, no graph rewriting and no hooks, so it
+costs nothing extra and runs under autocast like ``forward``. Its outputs are checked in the tests
+against torchvision's maintained extractor, ``torchvision.models.feature_extraction`` (which traces an
+FX graph per model: right as a reference, heavier than needed in a training step).
 """
 
 from __future__ import annotations
@@ -23,22 +40,34 @@ from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
 from noisystudent.models._registry import register_model
-from noisystudent.models.layers import Classifier, ClassifierHead, adapt_input_conv, drop_path_rates
+from noisystudent.models.layers import (
+    Classifier,
+    ClassifierHead,
+    adapt_input_conv,
+    drop_path_rates,
+    make_feature_info,
+)
 
 __all__ = ["TorchvisionNet"]
 
 
 class TorchvisionNet(Classifier):
-    """A torchvision classifier as ``features`` + ``head``; ``forward_features`` returns the last feature map."""
+    """A torchvision classifier as ``features`` + ``head``; ``forward_features`` returns the last feature map.
 
-    def __init__(self, features: nn.Module, head: ClassifierHead):
+    ``stages`` are ``(num_chs, reduction, child)`` for the children of ``features`` whose outputs are the
+    stage features (``child`` is the child's name in ``features``).
+    """
+
+    def __init__(self, features: nn.Sequential, head: ClassifierHead, stages: list[tuple[int, int, str]]):
         super().__init__()
         self.features = features
         self.head = head
         self.num_features = head.num_features
+        self._feature_info = make_feature_info([(chs, red, f"features.{child}") for chs, red, child in stages])
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.features(x)
+    def _feature_path(self) -> list[tuple[str, nn.Module]]:
+        """The children of ``features`` in order: ``forward_features`` is ``features(x)``."""
+        return [(f"features.{name}", child) for name, child in self.features.named_children()]
 
 
 class _BasicBlock(tvr.BasicBlock):
@@ -95,7 +124,8 @@ def _create_resnet(
             layer4=net.layer4,
         )
     )
-    return TorchvisionNet(features, ClassifierHead(net.fc.in_features, num_classes, drop_rate, fc=net.fc))
+    stages = [(64 * 2**i * block.expansion, 4 * 2**i, f"layer{i + 1}") for i in range(4)]
+    return TorchvisionNet(features, ClassifierHead(net.fc.in_features, num_classes, drop_rate, fc=net.fc), stages)
 
 
 def _create_efficientnet(
@@ -111,7 +141,12 @@ def _create_efficientnet(
     )
     net.features[0][0] = adapt_input_conv(net.features[0][0], in_chans)
     drop, fc = net.classifier
-    return TorchvisionNet(net.features, ClassifierHead(fc.in_features, num_classes, drop=drop, fc=fc))
+    # features: stem (/2), seven block groups with strides 1,2,2,2,1,2,1 (every EfficientNet-B*), 1x1 head conv
+    stages = [
+        (net.features[i][-1].out_channels, reduction, str(i))
+        for i, reduction in ((1, 2), (2, 4), (3, 8), (5, 16), (7, 32))
+    ]
+    return TorchvisionNet(net.features, ClassifierHead(fc.in_features, num_classes, drop=drop, fc=fc), stages)
 
 
 def _create_convnext(
@@ -125,7 +160,13 @@ def _create_convnext(
     net = constructor(weights=None, num_classes=num_classes, stochastic_depth_prob=drop_path_rate, **kwargs)
     net.features[0][0] = adapt_input_conv(net.features[0][0], in_chans)
     norm, _flatten, fc = net.classifier
-    return TorchvisionNet(net.features, ClassifierHead(fc.in_features, num_classes, drop_rate, norm=norm, fc=fc))
+    # features: stem (/4), then four stages of CNBlocks with a downsampling layer (/2) between each two
+    stages = [
+        (net.features[i][-1].layer_scale.shape[0], reduction, str(i))
+        for i, reduction in ((1, 4), (3, 8), (5, 16), (7, 32))
+    ]
+    head = ClassifierHead(fc.in_features, num_classes, drop_rate, norm=norm, fc=fc)
+    return TorchvisionNet(net.features, head, stages)
 
 
 @register_model

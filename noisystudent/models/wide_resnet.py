@@ -6,6 +6,14 @@ the shortcut is a 1x1 conv on the pre-activated input, as in the paper's code. T
 between the two convs is not used: Noisy Student's model noise is drop path on every residual branch
 (:class:`torchvision.ops.StochasticDepth`, rate rising linearly over the blocks) plus dropout before the
 classifier. Any ``wrn_D_K`` name with (D-4) % 6 == 0 builds, registered or not.
+
+Stage features (``feature_info`` / ``forward_intermediates``): the outputs of the three block groups,
+16k/32k/64k channels at reductions 1/2/4 (``stages.0`` ... ``stages.2``), so the last stage is taken
+*before* the final BN-ReLU and differs from ``forward_features`` (which is after it). That is what the
+distillation papers' own WRN code taps: Zagoruyko & Komodakis' attention-transfer code gives its loss
+the group outputs and applies the final BN-ReLU only on the way to the classifier, and RepDistiller's
+AT/FitNet/FSP read the same group outputs. A method that wants the post-BN-ReLU map has it from
+``forward_features``, and its pooled form from ``forward_head(..., pre_logits=True)``.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from torchvision.ops import StochasticDepth
 
 from noisystudent.errors import UserError
 from noisystudent.models._registry import EntryPoint, register_family, register_model
-from noisystudent.models.layers import Classifier, ClassifierHead, drop_path_rates
+from noisystudent.models.layers import Classifier, ClassifierHead, drop_path_rates, make_feature_info
 
 __all__ = ["PreActBlock", "WideResNet", "wrn_16_2", "wrn_16_4", "wrn_28_2", "wrn_28_10", "wrn_40_2"]
 
@@ -48,7 +56,10 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(Classifier):
-    """WRN-depth-widen_factor; ``forward_features`` returns the (N, 64k, H/4, W/4) map after the last BN-ReLU."""
+    """WRN-depth-widen_factor; ``forward_features`` returns the (N, 64k, H/4, W/4) map after the last BN-ReLU.
+
+    Its stages are the block-group outputs, the last one before that BN-ReLU (see the module docstring).
+    """
 
     def __init__(
         self,
@@ -84,6 +95,9 @@ class WideResNet(Classifier):
         self.act = nn.ReLU(inplace=True)
         self.num_features = in_planes
         self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
+        self._feature_info = make_feature_info(
+            [(base * widen_factor, 2**i, f"stages.{i}") for i, base in enumerate((16, 32, 64))]
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -91,8 +105,10 @@ class WideResNet(Classifier):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.act(self.norm(self.stages(self.stem(x))))
+    def _feature_path(self) -> list[tuple[str, nn.Module]]:
+        """stem, the three stages, the final BN-ReLU: ``forward_features`` is ``act(norm(stages(stem(x))))``."""
+        stages = [(f"stages.{i}", stage) for i, stage in enumerate(self.stages)]
+        return [("stem", self.stem), *stages, ("norm", self.norm), ("act", self.act)]
 
 
 def _create_wrn(depth: int, widen_factor: int, **kwargs) -> WideResNet:
