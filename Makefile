@@ -7,7 +7,7 @@ RUN_DIR ?= runs/fashion_mnist
 CONFIG ?= configs/fashion_mnist.yaml
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 
-.PHONY: install data test test-all run run-full bench bench-accuracy report clean clean-runs help
+.PHONY: install data test test-all run run-full bench bench-accuracy bench-small report clean clean-runs help
 
 help:
 	@echo "make run             the full Noisy Student loop on Fashion-MNIST (CPU-sized default)"
@@ -16,6 +16,8 @@ help:
 	@echo "make bench           throughput benchmarks against a bare PyTorch loop"
 	@echo "make bench-accuracy  teacher / 3 generations / oracles accuracy table (42+ min on 2 cores; the first run"
 	@echo "                     also trains the 30-epoch converged oracle, ~75 min more, cached in runs/cache)"
+	@echo "make bench-small     the example image-folder config, paths only changed, on 10 Fashion-MNIST PNGs a class:"
+	@echo "                     2 generations, promotion decisions, wall time (~15 min on 2 cores)"
 	@echo "make clean           remove what can be rebuilt: the venv, caches, egg-info, bench/results (keeps runs/)"
 	@echo "make clean-runs      delete runs/: every run's results and the cached converged oracle"
 
@@ -60,6 +62,9 @@ bench: install
 
 bench-accuracy: install
 	$(BIN)/python -m bench.accuracy
+
+bench-small: install
+	$(BIN)/python -m bench.small --fresh
 
 # Only what `make install` / `make bench` rebuild; experiment results live in runs/ and go with clean-runs.
 clean:

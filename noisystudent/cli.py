@@ -69,6 +69,9 @@ quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.version_option(package_name="noisystudent")
 def main() -> None:
     """Noisy Student self-training and knowledge distillation of image classifiers, on Ray."""
+    from .errors import show_warnings_as_lines
+
+    show_warnings_as_lines()  # a too-small budget, no pseudo-label kept, a kept teacher: one `warning:` line each
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,8 +170,10 @@ def student(run_dir, generation, force, ray_address, workers, gpus_per_worker, q
             setattr(cfg.ray, key, val)
     m = steps.train_student(run, cfg, generation, force=force, progress=not quiet)
     steps.evaluate_generation(run, cfg, generation, force=True)
-    steps.promote(run, generation)
+    rec = steps.promote(run, generation, cfg)
     click.echo(f"student gen {generation}: test accuracy {m.get('test_acc', float('nan')):.4f}")
+    if rec:
+        click.echo(f"promotion ({rec['policy']}): {rec['reason']}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,12 +269,19 @@ def status(run_dir, as_json):
     def f(v, fmt=".4f"):
         return "-" if v is None else (format(v, fmt) if isinstance(v, float) else str(v))
 
-    head = ["gen", "model", "steps", "test_acc", "pl_acc", "pl_acc_sel", "seconds"]
-    table = [[f(r["generation"]), r["model"], r["steps_done"], f(r["test_acc"]), f(r["pseudo_label_acc"]),
-              f(r["pseudo_label_acc_selected"]), f(r["seconds"], ",.0f")] for r in rows]
+    head = ["gen", "model", "steps", "val_acc", "test_acc", "pl_acc", "pl_acc_sel", "taught_by", "promoted", "seconds"]
+    table = [[f(r["generation"]), r["model"], r["steps_done"], f(r.get("val_acc")), f(r["test_acc"]), f(r["pseudo_label_acc"]),
+              f(r["pseudo_label_acc_selected"]), f(r.get("taught_by")), f(r.get("promoted")), f(r["seconds"], ",.0f")]
+             for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *table)]
     for line in [head] + table:
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip())
+    # what each promotion decision rested on (validation images, or none); test accuracy never decides
+    decisions = [(r["generation"], r["decision"]) for r in rows if r.get("decision")]
+    if decisions:
+        click.echo("")
+    for g, why in decisions:
+        click.echo(f"gen {g} promotion: {why}")
 
 
 @main.command()

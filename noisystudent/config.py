@@ -53,6 +53,18 @@ class TrainConfig:
     ema_decay: Optional[float] = field(default=None, metadata=_range(0, 1, hi_open=True))
     num_workers: int = field(default=0, metadata=_range(0, 256))
     steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))
+    # Step budget. Without these, a job runs epochs x steps_per_epoch optimizer steps, an epoch being one
+    # pass over the data unless steps_per_epoch is set: 50 epochs of 100 images at batch 64 are 50 steps.
+    # total_steps: exactly this many steps, whatever the data size, split into `epochs` rounds (each one
+    # evaluation point, checkpoint and history row).
+    total_steps: Optional[int] = field(default=None, metadata=_range(1))
+    # min_steps: a floor for the epoch budget: when epochs x steps_per_epoch comes to fewer steps, each
+    # epoch is lengthened so the job runs min_steps (epochs: 30 + min_steps: 1000 is 30 passes over a big
+    # set and 1,000 steps on 100 images). Not applied to total_steps. 0: no floor
+    min_steps: int = field(default=0, metadata=_range(0))
+    # a job planned below this many optimizer steps warns before it starts, naming the number and the
+    # settings that raise it; 0 never warns
+    warn_below_steps: int = field(default=200, metadata=_range(0))
     eval_every: int = field(default=1, metadata=_range(1))
     # DDP multiplies the global batch by the number of workers; scale lr with it (Goyal et al., 2017)
     scale_lr_with_workers: bool = True
@@ -62,7 +74,10 @@ class TrainConfig:
 
 @dataclass
 class ModelConfig:
-    """A model of the ladder with its own noise: student models get dropout, drop path and RandAugment."""
+    """A model of the ladder with its own noise: student models get dropout, drop path and RandAugment.
+
+    A ladder rung's ``noise`` fields that the rung does not set are the teacher's (see
+    :func:`config_from_dict`), so turning a noise off for the teacher turns it off for every rung."""
 
     name: str = "resnet14"
     drop_rate: float = field(default=0.0, metadata=_range(0, 1, hi_open=True))
@@ -91,6 +106,14 @@ class DataConfig:
     labeled: Optional[str] = None
     unlabeled: Optional[str] = None
     test: Optional[str] = None
+    # validation images, the only data the loop's decisions (promotion) look at: a folder (kind folder)
+    # or manifest (kind manifest) of labeled images; null: val_fraction of the labeled images
+    val: Optional[str] = None
+    # share of each class's labeled images held out for validation (stratified, seeded by split_seed);
+    # at least val_min_per_class a class. A class with fewer than 2 x val_min_per_class labeled images
+    # makes no split at all (a warning; decisions then have no validation signal). 0: no split
+    val_fraction: float = field(default=0.1, metadata=_range(0, 0.5))
+    val_min_per_class: int = field(default=2, metadata=_range(1))
     image_size: int = field(default=28, metadata=_range(8, 4096))
     in_chans: int = field(default=1, metadata=_range(1, 3))
     mean: list[float] = field(default_factory=lambda: [0.2860])
@@ -131,6 +154,10 @@ class StudentConfig:
     unlabeled_weight: float = field(default=1.0, metadata=_range(0, 1000))
     finetune_epochs: int = field(default=0, metadata=_range(0, 10_000))
     finetune_lr: float = field(default=0.01, metadata=_range(0, 10, lo_open=True))
+    # which model teaches generation g + 1: `always` the student of g; `if_better` the student only when
+    # its validation accuracy is at least its teacher's, else that teacher again (the student is kept
+    # and reported). Without validation data if_better promotes the student and says so
+    promote: Literal["always", "if_better"] = "if_better"
     # distillation method of every rung ({name, ...params}; `noisystudent methods` lists them). null: the
     # Noisy Student loss of `loss`, `temperature`, `alpha`, `unlabeled_weight` above (older configs)
     method: Optional[dict] = field(default=None, metadata={"method": True})
@@ -283,10 +310,17 @@ def _check(cfg: ExperimentConfig) -> ExperimentConfig:
         for key in ("labeled", "test"):
             if not getattr(d, key):
                 raise ConfigError(f"data.{key}", f"is required when data.kind is {d.kind}")
+    if d.kind == "fashion_mnist" and d.val:
+        raise ConfigError("data.val", "fashion_mnist holds out data.val_fraction of labels_per_class; "
+                                      "a val folder or manifest needs kind folder or manifest")
     if d.kind == "fashion_mnist" and d.labels_per_class is None:
         raise ConfigError("data.labels_per_class", "is required for fashion_mnist (use 6000 for all labels)")
     if not cfg.student.ladder:
         raise ConfigError("student.ladder", "needs at least one model")
+    for where, t in (("teacher_train", cfg.teacher_train), ("student.train", cfg.student.train)):
+        if t.total_steps is not None and t.total_steps < t.epochs:
+            raise ConfigError(f"{where}.total_steps", f"is split into {where}.epochs={t.epochs} rounds and must be "
+                                                      f">= it, got {t.total_steps}")
     from .models import is_model, list_families, list_models  # local import: models import torch
 
     for name, mc in [("teacher.name", cfg.teacher)] + [
@@ -309,8 +343,43 @@ def _check(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg
 
 
+def _inherit_teacher_noise(data: dict) -> dict:
+    """Ladder rungs start from the teacher's noise: every ``noise`` field a rung does not set is the
+    teacher's (as resolved: the teacher's own fields over the defaults), so a rung never re-enables what
+    the user turned off for the teacher (``hflip: false`` on images that are not mirror-symmetric).
+
+    The default ladder (no ``student.ladder`` given) inherits the same way. Works on the raw mapping,
+    before validation, because only there is it known which fields a rung set."""
+    teacher = data.get("teacher") if isinstance(data.get("teacher"), dict) else {}
+    noise = teacher.get("noise", {}) if teacher.get("noise") is not None else {}
+    student = data.get("student") if isinstance(data.get("student"), dict) else None
+    if not isinstance(noise, dict):
+        return data  # validation names teacher.noise
+    base = dataclasses.asdict(_build(NoiseConfig, noise, "teacher.noise"))
+    data = dict(data)
+    if student is None or "ladder" not in student:
+        ladder = [{**dataclasses.asdict(m), "noise": None} for m in StudentConfig().ladder]
+    else:
+        ladder = student["ladder"]
+    if not isinstance(ladder, list):
+        return data  # validation names student.ladder
+    rungs = []
+    for rung in ladder:
+        if isinstance(rung, dict) and (rung.get("noise") is None or isinstance(rung.get("noise"), dict)):
+            rung = {**rung, "noise": {**base, **(rung.get("noise") or {})}}
+        rungs.append(rung)
+    data["student"] = {**(student or {}), "ladder": rungs}
+    return data
+
+
 def config_from_dict(data: dict) -> ExperimentConfig:
-    return _check(_build(ExperimentConfig, data or {}, ""))
+    """Validate a config mapping (a loaded YAML file) into an :class:`ExperimentConfig`.
+
+    Ladder rungs inherit the teacher's noise fields they do not set (:func:`_inherit_teacher_noise`)."""
+    data = data or {}
+    if isinstance(data, dict):
+        data = _inherit_teacher_noise(data)
+    return _check(_build(ExperimentConfig, data, ""))
 
 
 def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> ExperimentConfig:

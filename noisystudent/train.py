@@ -33,7 +33,7 @@ from .data.torch_dataset import SourceDataset, collate_skip_none
 from .evaluate import evaluate
 from .distill.base import Batch, DistillMethod, Outputs
 from .distill.teacher import OnlineTeacher
-from .errors import UserError
+from .errors import BudgetWarning, PseudoLabelWarning, UserError
 from .io import atomic_path, write_json, write_text
 from .transforms import create_transform
 
@@ -69,6 +69,9 @@ class TrainHooks:
     resume_state: Optional[bytes] = None
     # raise in this epoch once (fault-injection for tests of worker failure recovery)
     fail_at_epoch: Optional[int] = None
+    # warn when the job's step budget is below train_cfg.warn_below_steps; a runner that already warned in its
+    # driver (pipelines.train_ray) turns it off in the workers
+    warn_budget: bool = True
 
 
 @dataclass
@@ -94,6 +97,14 @@ class TrainJob:
     method: Optional[dict] = None
     # teacher checkpoint: run online by online methods; fidelity is measured against it in every case
     teacher_ckpt: Optional[str] = None
+    # validation images: evaluated with the test set (val_acc in history and metrics); the loop decides on them
+    val: Optional[ImageSource] = None
+    # the config section of train_cfg, for messages (null: teacher_train, or student.train for students)
+    train_field: Optional[str] = None
+
+    @property
+    def train_section(self) -> str:
+        return self.train_field or ("student.train" if self.role in ("student", "distill") else "teacher_train")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -177,6 +188,87 @@ def _make_scheduler(opt: torch.optim.Optimizer, total_steps: int, warmup_steps: 
         return cosine
     warm = LinearLR(opt, start_factor=0.01, end_factor=1.0, total_iters=warmup_steps)
     return SequentialLR(opt, [warm, cosine], milestones=[warmup_steps])
+
+
+# --------------------------------------------------------------------------------------------------
+# the step budget
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many optimizer steps a job runs (per DDP worker; the workers step together) and why."""
+
+    epoch_steps: tuple[int, ...]  # steps of each training epoch; the optional labeled fine-tune is extra
+    pass_steps: int  # steps of one pass over the data (pseudo-labeled images for a student, else labeled)
+    source: str  # the setting that fixed the budget: "total_steps", "steps_per_epoch" or "epochs"
+    data: str  # what one pass is, for messages
+
+    @property
+    def total(self) -> int:
+        return sum(self.epoch_steps)
+
+
+def _use_pseudo(job: "TrainJob") -> bool:
+    return (job.pseudo is not None and len(job.pseudo.source) > 0 and job.student is not None
+            and job.student.ratio > 0)
+
+
+def _unlabeled_batch(job: "TrainJob") -> int:
+    return max(1, int(round(job.student.ratio * job.train_cfg.batch_size)))
+
+
+def plan_steps(job: "TrainJob", world_size: int = 1) -> StepPlan:
+    """The job's optimizer steps per epoch, from ``train_cfg``: ``total_steps`` split into ``epochs`` rounds
+    (the first ``total_steps % epochs`` one step longer), else ``steps_per_epoch`` each epoch, else one pass
+    over the data each epoch (a student's pass: its pseudo-labeled images with their balancing duplicates
+    at the unlabeled batch size; a teacher's: its labeled images), shared among ``world_size`` workers;
+    the last two lengthened to ``min_steps`` in all (rounded up to whole epochs) when they come to fewer.
+
+    Only one pass is tied to the data size: 50 epochs over 100 labeled images at batch 64 are 50 steps."""
+    cfg = job.train_cfg
+    if _use_pseudo(job):
+        n, bs = int(np.maximum(job.pseudo.weights.astype(np.int64), 0).sum()), _unlabeled_batch(job)
+        data = f"{n} pseudo-labeled images (with duplicates) at batch {bs}"
+    else:
+        n, bs = len(job.labeled), cfg.batch_size
+        data = f"{n} labeled images at batch {bs}"
+    pass_steps = max(1, max(1, n // bs) // max(world_size, 1))
+    if world_size > 1:
+        data += f" on {world_size} workers"
+    if cfg.total_steps is not None:
+        q, r = divmod(cfg.total_steps, cfg.epochs)
+        return StepPlan(tuple(q + (1 if e < r else 0) for e in range(cfg.epochs)), pass_steps, "total_steps", data)
+    per_epoch, source = (cfg.steps_per_epoch, "steps_per_epoch") if cfg.steps_per_epoch else (pass_steps, "epochs")
+    if per_epoch * cfg.epochs < cfg.min_steps:
+        per_epoch, source = -(-cfg.min_steps // cfg.epochs), "min_steps"
+    return StepPlan((per_epoch,) * cfg.epochs, pass_steps, source, data)
+
+
+def budget_warning(job: "TrainJob", plan: StepPlan) -> Optional[str]:
+    """The warning for a job planned below ``train_cfg.warn_below_steps`` optimizer steps, None when it is not."""
+    cfg, f = job.train_cfg, job.train_section
+    if cfg.warn_below_steps <= 0 or plan.total >= cfg.warn_below_steps:
+        return None
+    how = {"total_steps": f"{f}.total_steps={cfg.total_steps}",
+           "steps_per_epoch": f"{f}.epochs={cfg.epochs} x {f}.steps_per_epoch={cfg.steps_per_epoch}",
+           "min_steps": f"{f}.min_steps={cfg.min_steps}",
+           "epochs": f"{f}.epochs={cfg.epochs} x {plan.pass_steps} step(s), one pass over {plan.data}"}[plan.source]
+    suggest = max(1000, cfg.warn_below_steps)
+    return (f"the {job.role} of generation {job.generation} will run {plan.total} optimizer steps ({how}), fewer than "
+            f"{f}.warn_below_steps={cfg.warn_below_steps}; a model trained from scratch learns little in so few. "
+            f"Raise {f}.min_steps (a floor: e.g. {suggest}) or set {f}.total_steps for a budget in steps whatever the "
+            f"data size; {f}.warn_below_steps: 0 silences this")
+
+
+def warn_budget(job: "TrainJob", world_size: int = 1) -> StepPlan:
+    """Plan the job's steps and warn (:class:`BudgetWarning`) before it starts when they are too few."""
+    plan = plan_steps(job, world_size)
+    msg = budget_warning(job, plan)
+    if msg is not None:
+        import warnings
+
+        warnings.warn(msg, BudgetWarning, stacklevel=2)
+    return plan
 
 
 def _batch(batch, device):
@@ -265,7 +357,7 @@ class _Loop:
     teacher: Optional[OnlineTeacher]
     lab_loader: DataLoader
     unl_loader: Optional[DataLoader]
-    steps_per_epoch: int
+    plan: StepPlan
     finetune_steps: int
     total_epochs: int
     opt: torch.optim.Optimizer
@@ -276,6 +368,11 @@ class _Loop:
     eval_tf: Callable
     use_pseudo: bool
     n_pseudo: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Steps of the first epoch (every epoch's, unless total_steps does not divide evenly)."""
+        return self.plan.epoch_steps[0]
 
     @property
     def student(self) -> torch.nn.Module:
@@ -293,9 +390,20 @@ def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
     pseudo = job.pseudo if (job.pseudo is not None and len(job.pseudo.source) > 0) else None
     use_pseudo = pseudo is not None and student_cfg is not None and student_cfg.ratio > 0
     method_cfg = _job_method(job, use_pseudo)
+    from .distill import create_method, get_method, resolve_method_config
+
+    if job.pseudo is not None and not use_pseudo and get_method(method_cfg["name"]).teacher_for(method_cfg) == "offline":
+        # the loop's selection kept nothing (it warned then): the student learns from the labels alone
+        if hooks.is_main:
+            import warnings
+
+            warnings.warn(f"the student of generation {job.generation} has no pseudo-labels to learn from "
+                          f"(selection kept none, or student.ratio is 0); it trains on the {len(job.labeled)} labeled "
+                          f"images alone, as method supervised instead of {method_cfg['name']}", PseudoLabelWarning,
+                          stacklevel=3)
+        method_cfg = resolve_method_config({"name": "supervised"}, "method")
 
     student = spec.build(inference=False).to(device)
-    from .distill import create_method, get_method
 
     teacher = None
     if get_method(method_cfg["name"]).teacher_for(method_cfg) == "online":
@@ -321,21 +429,19 @@ def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
     labeled_ds = SourceDataset(job.labeled, train_tf)
     unl_loader, n_pseudo = None, 0
     if use_pseudo:
-        unl_bs = max(1, int(round(student_cfg.ratio * lab_bs)))
+        unl_bs = _unlabeled_batch(job)
         unl_ds = SourceDataset(pseudo.source, train_tf, targets=pseudo.targets.astype(np.float32))
         expanded = np.repeat(np.arange(len(pseudo.source)), np.maximum(pseudo.weights.astype(np.int64), 0))
         unl_loader = hooks.prepare_loader(_loader(unl_ds, unl_bs, cfg.num_workers, job.seed + 1, expanded))
-        steps_per_epoch, n_pseudo = max(1, len(expanded) // unl_bs), int(pseudo.weights.sum())
-    else:
-        steps_per_epoch = max(1, len(labeled_ds) // lab_bs)
+        n_pseudo = int(pseudo.weights.sum())
     # each DDP worker sees 1/world_size of the data per epoch
-    steps_per_epoch = cfg.steps_per_epoch or max(1, steps_per_epoch // hooks.world_size)
+    plan = plan_steps(job, hooks.world_size)
     lab_loader = hooks.prepare_loader(_loader(labeled_ds, lab_bs, cfg.num_workers, job.seed))
     finetune_epochs = student_cfg.finetune_epochs if (student_cfg is not None and use_pseudo) else 0
 
     lr = cfg.lr * (hooks.world_size if cfg.scale_lr_with_workers else 1)
     opt = _make_optimizer(core, cfg, lr)  # the method's extra modules train with the student
-    sched = _make_scheduler(opt, cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
+    sched = _make_scheduler(opt, plan.total, int(cfg.warmup_epochs * plan.total / cfg.epochs))
     ema = None
     if cfg.ema_decay:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -345,7 +451,7 @@ def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
     amp_dtype = resolve_amp(cfg.amp, device)
     return _Loop(job=job, hooks=hooks, device=device, model=model, core=core, method_cfg=method_cfg, teacher=teacher,
                  lab_loader=lab_loader, unl_loader=unl_loader,
-                 steps_per_epoch=steps_per_epoch, finetune_steps=max(1, len(labeled_ds) // lab_bs),
+                 plan=plan, finetune_steps=max(1, len(labeled_ds) // lab_bs),
                  total_epochs=cfg.epochs + finetune_epochs, opt=opt, sched=sched, ema=ema, amp_dtype=amp_dtype,
                  scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), eval_tf=eval_tf,
                  use_pseudo=use_pseudo, n_pseudo=n_pseudo)
@@ -394,7 +500,7 @@ def _train_epoch(lp: _Loop, epoch: int, labeled_iter) -> dict:
     parts_sum: dict[str, torch.Tensor] = {}
     unl_iter = iter(lp.unl_loader) if (lp.unl_loader is not None and not finetune) else None
     teacher = lp.teacher if not finetune else None
-    bar = tqdm(range(lp.steps_per_epoch if not finetune else lp.finetune_steps),
+    bar = tqdm(range(lp.plan.epoch_steps[epoch] if not finetune else lp.finetune_steps),
                desc=f"{job.role} gen{job.generation} epoch {epoch + 1}/{lp.total_epochs}" + (" (fine-tune)" if finetune else ""),
                disable=not (job.progress and job.step_bars and lp.hooks.is_main), leave=False, dynamic_ncols=True)
     for _ in bar:
@@ -459,6 +565,8 @@ def run_training(job: TrainJob, hooks: Optional[TrainHooks] = None) -> dict[str,
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(job.device)
     seed_everything(job.seed)
+    if hooks.warn_budget and hooks.is_main:
+        warn_budget(job, hooks.world_size)
     lp = _setup(job, hooks, device)
     cfg, spec = job.train_cfg, job.spec
 
@@ -479,6 +587,9 @@ def run_training(job: TrainJob, hooks: Optional[TrainHooks] = None) -> dict[str,
         if job.test is not None and hooks.is_main and (last or (epoch + 1) % cfg.eval_every == 0):
             m = evaluate(lp.final_model, job.test, lp.eval_tf, batch_size=256, device=device, classes=spec.classes, progress=False)
             row["test_acc"] = m["top1"]
+        if job.val is not None and hooks.is_main and (last or (epoch + 1) % cfg.eval_every == 0):
+            m = evaluate(lp.final_model, job.val, lp.eval_tf, batch_size=256, device=device, classes=spec.classes, progress=False)
+            row["val_acc"] = m["top1"]
         history.append(row)
         state = {"model": lp.student.state_dict(), "method": lp.core.method.state_dict(), "optimizer": lp.opt.state_dict(),
                  "scheduler": lp.sched.state_dict(), "ema": lp.ema.state_dict() if lp.ema is not None else None,
@@ -490,7 +601,8 @@ def run_training(job: TrainJob, hooks: Optional[TrainHooks] = None) -> dict[str,
             if job.progress:
                 tqdm.write(
                     f"{job.role} gen{job.generation} epoch {epoch + 1}/{lp.total_epochs}: loss {row['train_loss']:.4f} "
-                    f"train_acc {row['train_acc']:.4f}" + (f" test_acc {row['test_acc']:.4f}" if "test_acc" in row else "")
+                    f"train_acc {row['train_acc']:.4f}" + (f" val_acc {row['val_acc']:.4f}" if "val_acc" in row else "")
+                    + (f" test_acc {row['test_acc']:.4f}" if "test_acc" in row else "")
                     + f" ({row['images_per_s']:.0f} img/s)"
                 )
         if hooks.report is not None:
@@ -509,6 +621,8 @@ def _finish(lp: _Loop, history: list[dict], seconds: float) -> dict[str, Any]:
         "method": lp.method_cfg["name"],
         "method_params": {k: v for k, v in lp.method_cfg.items() if k != "name"},
         "epochs": lp.total_epochs,
+        "steps": lp.plan.total,
+        "steps_source": lp.plan.source,
         "train_seconds": sum(r["seconds"] for r in history),
         "images_per_s": float(np.mean([r["images_per_s"] for r in history])) if history else 0.0,
         "labeled_images": len(job.labeled),
@@ -518,6 +632,10 @@ def _finish(lp: _Loop, history: list[dict], seconds: float) -> dict[str, Any]:
     }
     if lp.hooks.is_main:
         final = lp.final_model
+        if job.val is not None:
+            val_metrics = evaluate(final, job.val, lp.eval_tf, batch_size=256, device=device, classes=spec.classes,
+                                   progress=False)
+            metrics.update({"val_acc": val_metrics["top1"], "val_images": len(job.val)})
         if job.test is not None:
             test_metrics = evaluate(final, job.test, lp.eval_tf, batch_size=256, device=device, classes=spec.classes,
                                     progress=job.progress and job.step_bars)

@@ -21,8 +21,8 @@ def run_generation(run: RunDir, cfg: ExperimentConfig, g: int, progress: bool = 
     steps.select(run, cfg, g)
     steps.train_student(run, cfg, g, progress=progress)
     out = steps.evaluate_generation(run, cfg, g)
-    steps.promote(run, g)
-    return out
+    rec = steps.promote(run, g, cfg)
+    return {**out, **steps.promotion_fields(rec)}
 
 
 def _track(run: RunDir, backend: Optional[str]) -> None:
@@ -81,15 +81,22 @@ def status_rows(run: RunDir) -> list[dict]:
             acc = read_json(mfile).get("test_acc")
         gm = run.gen(g) / "metrics.json"
         gen_metrics = read_json(gm) if (g > 0 and gm.is_file()) else {}
+        val_acc = read_json(mfile).get("val_acc") if acc is not None else None
+        promo = run.state().get("promotions", {}).get(str(g)) if g > 0 else None
         rows.append({
             "generation": g,
             "model": cfg.teacher.name if g == 0 else cfg.student_model(g).name,
             "steps_done": f"{len(done)}/{len(names)}",
             "done": done,
             "test_acc": acc,
+            "val_acc": val_acc,
             "pseudo_label_acc": gen_metrics.get("pseudo_label_acc"),
             "pseudo_label_acc_selected": gen_metrics.get("pseudo_label_acc_selected"),
             "seconds": round(sum(st[step_name(g, s)]["seconds"] for s in done), 1),
+            # which model taught this generation (gen-K/teacher|student) and whether its student teaches the next
+            "taught_by": steps.taught_by(run, g)["taught_by"] if g > 0 and run.teacher_of(g).is_file() else None,
+            "promoted": promo["promoted"] if promo else None,
+            "decision": promo["reason"] if promo else None,
         })
     for role in ("supervised", "oracle"):
         info = st.get(f"baselines/{role}")

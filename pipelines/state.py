@@ -29,6 +29,10 @@ RUNTIME_FIELDS = ("ray", "student.generations", "device", "oracle_converged_epoc
 
 STEPS = ("label", "select", "student", "evaluate", "promote")
 
+# Fields added after runs could have been frozen, with the value that keeps such a run doing what it did
+# (its labeled images all trained; every student was promoted). A config.yaml without one loads with it.
+LEGACY_VALUES = {"data.val_fraction": 0.0, "student.promote": "always"}
+
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -142,7 +146,26 @@ class RunDir:
     def load_config(self) -> ExperimentConfig:
         if not self.exists():
             raise UserError(f"{self.root} is not a run folder (no config.yaml); start one with `noisystudent run CONFIG --run-dir {self.root}`")
-        return config_from_dict(yaml.safe_load(self.config_path.read_text(encoding="utf-8")))
+        raw = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+        for dotted in self._legacy_fields(raw):
+            node = raw
+            *parents, key = dotted.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[key] = LEGACY_VALUES[dotted]
+        return config_from_dict(raw)
+
+    @staticmethod
+    def _legacy_fields(raw: dict) -> list[str]:
+        """The fields of :data:`LEGACY_VALUES` a frozen config does not have (it predates them)."""
+        out = []
+        for dotted in LEGACY_VALUES:
+            node: Any = raw
+            for p in dotted.split("."):
+                node = node.get(p) if isinstance(node, dict) and p in node else KeyError
+            if node is KeyError:
+                out.append(dotted)
+        return out
 
     def freeze_config(self, cfg: ExperimentConfig) -> ExperimentConfig:
         """Write ``config.yaml`` on first use; afterwards refuse a config that differs in a non-runtime field.
@@ -153,6 +176,13 @@ class RunDir:
         check_writable(self.root)
         if self.exists():
             old = self.load_config()
+            raw = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+            for dotted in self._legacy_fields(raw):  # a run frozen before the field existed keeps its behaviour
+                *parents, key = dotted.split(".")
+                src, dst = old, cfg
+                for p in parents:
+                    src, dst = getattr(src, p), getattr(dst, p)
+                setattr(dst, key, getattr(src, key))
             if config_digest(old) != config_digest(cfg):
                 changed = _diff(_strip_runtime(to_dict(old)), _strip_runtime(to_dict(cfg)))
                 raise UserError(
@@ -197,9 +227,13 @@ class RunDir:
         st.get("steps", {}).pop(step, None)
         self._write_state(st)
 
-    def promote(self, g: int, checkpoint: Path) -> None:
+    def promote(self, g: int, checkpoint: Path, decision: Optional[dict] = None) -> None:
+        """``checkpoint`` teaches generation ``g + 1``; ``decision`` (see :mod:`pipelines.promotion`) is
+        recorded under ``promotions`` beside it, so status and the report can say why."""
         st = self.state()
         st.setdefault("teachers", {})[str(g + 1)] = os.path.relpath(checkpoint, self.root)
+        if decision is not None:
+            st.setdefault("promotions", {})[str(g)] = decision
         self._write_state(st)
 
 

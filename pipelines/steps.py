@@ -49,11 +49,12 @@ def load_data(cfg: ExperimentConfig) -> DataBundle:
 def _train_step(run: RunDir, cfg: ExperimentConfig, step: str, out: Path, *, model_cfg, train_cfg, labeled, test, classes,
                 generation: int, role: str, progress: bool, job_cfg: Optional[ExperimentConfig] = None,
                 pseudo: Optional[PseudoLabeledSet] = None, method: Optional[dict] = None,
-                teacher: Optional[Path] = None) -> dict:
+                teacher: Optional[Path] = None, val=None) -> dict:
     """Build one :class:`TrainJob`, train it as ``cfg.ray`` says, and record ``step`` as done.
 
     ``method`` is the resolved distillation method (None: supervised, or noisy_student with ``pseudo``);
-    ``teacher`` the checkpoint an online method runs and fidelity is measured against."""
+    ``teacher`` the checkpoint an online method runs and fidelity is measured against; ``val`` the
+    validation images (val_acc in the job's history and metrics, what promotion compares)."""
     from .train_ray import train
 
     t0 = time.perf_counter()
@@ -74,6 +75,7 @@ def _train_step(run: RunDir, cfg: ExperimentConfig, step: str, out: Path, *, mod
         progress=progress,
         method=method,
         teacher_ckpt=str(teacher) if teacher is not None else None,
+        val=val,
     )
     metrics = train(job, cfg.ray)
     run.mark_done(step, time.perf_counter() - t0, [out / "model.pt", out / "metrics.json", out / "history.csv"],
@@ -92,9 +94,10 @@ def train_teacher(run: RunDir, cfg: ExperimentConfig, force: bool = False, progr
     if run.is_done(step) and not force:
         return read_json(out / "metrics.json")
     data = load_data(cfg)
-    _log(f"[gen 0] teacher {cfg.teacher.name} on {len(data.labeled)} labeled images")
+    held = f" ({len(data.val)} more held out for validation)" if data.val is not None else " (no validation split)"
+    _log(f"[gen 0] teacher {cfg.teacher.name} on {len(data.labeled)} labeled images{held}")
     return _train_step(run, cfg, step, out, model_cfg=cfg.teacher, train_cfg=cfg.teacher_train, labeled=data.labeled,
-                       test=data.test, classes=data.classes, generation=0, role="teacher", progress=progress)
+                       test=data.test, classes=data.classes, generation=0, role="teacher", progress=progress, val=data.val)
 
 
 def train_baseline(run: RunDir, cfg: ExperimentConfig, role: str, labels_per_class: Optional[int], progress: bool = True,
@@ -160,6 +163,55 @@ def teacher_checkpoint(run: RunDir, g: int) -> Path:
                     f"or make every missing step up to generation {prev} with `{all_at_once}`")
 
 
+def _model_name(run: RunDir, ckpt: Path) -> tuple[Optional[int], str]:
+    """``(generation, "generation G teacher|student")`` of a checkpoint in the run, else ``(None, path)``."""
+    try:
+        rel = Path(ckpt).resolve().relative_to(run.root.resolve())
+    except ValueError:
+        return None, str(ckpt)
+    head = rel.parts[0]
+    if head.startswith("gen-") and head[4:].isdigit() and len(rel.parts) > 2:
+        return int(head[4:]), f"generation {int(head[4:])} {rel.parts[1]}"
+    return None, str(rel)
+
+
+def _warn(message: str, category) -> None:
+    import warnings
+
+    warnings.warn(message, category, stacklevel=3)
+
+
+def _warn_near_chance(run: RunDir, g: int, ckpt: Path, val_acc: Optional[float], val_images: Optional[int],
+                      num_classes: int) -> None:
+    from noisystudent.errors import PseudoLabelWarning
+
+    from .promotion import NEAR_CHANCE, near_chance
+
+    if near_chance(val_acc, num_classes):
+        _warn(f"generation {g} is labeled by the {_model_name(run, ckpt)[1]}, which is near chance on validation: "
+              f"val_acc {val_acc:.4f} on {val_images} images with {num_classes} classes (chance {1 / num_classes:.4f}, "
+              f"warning below {NEAR_CHANCE:g}x chance); most of its pseudo-labels will be wrong. A training budget "
+              "too small (teacher_train.total_steps) or a learning rate too high are the usual causes", PseudoLabelWarning)
+
+
+def _warn_selection(g: int, summary: dict, df, classes: list[str], threshold: float) -> None:
+    """Warn when selection kept no pseudo-label at all, or none of some class."""
+    from noisystudent.errors import PseudoLabelWarning
+
+    top = float(df["confidence"].max()) if len(df) else float("nan")
+    if summary["rows_selected"] == 0:
+        _warn(f"generation {g}: no pseudo-label was kept (pseudo_labels.threshold={threshold:g}, the most confident "
+              f"of {len(df)} is {top:.4f}); the student learns from the labeled images alone. Lower "
+              "pseudo_labels.threshold, or train a better teacher", PseudoLabelWarning)
+        return
+    empty = summary.get("empty_classes") or []
+    if empty:
+        names = ", ".join(repr(classes[c]) if c < len(classes) else str(c) for c in empty[:10])
+        _warn(f"generation {g}: no pseudo-label of class(es) {names} was kept (pseudo_labels.threshold={threshold:g}); "
+              f"the student sees those classes only in the labeled images ({len(empty)} of {len(classes)} classes "
+              "empty). Lower pseudo_labels.threshold, or train a better teacher", PseudoLabelWarning)
+
+
 def label(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[str]] = None, force: bool = False,
           progress: bool = True) -> dict:
     """The teacher (or an ensemble of teachers) labels every unlabeled image with Ray Data."""
@@ -176,7 +228,8 @@ def label(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[st
     if data.unlabeled is None or len(data.unlabeled) == 0:
         raise UserError("config field 'data.unlabeled': no unlabeled images to pseudo-label")
     for c in ckpts:
-        load_checkpoint(c, expected_classes=data.classes)  # fail early, in the driver, with a clear message
+        ck = load_checkpoint(c, expected_classes=data.classes)  # fail early, in the driver, with a clear message
+        _warn_near_chance(run, g, c, ck.metrics.get("val_acc"), ck.metrics.get("val_images"), len(data.classes))
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     pl = cfg.pseudo_labels
     t0 = time.perf_counter()
@@ -222,6 +275,7 @@ def select(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False) -> d
     write_selection(out, selected, summary, meta)
     _log(f"[gen {g}] selected {summary['rows_selected']} of {len(df)} pseudo-labels "
          f"({summary['weighted_rows_selected']} after balancing duplicates)")
+    _warn_selection(g, summary, df, meta.class_names, pl.threshold)
     run.mark_done(step, time.perf_counter() - t0, [out / "summary.json"])
     return summary
 
@@ -264,7 +318,7 @@ def train_student(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = Fals
         _log(f"[gen {g}] distillation method {method['name']} " + " ".join(f"{k}={v}" for k, v in method.items() if k != "name"))
     return _train_step(run, cfg, step, out, model_cfg=model_cfg, train_cfg=cfg.student.train, labeled=data.labeled,
                        test=data.test, classes=data.classes, generation=g, role="student", progress=progress, pseudo=pseudo,
-                       method=method, teacher=teacher_checkpoint(run, g))
+                       method=method, teacher=teacher_checkpoint(run, g), val=data.val)
 
 
 def distill(run: RunDir, cfg: ExperimentConfig, force: bool = False, progress: bool = True) -> dict:
@@ -300,13 +354,19 @@ def evaluate_generation(run: RunDir, cfg: ExperimentConfig, g: int, force: bool 
     student = read_json(run.student_dir(g) / "metrics.json")
     labels = read_json(run.labels_dir(g) / "summary.json")
     selected = read_json(run.selected_dir(g) / "summary.json")
-    teacher_metrics = read_json(run.model_dir(g - 1) / "metrics.json")
+    teacher_ckpt = run.teacher_of(g)  # the promoted model of g - 1: not always g - 1's own
+    teacher_metrics = read_json(teacher_ckpt.parent / "metrics.json")
     out = {
         "generation": g,
         "model": cfg.student_model(g).name,
         "teacher_model": teacher_metrics.get("model"),
         "test_acc": student.get("test_acc"),
         "teacher_test_acc": teacher_metrics.get("test_acc"),
+        "val_acc": student.get("val_acc"),
+        "teacher_val_acc": teacher_metrics.get("val_acc"),
+        "val_images": student.get("val_images"),
+        **taught_by(run, g),
+        **promotion_fields(run.state().get("promotions", {}).get(str(g))),
         "pseudo_label_acc": labels.get("pseudo_label_accuracy"),
         "pseudo_label_acc_selected": selected.get("accuracy_selected_weighted"),
         "pseudo_labels": labels.get("rows"),
@@ -322,16 +382,75 @@ def evaluate_generation(run: RunDir, cfg: ExperimentConfig, g: int, force: bool 
     return out
 
 
-def promote(run: RunDir, g: int) -> None:
-    """The student of generation ``g`` becomes the teacher of generation ``g + 1``."""
+def taught_by(run: RunDir, g: int) -> dict:
+    """Which model taught generation ``g`` and why: ``taught_by`` (``gen-K/teacher|student``),
+    ``taught_by_generation`` K and ``taught_by_reason`` (the promotion decision of ``g - 1``)."""
+    ckpt = run.teacher_of(g)
+    k, name = _model_name(run, ckpt)
+    rel = str(ckpt.parent.relative_to(run.root)) if k is not None else str(ckpt)
+    if g == 1:
+        why = "the generation 0 teacher, trained on the labeled images"
+    else:
+        rec = run.state().get("promotions", {}).get(str(g - 1))
+        why = rec["reason"] if rec else f"the student of generation {g - 1} (promoted before decisions were recorded)"
+    return {"taught_by": rel, "taught_by_generation": k, "taught_by_reason": why}
+
+
+def promotion_fields(rec: Optional[dict]) -> dict:
+    if not rec:
+        return {}
+    return {"promoted": rec["promoted"], "promotion_policy": rec["policy"], "promotion_signal": rec["signal"],
+            "promotion_reason": rec["reason"]}
+
+
+def _val_acc(cfg: ExperimentConfig, ckpt: Path) -> tuple[Optional[float], int]:
+    """Validation accuracy of a checkpoint and the number of validation images: from its metrics.json,
+    else measured now (a model trained before validation was recorded); ``(None, 0)`` without validation."""
+    mfile = ckpt.parent / "metrics.json"
+    m = read_json(mfile) if mfile.is_file() else {}
+    if m.get("val_acc") is not None:
+        return float(m["val_acc"]), int(m.get("val_images") or 0)
+    data = load_data(cfg)
+    if data.val is None:
+        return None, 0
+    from noisystudent.evaluate import evaluate
+    from noisystudent.transforms import create_transform
+
+    ck = load_checkpoint(ckpt, expected_classes=data.classes)
+    spec = ck.spec
+    tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
+    return float(evaluate(ck.build_model(), data.val, tf, classes=spec.classes, progress=False)["top1"]), len(data.val)
+
+
+def promote(run: RunDir, g: int, cfg: Optional[ExperimentConfig] = None) -> dict:
+    """Decide which model teaches generation ``g + 1`` (``student.promote``, see :mod:`pipelines.promotion`)
+    and record it: ``state.json`` (``teachers``, ``promotions``) and ``gen-g/metrics.json``. Returns the record."""
+    from noisystudent.errors import PromotionWarning
+
+    from .promotion import decide
+
     step = step_name(g, "promote")
     if run.is_done(step):
-        return
+        return run.state().get("promotions", {}).get(str(g), {})
+    cfg = cfg or run.load_config()
     ckpt = run.student_dir(g) / "model.pt"
     if not ckpt.is_file():
         raise UserError(f"generation {g} has no student checkpoint to promote ({ckpt})")
-    run.promote(g, ckpt)
-    run.mark_done(step, 0.0, [ckpt])
+    teacher = run.teacher_of(g)
+    student_val, n_val = _val_acc(cfg, ckpt)
+    teacher_val, _ = _val_acc(cfg, teacher) if cfg.student.promote == "if_better" else (None, 0)
+    rec = decide(cfg.student.promote, g, student_val, teacher_val, n_val, _model_name(run, teacher)[1])
+    chosen = ckpt if rec["promoted"] == "student" else teacher
+    rec["next_teacher"] = str(chosen.parent.relative_to(run.root)) if _model_name(run, chosen)[0] is not None else str(chosen)
+    run.promote(g, chosen, rec)
+    gm = run.gen(g) / "metrics.json"
+    if gm.is_file():
+        write_json(gm, {**read_json(gm), **promotion_fields(rec)})
+    _log(f"[gen {g}] promotion ({rec['policy']}): {rec['reason']}")
+    if rec["promoted"] == "teacher":
+        _warn(f"generation {g}: {rec['reason']}", PromotionWarning)
+    run.mark_done(step, 0.0, [chosen], promoted=rec["promoted"], teacher_of_next=rec["next_teacher"])
+    return rec
 
 
 def _cfg_dict(cfg: ExperimentConfig) -> dict:

@@ -21,7 +21,7 @@ from typing import Optional
 from noisystudent.config import RayConfig
 from noisystudent.errors import UserError
 from noisystudent.io import read_json
-from noisystudent.train import TrainHooks, TrainJob, run_training
+from noisystudent.train import TrainHooks, TrainJob, run_training, warn_budget
 
 
 class _QuietRayTrainInfo(logging.Filter):
@@ -86,6 +86,7 @@ def _train_loop(config: dict) -> None:
         report=report,
         resume_state=resume,
         fail_at_epoch=config.get("fail_at_epoch"),
+        warn_budget=False,  # the driver warned before launching (a worker's warning may never reach the console)
     )
     if world > 1 or job.device == "auto":
         job.device = str(ray.train.torch.get_device())
@@ -97,6 +98,7 @@ def train(job: TrainJob, ray_cfg: RayConfig, fail_at_epoch: Optional[int] = None
     if ray_cfg.workers == 0:
         return run_training(job, TrainHooks(fail_at_epoch=fail_at_epoch))
 
+    warn_budget(job, ray_cfg.workers)  # before anything starts, in the driver, where the user sees it
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

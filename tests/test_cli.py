@@ -76,10 +76,12 @@ def test_status_table_and_json(folder_run):
     rows = json.loads(res.output)
     assert [r["steps_done"] for r in rows] == ["1/1", "5/5"]
     lines = CliRunner().invoke(main, ["status", str(tmp / "run")]).output.splitlines()
-    assert lines[0].split() == ["gen", "model", "steps", "test_acc", "pl_acc", "pl_acc_sel", "seconds"]
-    assert len(lines) == 3 and all(line == line.rstrip() for line in lines)
-    # accuracies at 4 decimals, whole seconds
-    assert lines[2].split()[3] == f"{rows[1]['test_acc']:.4f}" and lines[2].split()[-1] == f"{rows[1]['seconds']:,.0f}"
+    assert lines[0].split() == ["gen", "model", "steps", "val_acc", "test_acc", "pl_acc", "pl_acc_sel", "taught_by",
+                                "promoted", "seconds"]
+    assert all(line == line.rstrip() for line in lines)
+    # accuracies at 4 decimals, whole seconds; then what the promotion decision rested on
+    assert lines[2].split()[4] == f"{rows[1]['test_acc']:.4f}" and lines[2].split()[-1] == f"{rows[1]['seconds']:,.0f}"
+    assert lines[2].split()[7] == "gen-0/teacher" and lines[3] == "" and lines[4].startswith("gen 1 promotion: ")
 
 
 def test_evaluate_and_predict(folder_run):

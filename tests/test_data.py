@@ -381,7 +381,7 @@ def test_create_data_manifest(tmp_path: Path) -> None:
 
 
 def test_fashion_mnist_split(require_fmnist: Path) -> None:
-    cfg = DataConfig(kind="fashion_mnist", root=str(require_fmnist), labels_per_class=7, split_seed=3)
+    cfg = DataConfig(kind="fashion_mnist", root=str(require_fmnist), labels_per_class=7, split_seed=3, val_fraction=0.0)
     b = create_data(cfg)
     assert b.classes[0] == "T-shirt/top" and b.classes[9] == "Ankle boot" and len(b.classes) == 10
     assert len(b.labeled) == 70 and np.bincount(b.labeled.labels, minlength=10).tolist() == [7] * 10
@@ -400,13 +400,14 @@ def test_fashion_mnist_split(require_fmnist: Path) -> None:
     assert b.test.load(0).shape == (28, 28, 1)
 
     assert create_data(cfg).labeled.image_ids() == b.labeled.image_ids()  # deterministic
-    other = create_data(DataConfig(kind="fashion_mnist", root=str(require_fmnist), labels_per_class=7, split_seed=4))
+    other = create_data(DataConfig(kind="fashion_mnist", root=str(require_fmnist), labels_per_class=7, split_seed=4,
+                                   val_fraction=0.0))
     assert other.labeled.image_ids() != b.labeled.image_ids()
 
 
 def test_fashion_mnist_limits_channels_and_pickle(require_fmnist: Path) -> None:
     cfg = DataConfig(kind="fashion_mnist", root=str(require_fmnist), labels_per_class=10,
-                     unlabeled_limit=500, test_limit=200, in_chans=3, split_seed=1)
+                     unlabeled_limit=500, test_limit=200, in_chans=3, split_seed=1, val_fraction=0.0)
     b = create_data(cfg)
     assert len(b.unlabeled) == 500 and len(b.test) == 200
     assert b.unlabeled.image_ids() == create_data(cfg).unlabeled.image_ids()
@@ -419,7 +420,8 @@ def test_fashion_mnist_limits_channels_and_pickle(require_fmnist: Path) -> None:
     np.testing.assert_array_equal(pickle.loads(blob).load(7), b.unlabeled.load(7))
     with pytest.raises(ConfigError, match="data.labels_per_class"):
         create_data(DataConfig(kind="fashion_mnist", root=str(require_fmnist), labels_per_class=6001))
-    full = create_data(DataConfig(kind="fashion_mnist", root=str(require_fmnist), labels_per_class=6000, test_limit=10))
+    full = create_data(DataConfig(kind="fashion_mnist", root=str(require_fmnist), labels_per_class=6000, test_limit=10,
+                                  val_fraction=0.0))
     assert full.unlabeled is None and len(full.labeled) == 60_000
 
 

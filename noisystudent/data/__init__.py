@@ -7,6 +7,10 @@ and every machine of a cluster builds the same split.
 
 Test labels are always expressed in the training class indices: a test set whose classes are a subset
 of the training classes is remapped; one with a class the model never saw is a :class:`UserError`.
+
+Validation (``DataBundle.val``) is what the loop decides on (promotion); test accuracy is only reported.
+It is ``data.val`` (a folder or manifest) when given, else ``data.val_fraction`` of each class's labeled
+images, held out from training (:func:`split_validation`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, NoisyStudentWarning, UserError
 from .base import IMG_EXTENSIONS, FileSource, ImageSource, SkippedImagesWarning
 from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from .fashion_mnist import FashionMNISTSource, load_fashion_mnist
@@ -38,27 +42,36 @@ __all__ = [
     "SkippedImagesWarning",
     "SourceDataset",
     "UnlabeledFolderSource",
+    "ValidationWarning",
     "collate_skip_none",
     "create_data",
     "load_fashion_mnist",
+    "split_validation",
 ]
 
 # Independent random streams drawn from split_seed, one per purpose.
-_STREAM_LABELED, _STREAM_UNLABELED, _STREAM_TEST = 0, 1, 2
+_STREAM_LABELED, _STREAM_UNLABELED, _STREAM_TEST, _STREAM_VAL = 0, 1, 2, 3
+
+
+class ValidationWarning(NoisyStudentWarning):
+    """The labeled set is too small to hold out a validation split; decisions run without one."""
 
 
 @dataclass
 class DataBundle:
     """The sources one experiment uses. ``classes`` are the training classes; ``labeled.labels`` and
-    ``test.labels`` index into them. ``unlabeled`` is None when there is nothing left to pseudo-label."""
+    ``test.labels`` index into them. ``unlabeled`` is None when there is nothing left to pseudo-label.
+    ``labeled`` is what training sees: the validation images (``val``, None without a split) are not in it."""
 
     labeled: ImageSource
     unlabeled: Optional[ImageSource]
     test: Optional[ImageSource]
     classes: list[str]
+    val: Optional[ImageSource] = None
 
     def describe(self) -> str:
         lines = [f"labeled:   {self.labeled.describe()}"]
+        lines.append(f"val:       {self.val.describe() if self.val is not None else 'none'}")
         lines.append(f"unlabeled: {self.unlabeled.describe() if self.unlabeled is not None else 'none'}")
         lines.append(f"test:      {self.test.describe() if self.test is not None else 'none'}")
         return "\n".join(lines)
@@ -76,6 +89,49 @@ def _limit(source: Optional[ImageSource], limit: Optional[int], seed: int, strea
         return source
     keep = np.sort(_rng(seed, stream).choice(len(source), size=limit, replace=False))
     return source.subset(keep)
+
+
+def split_validation(labels: np.ndarray, fraction: float, min_per_class: int, seed: int) -> Optional[np.ndarray]:
+    """Positions of ``labels`` to hold out for validation (sorted), or None when no split can be made.
+
+    Stratified: each class gives ``round(fraction * n)`` of its ``n`` images, at least ``min_per_class``
+    and never so many that fewer than ``min_per_class`` remain for training. When a class has fewer than
+    ``2 * min_per_class`` images (10 labels a class and the default 2 still split: 8 train, 2 val), a
+    per-class comparison would rest on one image or take most of a class's labels, so no split is made
+    at all. Seeded by ``seed`` on its own stream: the split never moves another random choice.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if fraction <= 0 or len(labels) == 0:
+        return None
+    rng = _rng(seed, _STREAM_VAL)
+    held = []
+    for c in np.unique(labels):
+        pool = np.flatnonzero(labels == c)
+        n = len(pool)
+        if n < 2 * min_per_class:
+            return None
+        k = min(max(min_per_class, int(np.floor(fraction * n + 0.5))), n - min_per_class)
+        held.append(rng.choice(pool, size=k, replace=False))
+    return np.sort(np.concatenate(held))
+
+
+def _hold_out(cfg: "DataConfig", labeled: ImageSource) -> tuple[ImageSource, Optional[ImageSource]]:
+    """``(training images, validation images)`` of a labeled source as ``data.val_fraction`` says."""
+    if cfg.val_fraction <= 0:
+        return labeled, None
+    held = split_validation(labeled.labels, cfg.val_fraction, cfg.val_min_per_class, cfg.split_seed)
+    if held is None:
+        import warnings
+
+        counts = np.bincount(np.asarray(labeled.labels, dtype=np.int64))
+        warnings.warn(f"data.val_fraction: no validation split: the smallest class has {int(counts[counts > 0].min())} labeled "
+                      f"image(s), fewer than 2 x data.val_min_per_class={cfg.val_min_per_class}; every labeled image "
+                      "trains, and promotion has no validation signal (give data.val, or more labels)",
+                      ValidationWarning, stacklevel=3)
+        return labeled, None
+    mask = np.zeros(len(labeled), dtype=bool)
+    mask[held] = True
+    return labeled.subset(~mask), labeled.subset(mask)
 
 
 def _fashion_mnist(cfg: "DataConfig") -> DataBundle:
@@ -101,7 +157,8 @@ def _fashion_mnist(cfg: "DataConfig") -> DataBundle:
         unlabeled = _limit(unlabeled, cfg.unlabeled_limit, cfg.split_seed, _STREAM_UNLABELED)
     test = FashionMNISTSource(cfg.root, "test", None, labeled=True, in_chans=cfg.in_chans)
     test = _limit(test, cfg.test_limit, cfg.split_seed, _STREAM_TEST)
-    return DataBundle(labeled, unlabeled, test, list(FASHION_MNIST_CLASSES))
+    labeled, val = _hold_out(cfg, labeled)
+    return DataBundle(labeled, unlabeled, test, list(FASHION_MNIST_CLASSES), val)
 
 
 def remap_to_classes(source: ImageSource, classes: list[str], field: str) -> ImageSource:
@@ -110,11 +167,11 @@ def remap_to_classes(source: ImageSource, classes: list[str], field: str) -> Ima
     Raises :class:`UserError` naming ``field`` and the first class not in ``classes``.
     """
     if source.classes is None or source.labels is None:
-        raise UserError(f"{field}: the test set must be labeled")
+        raise UserError(f"{field}: the images must be labeled")
     index = {name: k for k, name in enumerate(classes)}
     unknown = [name for name in source.classes if name not in index]
     if unknown:
-        raise UserError(f"{field}: test class {unknown[0]!r} is not a training class "
+        raise UserError(f"{field}: class {unknown[0]!r} is not a training class "
                         f"(training classes: {', '.join(classes[:10])}{'...' if len(classes) > 10 else ''})")
     mapping = np.asarray([index[name] for name in source.classes], dtype=np.int64)
     source.labels = mapping[source.labels] if len(source.labels) else source.labels.astype(np.int64)
@@ -129,7 +186,8 @@ def _folder(cfg: "DataConfig") -> DataBundle:
     test = None
     if cfg.test:
         test = remap_to_classes(ImageFolderSource(cfg.test, cfg.in_chans), classes, "data.test")
-    return _finish(cfg, labeled, unlabeled, test, classes)
+    val = remap_to_classes(ImageFolderSource(cfg.val, cfg.in_chans), classes, "data.val") if cfg.val else None
+    return _finish(cfg, labeled, unlabeled, test, classes, val)
 
 
 def _manifest(cfg: "DataConfig") -> DataBundle:
@@ -148,7 +206,12 @@ def _manifest(cfg: "DataConfig") -> DataBundle:
         test = ManifestSource(cfg.test, cfg.in_chans, classes=classes)
         if test.labels is None:
             raise UserError(f"data.test: manifest {cfg.test} has no column 'label'")
-    return _finish(cfg, labeled, unlabeled, test, classes)
+    val = None
+    if cfg.val:
+        val = ManifestSource(cfg.val, cfg.in_chans, classes=classes)
+        if val.labels is None:
+            raise UserError(f"data.val: manifest {cfg.val} has no column 'label'")
+    return _finish(cfg, labeled, unlabeled, test, classes, val)
 
 
 def _required(cfg: "DataConfig", key: str) -> str:
@@ -159,10 +222,12 @@ def _required(cfg: "DataConfig", key: str) -> str:
 
 
 def _finish(cfg: "DataConfig", labeled: ImageSource, unlabeled: Optional[ImageSource],
-            test: Optional[ImageSource], classes: list[str]) -> DataBundle:
+            test: Optional[ImageSource], classes: list[str], val: Optional[ImageSource] = None) -> DataBundle:
     unlabeled = _limit(unlabeled, cfg.unlabeled_limit, cfg.split_seed, _STREAM_UNLABELED)
     test = _limit(test, cfg.test_limit, cfg.split_seed, _STREAM_TEST)
-    return DataBundle(labeled, unlabeled, test, classes)
+    if val is None:
+        labeled, val = _hold_out(cfg, labeled)
+    return DataBundle(labeled, unlabeled, test, classes, val)
 
 
 def create_data(cfg: "DataConfig") -> DataBundle:
@@ -170,6 +235,8 @@ def create_data(cfg: "DataConfig") -> DataBundle:
 
     ``labels_per_class`` applies to Fashion-MNIST only (folder and manifest sources use every labeled
     image given); ``unlabeled_limit`` and ``test_limit`` apply to every kind as seeded random subsets.
+    Validation is ``data.val`` when given, else ``data.val_fraction`` of the labeled images (taken out
+    of ``labeled``); see :func:`split_validation` for the policy on very few labels.
     """
     if cfg.kind == "fashion_mnist":
         return _fashion_mnist(cfg)

@@ -30,8 +30,12 @@ SUMMARY_COLUMNS = (
     ("generation", "generation"),
     ("model", "model"),
     ("teacher_model", "teacher"),
+    ("taught_by", "taught by"),
+    ("val_acc", "val acc"),
+    ("teacher_val_acc", "teacher val acc"),
     ("test_acc", "test acc"),
     ("teacher_test_acc", "teacher test acc"),
+    ("promoted", "teaches next"),
     ("pseudo_label_acc", "pseudo-label acc"),
     ("pseudo_label_acc_selected", "selected pseudo-label acc"),
     ("pseudo_labels", "pseudo-labels"),
@@ -91,7 +95,7 @@ def summary_table(run: RunData) -> Table:
     tm = run.teacher.metrics if run.teacher is not None else None
     if tm is not None:
         rows.append(("gen-0", {"generation": "0", "model": fmt(tm.get("model", run.cfg.teacher.name)),
-                               "test_acc": fmt(tm.get("test_acc")),
+                               "test_acc": fmt(tm.get("test_acc")), "val_acc": fmt(tm.get("val_acc")),
                                "seconds": fmt_figure("seconds", steps.get("gen-0/teacher", {}).get("seconds"))}))
     prev_metrics = tm
     for g in run.generations:
@@ -113,10 +117,46 @@ def summary_table(run: RunData) -> Table:
         rows.append((f"baseline-{role}", {"generation": f"{role} baseline", "model": fmt(m.get("model")),
                                           "test_acc": fmt(m.get("test_acc")),
                                           "seconds": fmt_figure("seconds", steps.get(f"baselines/{role}", {}).get("seconds"))}))
-    numeric = frozenset(k for k, _ in SUMMARY_COLUMNS if k not in ("generation", "model", "teacher_model"))
+    numeric = frozenset(k for k, _ in SUMMARY_COLUMNS if k not in ("generation", "model", "teacher_model", "taught_by",
+                                                                   "promoted"))
     return Table(SUMMARY_COLUMNS, rows, numeric=numeric,
                  caption="Values as in gen-G/metrics.json (generation 0: the teacher's metrics.json); "
-                         "accuracies are shares in [0, 1]; '-' = not available yet.")
+                         "accuracies are shares in [0, 1]; '-' = not available yet. 'taught by': the model that "
+                         "labeled the generation; 'teaches next': whether its student or its teacher teaches the next.")
+
+
+PROMOTION_COLUMNS = (
+    ("generation", "generation"),
+    ("taught_by", "taught by"),
+    ("policy", "student.promote"),
+    ("signal", "decided on"),
+    ("student_val_acc", "student val acc"),
+    ("teacher_val_acc", "teacher val acc"),
+    ("promoted", "teaches next"),
+    ("reason", "why"),
+)
+
+
+def promotion_table(run: RunData) -> Optional[Table]:
+    """One row per promotion decision in ``state.json``: which model taught the generation, what the
+    decision compared (validation accuracies and their image count; never test accuracy) and its outcome."""
+    decisions = run.state.get("promotions", {})
+    if not decisions:
+        return None
+    gens = {g.generation: g for g in run.generations}
+    rows = []
+    for key in sorted(decisions, key=int):
+        d = decisions[key]
+        g = gens.get(int(key))
+        signal = f"validation, {d.get('val_images')} images" if d.get("signal") == "validation" else "nothing (no validation)"
+        rows.append((f"promotion-{key}", {"generation": key, "taught_by": fmt(gen_value(g, "taught_by") if g else None),
+                                          "policy": fmt(d.get("policy")), "signal": signal,
+                                          "student_val_acc": fmt(d.get("student_val_acc")),
+                                          "teacher_val_acc": fmt(d.get("teacher_val_acc")),
+                                          "promoted": fmt(d.get("promoted")), "reason": fmt(d.get("reason"))}))
+    return Table(PROMOTION_COLUMNS, rows, numeric=frozenset({"student_val_acc", "teacher_val_acc"}),
+                 caption="Promotion decisions (state.json 'promotions'): if_better promotes a student only when its "
+                         "validation accuracy is at least its teacher's; test accuracy is reported, never decided on.")
 
 
 def _step_order(name: str) -> tuple:
@@ -351,6 +391,9 @@ def build_report(run_dir: str | os.PathLike, out_dir: Optional[str | os.PathLike
         return []
 
     summary = Section("summary", "Summary per generation", [summary_table(run)])
+    promotions = promotion_table(run)
+    if promotions is not None:
+        summary.items.append(promotions)
     not_started = [g.generation for g in run.generations if not g.started]
     if not_started:
         summary.items.append(Note(f"Generation(s) {', '.join(map(str, not_started))} of "
