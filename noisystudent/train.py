@@ -542,6 +542,11 @@ def _train_epoch(lp: _Loop, epoch: int, labeled_iter) -> dict:
         if bar.disable is False and device.type == "cpu":
             bar.set_postfix(loss=f"{float(loss_sum) / max(n_images, 1):.3f}", acc=f"{int(correct) / max(seen, 1):.3f}")
     bar.close()
+    if n_images == 0:  # every batch came back empty: no image could be read (a wrong path, say)
+        raise UserError(f"{job.role} of generation {job.generation}: epoch {epoch + 1} read no image at all "
+                        f"({len(job.labeled)} labeled images listed"
+                        + (f", e.g. {job.labeled.image_id(0)!r}" if len(job.labeled) else "") + "); "
+                        "check that the data paths exist where training runs")
     if not torch.isfinite(loss_sum):
         raise FloatingPointError(f"loss is not finite in epoch {epoch + 1}; lower train.lr")
     seconds = time.perf_counter() - t0

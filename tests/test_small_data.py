@@ -289,3 +289,21 @@ def test_frozen_runs_without_the_new_fields_keep_their_behaviour(tmp_path):
     again = run.freeze_config(config_from_dict({"name": "old"}))  # same file as first given: accepted
     assert again.data.val_fraction == 0.0 and again.student.promote == "always"
     assert cfg.data.val_fraction == 0.1
+
+
+def test_relative_folder_paths_work_in_other_working_directories(fmnist_folder, tmp_path, monkeypatch):
+    """The example says paths are relative to where the command runs; Ray workers run elsewhere, so the
+    sources keep absolute file paths (ids stay relative to the folder)."""
+    import os
+    import pickle
+
+    from noisystudent.data import create_data
+
+    root = Path(fmnist_folder["labeled"]).parent
+    monkeypatch.chdir(root.parent)
+    rel = {k: os.path.relpath(v) for k, v in fmnist_folder.items()}
+    b = create_data(DataConfig(kind="folder", **rel, in_chans=1, mean=[0.3], std=[0.3]))
+    monkeypatch.chdir(tmp_path)
+    for src in (b.labeled, b.val, b.unlabeled, b.test):
+        src = pickle.loads(pickle.dumps(src))
+        assert src.load(0).shape == (28, 28, 1) and not os.path.isabs(src.image_id(0))

@@ -32,7 +32,8 @@ def scan_images(folder: Path) -> list[Path]:
 
 
 def _require_dir(root: str | os.PathLike, what: str) -> Path:
-    path = Path(root).expanduser()
+    # absolute: a source is pickled to Ray workers, whose working directory is not the user's
+    path = Path(os.path.abspath(Path(root).expanduser()))
     if not path.exists():
         raise UserError(f"{what} folder not found: {path}")
     if not path.is_dir():

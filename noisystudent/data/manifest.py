@@ -102,7 +102,8 @@ class ManifestSource(FileSource):
 
     def __init__(self, path: str | os.PathLike, in_chans: int = 3, classes: Optional[Sequence[str]] = None,
                  verify: bool = True) -> None:
-        manifest = Path(path).expanduser()
+        # absolute: relative image paths resolve against it, in Ray workers too (another working directory)
+        manifest = Path(os.path.abspath(Path(path).expanduser()))
         if not manifest.is_file():
             raise UserError(f"manifest not found: {manifest}")
         table = _read_table(manifest)
