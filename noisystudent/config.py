@@ -88,6 +88,29 @@ class ModelConfig:
 
 
 @dataclass
+class LabelNoiseConfig:
+    """Noisy labels on the labeled training images (never validation or test; see
+    :mod:`noisystudent.data.conditions`). Exactly ``round(rate * n)`` labels are flipped, each to a class
+    other than its own: ``symmetric`` to a uniformly drawn other class, ``asymmetric`` to a fixed similar
+    class (Fashion-MNIST: T-shirt<->Shirt, Pullover<->Coat, Trouser<->Dress, Sandal->Sneaker->Ankle
+    boot->Sandal, Bag->Pullover; other data c -> c+1 mod C)."""
+
+    rate: float = field(default=0.0, metadata=_range(0, 1))
+    kind: Literal["symmetric", "asymmetric"] = "symmetric"
+    seed: int = field(default=0, metadata=_range(0))
+
+
+@dataclass
+class ImbalanceConfig:
+    """A long-tailed labeled training set: class c (in class-index order) keeps
+    ``n_c = round(n_max * ratio ** (-c / (C - 1)))`` images (at least 1), ``n_max`` the smallest class's
+    available count, so the first class has ``ratio`` times as many images as the last (Cao et al. 2019)."""
+
+    ratio: float = field(default=1.0, metadata=_range(1, 10_000))
+    seed: int = field(default=0, metadata=_range(0))
+
+
+@dataclass
 class DataConfig:
     """Where labeled, unlabeled and test images come from.
 
@@ -118,6 +141,10 @@ class DataConfig:
     in_chans: int = field(default=1, metadata=_range(1, 3))
     mean: list[float] = field(default_factory=lambda: [0.2860])
     std: list[float] = field(default_factory=lambda: [0.3530])
+    # data conditions of studies, on the labeled training images only (test and validation stay clean);
+    # the flips and kept images are written to the run folder (data_conditions.json, .parquet)
+    label_noise: Optional[LabelNoiseConfig] = None
+    imbalance: Optional[ImbalanceConfig] = None
 
 
 @dataclass

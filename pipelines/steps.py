@@ -46,6 +46,28 @@ def load_data(cfg: ExperimentConfig) -> DataBundle:
     return _DATA_CACHE[key]
 
 
+def record_conditions(run: RunDir, data: DataBundle) -> None:
+    """Write what ``data.label_noise`` / ``data.imbalance`` did to the run folder, for audit:
+    ``data_conditions.json`` (settings, per-class counts, images flipped) and ``data_conditions.parquet``
+    (one row per labeled training image kept: image_id, label_clean, label, flipped). Nothing without
+    conditions."""
+    if data.conditions is None:
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from noisystudent.io import atomic_path
+
+    rows = data.conditions["rows"]
+    table = pa.table({"image_id": pa.array(rows["image_id"], pa.string()),
+                      "label_clean": pa.array(rows["label_clean"], pa.int32()),
+                      "label": pa.array(rows["label"], pa.int32()), "flipped": pa.array(rows["flipped"], pa.bool_())})
+    run.root.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run.root / "data_conditions.parquet") as tmp:
+        pq.write_table(table, tmp)
+    write_json(run.root / "data_conditions.json", data.conditions["summary"])
+
+
 def _train_step(run: RunDir, cfg: ExperimentConfig, step: str, out: Path, *, model_cfg, train_cfg, labeled, test, classes,
                 generation: int, role: str, progress: bool, job_cfg: Optional[ExperimentConfig] = None,
                 pseudo: Optional[PseudoLabeledSet] = None, method: Optional[dict] = None,
@@ -94,6 +116,7 @@ def train_teacher(run: RunDir, cfg: ExperimentConfig, force: bool = False, progr
     if run.is_done(step) and not force:
         return read_json(out / "metrics.json")
     data = load_data(cfg)
+    record_conditions(run, data)
     held = f" ({len(data.val)} more held out for validation)" if data.val is not None else " (no validation split)"
     _log(f"[gen 0] teacher {cfg.teacher.name} on {len(data.labeled)} labeled images{held}")
     return _train_step(run, cfg, step, out, model_cfg=cfg.teacher, train_cfg=cfg.teacher_train, labeled=data.labeled,
@@ -333,6 +356,7 @@ def distill(run: RunDir, cfg: ExperimentConfig, force: bool = False, progress: b
         raise UserError("config field 'distill.teacher': no teacher checkpoint; pass --teacher CKPT "
                         "(or --method supervised for the no-teacher baseline)")
     data = load_data(cfg)
+    record_conditions(run, data)
     teacher = Path(cfg.distill.teacher) if cfg.distill.teacher else None
     if teacher is not None:
         load_checkpoint(teacher, expected_classes=data.classes)  # fail early, in the driver, naming the file

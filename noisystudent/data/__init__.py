@@ -68,6 +68,8 @@ class DataBundle:
     test: Optional[ImageSource]
     classes: list[str]
     val: Optional[ImageSource] = None
+    # the audit record of data.label_noise / data.imbalance (noisystudent.data.conditions), None without
+    conditions: Optional[dict] = None
 
     def describe(self) -> str:
         lines = [f"labeled:   {self.labeled.describe()}"]
@@ -237,14 +239,17 @@ def create_data(cfg: "DataConfig") -> DataBundle:
     image given); ``unlabeled_limit`` and ``test_limit`` apply to every kind as seeded random subsets.
     Validation is ``data.val`` when given, else ``data.val_fraction`` of the labeled images (taken out
     of ``labeled``); see :func:`split_validation` for the policy on very few labels.
+    Label noise and class imbalance (``data.label_noise``, ``data.imbalance``) then change the labeled
+    training images only (:mod:`.conditions`); ``DataBundle.conditions`` records what they did.
     """
-    if cfg.kind == "fashion_mnist":
-        return _fashion_mnist(cfg)
-    if cfg.kind == "folder":
-        return _folder(cfg)
-    if cfg.kind == "manifest":
-        return _manifest(cfg)
-    raise ConfigError("data.kind", f"must be one of fashion_mnist, folder, manifest; got {cfg.kind!r}")
+    from .conditions import apply_conditions
+
+    builders = {"fashion_mnist": _fashion_mnist, "folder": _folder, "manifest": _manifest}
+    if cfg.kind not in builders:
+        raise ConfigError("data.kind", f"must be one of fashion_mnist, folder, manifest; got {cfg.kind!r}")
+    bundle = builders[cfg.kind](cfg)
+    bundle.labeled, bundle.conditions = apply_conditions(cfg, bundle.labeled, bundle.classes)
+    return bundle
 
 
 def __getattr__(name: str) -> Any:
