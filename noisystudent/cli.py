@@ -494,5 +494,59 @@ def doctor() -> None:
         line("ray", f"FAILED to start: {exc}")
 
 
+# --------------------------------------------------------------------------------------------------
+# studies (Ray Tune)
+
+
+class _StudyGroup(click.Group):
+    """``noisystudent study STUDY.yaml ...`` runs a study; ``noisystudent study status DIR`` shows one."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_StudyGroup)
+def study() -> None:
+    """Studies: a grid of config overrides run as Ray Tune trials (STUDY.yaml --study-dir DIR), or `status DIR`."""
+
+
+@study.command("run")
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--study-dir", required=True, type=click.Path(file_okay=False), help="The study folder (resumable: run again to continue).")
+@click.option("--max-trials", type=click.IntRange(1), default=None, help="Run at most this many unfinished trials now.")
+@address_option
+@quiet_option
+@_user_errors
+def study_run(study_file, study_dir, max_trials, ray_address, quiet):
+    """Run (or resume) the study STUDY_FILE in DIR and print its summary over seeds."""
+    from pipelines.study import format_summary, run_study, summary
+
+    out = run_study(study_file, study_dir, ray_address=ray_address, max_trials=max_trials, quiet=quiet)
+    click.echo(format_summary(summary(out["rows"])))
+    for tid, err in out["errors"].items():
+        click.echo(f"failed: {tid}: {err}", err=True)
+    click.echo(f"-> {Path(study_dir) / 'results.parquet'}")
+
+
+@study.command("status")
+@click.argument("study_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_user_errors
+def study_status(study_dir, as_json):
+    """Progress of a study folder: trials done, pending, failed (with their error), and the summary."""
+    from pipelines.study import format_summary, status, summary
+
+    st = status(study_dir)
+    if as_json:
+        click.echo(json.dumps(st, indent=1, default=str))
+        return
+    click.echo(f"{st['trials']} trials: " + ", ".join(f"{n} {k}" for k, n in sorted(st["counts"].items())))
+    for tid, err in st["failed"].items():
+        click.echo(f"failed: {tid}: {err}")
+    click.echo(format_summary(summary(st["rows"])))
+
+
 if __name__ == "__main__":
     main()

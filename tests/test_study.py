@@ -67,3 +67,81 @@ def test_noise_rate_validated():
         config_from_dict({"data": {"label_noise": {"rate": 1.5}}})
     with pytest.raises(UserError, match="data.imbalance.ratio"):
         config_from_dict({"data": {"imbalance": {"ratio": 0.5}}})
+
+
+# --------------------------------------------------------------------------------------------------
+# studies on Ray Tune
+
+STUDY = """
+name: tiny
+base:
+  name: tiny
+  seed: 0
+  device: cpu
+  data: {{root: {root}, labels_per_class: 20, test_limit: 100, unlabeled_limit: 10, val_fraction: 0}}
+  teacher: {{name: resnet8}}
+  teacher_train: {{epochs: 1, total_steps: 2, batch_size: 32, warn_below_steps: 0}}
+  student:
+    generations: 0
+    ladder: [{{name: resnet8}}]
+    train: {{epochs: 1, total_steps: 2, batch_size: 32, warn_below_steps: 0}}
+  distill: {{method: {{name: hinton, temperature: 2.0}}}}
+  ray: {{torch_threads: 1}}
+grid:
+  distill.method.name: [supervised, hinton]
+  seed: [0, 1]
+resources: {{cpu: 1}}
+max_failures: 0
+"""
+
+
+def test_study_expands_grid_and_shares_teachers(tmp_path, require_fmnist):
+    from pipelines.study import load_study
+
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY.format(root=require_fmnist) + "random: {num_samples: 1, seed: 0, choices: {data.label_noise.rate: [0.2]}}\n")
+    s = load_study(path)
+    assert len(s.trials) == 4 and len({t.id for t in s.trials}) == 4
+    assert len({t.teacher_key for t in s.trials}) == 1  # one data condition, one teacher
+    assert {t.cfg["distill"]["method"]["name"] for t in s.trials} == {"supervised", "hinton"}
+    assert all(t.cfg["ray"]["workers"] == 0 and t.cfg["data"]["label_noise"]["rate"] == 0.2 for t in s.trials)
+    sup = next(t for t in s.trials if t.cfg["distill"]["method"]["name"] == "supervised")
+    assert "temperature" not in sup.cfg["distill"]["method"]  # the base method's params are dropped
+
+
+@pytest.mark.slow
+def test_study_runs_on_tune_and_resumes_without_repeating(tmp_path, require_fmnist, ray_session):
+    import pandas as pd
+
+    from pipelines.study import run_study, status
+
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY.format(root=require_fmnist))
+    d = tmp_path / "study"
+    # a study cut short after 2 of its 4 trials (as a killed driver leaves it)
+    out = run_study(path, d, max_trials=2)
+    assert out["errors"] == {}
+    st = status(d)
+    assert st["counts"] == {"done": 2, "pending": 2}
+    done = {r["trial"]: (d / "trials" / r["trial"] / "state.json").read_text() for r in st["rows"] if r["status"] == "done"}
+    teacher_state = next((d / "teachers").iterdir()) / "state.json"
+    teacher_before = teacher_state.read_text()
+
+    out = run_study(path, d)
+    assert out["errors"] == {}
+    assert status(d)["counts"] == {"done": 4}
+    for tid, state in done.items():  # finished trials were not run again
+        assert (d / "trials" / tid / "state.json").read_text() == state
+    assert teacher_state.read_text() == teacher_before  # the teacher was trained once
+    df = pd.read_parquet(d / "results.parquet")
+    assert len(df) == 4 and set(df.columns) >= {"distill.method.name", "seed", "test_acc", "fidelity", "seconds"}
+    assert df["test_acc"].between(0, 1).all() and df["fidelity"].between(0, 1).all()
+
+
+def test_study_cli_status(tmp_path, require_fmnist):
+    from click.testing import CliRunner
+
+    from noisystudent.cli import main
+
+    r = CliRunner().invoke(main, ["study", "status", str(tmp_path)])
+    assert r.exit_code == 2 and "not a study folder" in r.output

@@ -1,0 +1,398 @@
+"""Studies: a grid of config overrides run as Ray Tune trials, each an ordinary distillation job.
+
+A study file (YAML)::
+
+    base: distill.yaml            # an experiment config: a path (relative to the study file) or a mapping
+    grid:                         # every combination is a trial; keys are dotted config fields
+      distill.method.name: [supervised, hinton]
+      data.label_noise.rate: [0.0, 0.4]
+      seed: [0, 1]
+    random:                       # optional: num_samples draws of one value per field, seeded
+      num_samples: 2
+      seed: 0
+      choices: {student.train.lr: [0.05, 0.1]}
+    resources: {cpu: 1, gpu: 0}   # per trial; trials run in parallel up to what the cluster has
+    max_concurrent: null          # cap on parallel trials (null: as many as resources allow)
+    max_failures: 1               # retries of a failed trial before it is listed as failed
+    teacher: null                 # a checkpoint every trial distills from; null: one teacher per data condition
+
+The study folder::
+
+    DIR/study.json                the study as run (grid, trials and their overrides)
+    DIR/teachers/<key>/           one run folder per data condition (``noisystudent teacher``'s step)
+    DIR/trials/<id>/              one run folder per trial (``noisystudent distill``'s step)
+    DIR/tune/                     Ray Tune's experiment folders (logs; not needed to resume)
+    DIR/results.parquet           one row per trial; DIR/errors.json the trials that failed
+
+Each trial is the ``distill`` step (:func:`pipelines.steps.distill`) on its own run folder, trained
+in-process inside its Tune trial (``ray.workers: 0``: a trial is one Tune actor holding ``resources``;
+it does not start Ray Train workers). Run folders are the source of truth: a trial whose folder says
+done is not scheduled again, an unfinished one resumes from its ``last.pt``. So a killed study is
+resumed by running the same command again; Tune's own experiment restore is not needed.
+
+Setting ``<...>.method.name`` to another method drops the base method's parameters (they belong to the
+old method); give ``<...>.method`` a mapping to set parameters too. List elements are addressed by index
+(``student.ladder.0.name``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from noisystudent.config import ExperimentConfig, config_from_dict, to_dict
+from noisystudent.errors import ConfigError, UserError
+from noisystudent.io import read_json, write_json
+
+from .state import RunDir
+
+TEACHER_STEP = "gen-0/teacher"
+TRIAL_STEP = "distill/student"
+STUDY_KEYS = {"base", "name", "grid", "random", "resources", "max_concurrent", "max_failures", "teacher"}
+
+
+@dataclass
+class Trial:
+    id: str
+    overrides: dict
+    cfg: dict  # the validated experiment config (to_dict), ray.workers 0, distill.teacher set when run
+    teacher_key: str
+
+
+@dataclass
+class Study:
+    name: str
+    base: dict
+    grid: dict
+    trials: list[Trial]
+    resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    max_concurrent: Optional[int] = None
+    max_failures: int = 1
+    teacher: Optional[str] = None
+    base_cfg: dict = field(default_factory=dict)  # the validated base (to_dict), ray.workers 0
+
+    @property
+    def fields(self) -> list[str]:
+        return list(dict.fromkeys(k for t in self.trials for k in t.overrides))
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """Set a dotted field in a nested mapping; integer parts index lists; ``method.name`` resets params."""
+    parts = dotted.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(".".join(parts[: i + 1]), f"no list element {part}")
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        else:
+            raise ConfigError(dotted, "cannot set a field inside a non-mapping")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(dotted, f"no list element {last}")
+        node[int(last)] = value
+    elif last == "name" and len(parts) >= 2 and parts[-2] == "method" and node.get("name") != value:
+        node.clear()
+        node["name"] = value
+    else:
+        node[last] = value
+
+
+def _digest(obj: Any, n: int = 10) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def _slug(overrides: dict) -> str:
+    parts = []
+    for k, v in overrides.items():
+        short = k.split(".")[-1] if k.split(".")[-1] not in ("name", "rate", "ratio") else "_".join(k.split(".")[-2:])
+        parts.append(f"{short}={v}")
+    s = ",".join(parts)
+    return "".join(c if c.isalnum() or c in "=,._-" else "_" for c in s)[:80]
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study file; every trial's config is validated now, naming the trial's field."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"study file not found: {path}")
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"study file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError("<study>", f"{path} must hold a mapping")
+    unknown = sorted(set(spec) - STUDY_KEYS)
+    if unknown:
+        raise ConfigError(f"study.{unknown[0]}", f"unknown key; known: {', '.join(sorted(STUDY_KEYS))}")
+    base = spec.get("base")
+    if isinstance(base, str):
+        bpath = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        if not bpath.is_file():
+            raise UserError(f"study.base: config file not found: {bpath}")
+        base = yaml.safe_load(bpath.read_text(encoding="utf-8")) or {}
+    if not isinstance(base, dict):
+        raise ConfigError("study.base", "must be a config file path or a mapping")
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+        raise ConfigError("study.grid", "must map dotted config fields to non-empty lists of values")
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
+    rnd = spec.get("random")
+    if rnd:
+        choices = rnd.get("choices") or {}
+        if not isinstance(choices, dict) or any(not isinstance(v, list) or not v for v in choices.values()):
+            raise ConfigError("study.random.choices", "must map dotted config fields to non-empty lists of values")
+        rng = random.Random(int(rnd.get("seed", 0)))
+        draws = [{k: rng.choice(v) for k, v in choices.items()} for _ in range(int(rnd.get("num_samples", 1)))]
+        combos = [{**c, **d} for c in combos for d in draws]
+    teacher = spec.get("teacher")
+    resources = {"cpu": 1, "gpu": 0, **(spec.get("resources") or {})}
+    trials, seen = [], set()
+
+    def resolve(overrides: dict) -> dict:
+        data = copy.deepcopy(base)
+        for k, v in overrides.items():
+            set_dotted(data, k, v)
+        data.setdefault("ray", {})["workers"] = 0  # a trial trains inside its Tune actor
+        data["student"] = {**(data.get("student") or {}), "generations": 0}
+        try:
+            cfg = config_from_dict(data)
+        except UserError as exc:
+            raise UserError(f"study trial {overrides}: {exc}") from None
+        cfg.distill.teacher = None
+        if resources.get("gpu", 0) == 0 and cfg.device == "auto":
+            cfg.device = "cpu"
+        return to_dict(cfg)
+
+    base_cfg = resolve({})
+    for overrides in combos:
+        d = resolve(overrides)
+        cfg = config_from_dict(d)
+        tid = f"{_slug(overrides)}-{_digest(d, 6)}" if overrides else _digest(d, 8)
+        if tid in seen:
+            continue
+        seen.add(tid)
+        tkey = teacher_key(cfg, base.get("seed", 0))
+        trials.append(Trial(tid, overrides, d, tkey))
+    return Study(name=str(spec.get("name") or path.stem), base=base, grid=grid, trials=trials, resources=resources,
+                 max_concurrent=spec.get("max_concurrent"), max_failures=int(spec.get("max_failures", 1)),
+                 teacher=str(Path(teacher).resolve()) if teacher else None, base_cfg=base_cfg)
+
+
+def teacher_key(cfg: ExperimentConfig, seed: int) -> str:
+    """Trials with the same data condition (and teacher model and budget) share one teacher."""
+    d = to_dict(cfg)
+    return _digest({"data": d["data"], "teacher": d["teacher"], "teacher_train": d["teacher_train"], "seed": seed,
+                    "device": d["device"]})
+
+
+def _teacher_cfg(study: Study, trial: Trial) -> dict:
+    """The base config with the trial's data condition, teacher model and budget: every trial of one data
+    condition gives the same teacher config (its run folder's frozen config never changes)."""
+    d = copy.deepcopy(study.base_cfg)
+    for key in ("data", "teacher", "teacher_train", "device"):
+        d[key] = copy.deepcopy(trial.cfg[key])
+    d["name"] = f"teacher-{trial.teacher_key}"
+    return d
+
+
+# --------------------------------------------------------------------------------------------------
+# the Tune side
+
+
+def _run_job(config: dict) -> None:
+    """A Tune function trainable: one teacher or distill step on its run folder (resumes from it)."""
+    from ray import tune
+
+    from . import steps
+
+    config = config["job"]  # Tune's param space is {"job": grid_search(specs)}
+    run = RunDir(config["run_dir"])
+    cfg = run.freeze_config(config_from_dict(config["cfg"]))
+    t0 = time.perf_counter()
+    if config["stage"] == "teacher":
+        m = steps.train_teacher(run, cfg, progress=False)
+    else:
+        m = steps.distill(run, cfg, progress=False)
+    out = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out["job_seconds"] = time.perf_counter() - t0
+    tune.report(out)
+
+
+def _fit(study: Study, study_dir: Path, stage: str, jobs: list[dict]) -> dict[str, str]:
+    """Run ``jobs`` as Tune trials; return ``{id: error}`` of those that failed after their retries."""
+    from ray import tune
+
+    if not jobs:
+        return {}
+    resources = {k: v for k, v in {"cpu": study.resources.get("cpu", 1), "gpu": study.resources.get("gpu", 0)}.items()}
+    trainable = tune.with_resources(_run_job, resources)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"job": tune.grid_search(jobs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=study.max_concurrent,
+                                    trial_name_creator=lambda t: t.config["job"]["id"],
+                                    trial_dirname_creator=lambda t: t.config["job"]["id"]),
+        run_config=tune.RunConfig(name=f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(study_dir / "tune"),
+                                  failure_config=tune.FailureConfig(max_failures=study.max_failures), verbose=0),
+    )
+    errors = {}
+    for r in tuner.fit():
+        if r.error is not None:
+            errors[r.config["job"]["id"]] = str(r.error).strip().splitlines()[-1][:500] if str(r.error).strip() else repr(r.error)
+    return errors
+
+
+def run_study(study_file: str | Path, study_dir: str | Path, ray_address: Optional[str] = None,
+              max_trials: Optional[int] = None, quiet: bool = True) -> dict:
+    """Run (or resume) a study; return ``{"rows": [...], "errors": {...}}``.
+
+    ``max_trials`` runs at most that many of the unfinished trials this time (a partial study, resumed by
+    the next call)."""
+    from .ray_runtime import init_ray
+
+    study = load_study(study_file)
+    study_dir = Path(study_dir).resolve()
+    study_dir.mkdir(parents=True, exist_ok=True)
+    write_json(study_dir / "study.json", {"name": study.name, "grid": study.grid, "resources": study.resources,
+                                          "teacher": study.teacher, "base": study.base,
+                                          "trials": [{"id": t.id, "overrides": t.overrides, "teacher_key": t.teacher_key}
+                                                     for t in study.trials]})
+    init_ray(ray_address, quiet=quiet)
+    errors: dict[str, str] = {}
+
+    # stage 1: one teacher per data condition (skipped with a given teacher)
+    teacher_of: dict[str, str] = {}
+    if study.teacher:
+        teacher_of = {t.teacher_key: study.teacher for t in study.trials}
+    else:
+        jobs, seen = [], set()
+        for t in study.trials:
+            tdir = study_dir / "teachers" / t.teacher_key
+            teacher_of[t.teacher_key] = str(tdir / "gen-0" / "teacher")
+            if t.teacher_key in seen or RunDir(tdir).is_done(TEACHER_STEP):
+                continue
+            seen.add(t.teacher_key)
+            jobs.append({"id": f"teacher-{t.teacher_key}", "stage": "teacher", "run_dir": str(tdir),
+                         "cfg": _teacher_cfg(study, t)})
+        terr = _fit(study, study_dir, "teachers", jobs)
+        errors.update(terr)
+
+    # stage 2: the trials whose run folder is not finished
+    jobs = []
+    for t in study.trials:
+        run = RunDir(study_dir / "trials" / t.id)
+        if run.is_done(TRIAL_STEP):
+            continue
+        if f"teacher-{t.teacher_key}" in errors:
+            errors[t.id] = f"its teacher failed: {errors[f'teacher-{t.teacher_key}']}"
+            continue
+        cfg = copy.deepcopy(t.cfg)
+        cfg["distill"]["teacher"] = teacher_of[t.teacher_key]
+        jobs.append({"id": t.id, "stage": "trial", "run_dir": str(run.root), "cfg": cfg})
+    if max_trials is not None:
+        jobs = jobs[:max_trials]
+    errors.update(_fit(study, study_dir, "trials", jobs))
+    write_json(study_dir / "errors.json", errors)
+    rows = collect(study_dir)
+    return {"rows": rows, "errors": errors}
+
+
+# --------------------------------------------------------------------------------------------------
+# results
+
+
+def collect(study_dir: str | Path) -> list[dict]:
+    """One row per trial of ``study.json``: grid fields, seed, status, test accuracy, fidelity, seconds;
+    written to ``results.parquet``."""
+    import pandas as pd
+
+    from noisystudent.io import atomic_path
+
+    study_dir = Path(study_dir)
+    if not (study_dir / "study.json").is_file():
+        raise UserError(f"{study_dir} is not a study folder (no study.json)")
+    meta = read_json(study_dir / "study.json")
+    errors = read_json(study_dir / "errors.json") if (study_dir / "errors.json").is_file() else {}
+    rows = []
+    for t in meta["trials"]:
+        run = RunDir(study_dir / "trials" / t["id"])
+        info = run.step_info(TRIAL_STEP) if run.state_path.is_file() else None
+        row = {"trial": t["id"], **{k: v for k, v in t["overrides"].items()}}
+        if info is not None:
+            m = read_json(run.distill_dir() / "metrics.json")
+            row.update(status="done", test_acc=m.get("test_acc"), fidelity=m.get("test_fidelity"),
+                       teacher_test_acc=m.get("teacher_test_acc"), seconds=info.get("seconds"), error=None)
+        else:
+            err = errors.get(t["id"])
+            row.update(status="failed" if err else ("running" if (run.distill_dir() / "last.pt").exists() else "pending"),
+                       test_acc=None, fidelity=None, teacher_test_acc=None, seconds=None, error=err)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for col in df.columns:  # grid values of mixed types (0 and 0.4) must share one Parquet type
+        if df[col].dtype == object and col not in ("trial", "status", "error"):
+            df[col] = df[col].map(lambda v: v if v is None else str(v) if not isinstance(v, (int, float)) else v)
+    with atomic_path(study_dir / "results.parquet") as tmp:
+        df.to_parquet(tmp, index=False)
+    return rows
+
+
+def summary(rows: list[dict], seed_fields: Optional[list[str]] = None):
+    """Finished trials aggregated over seeds: mean and std of test accuracy and fidelity per combination of
+    the other grid fields (a pandas DataFrame)."""
+    import pandas as pd
+
+    df = pd.DataFrame([r for r in rows if r.get("status") == "done"])
+    if df.empty:
+        return df
+    reserved = {"trial", "status", "test_acc", "fidelity", "teacher_test_acc", "seconds", "error"}
+    fields = [c for c in df.columns if c not in reserved]
+    seeds = seed_fields if seed_fields is not None else [c for c in fields if c.split(".")[-1] == "seed"]
+    keys = [c for c in fields if c not in seeds]
+    for col in keys:
+        df[col] = df[col].astype(str)
+    agg = {"test_acc": ["mean", "std"], "fidelity": ["mean", "std"], "trial": "count"}
+    g = df.groupby(keys, dropna=False).agg(agg) if keys else df.assign(_all="all").groupby("_all").agg(agg)
+    g.columns = ["test_acc_mean", "test_acc_std", "fidelity_mean", "fidelity_std", "seeds"]
+    return g.reset_index()
+
+
+def format_summary(table) -> str:
+    if table.empty:
+        return "no finished trials"
+
+    def pm(m, s):
+        if m is None or m != m:
+            return "-"
+        return f"{m:.4f} ± {s:.4f}" if s == s else f"{m:.4f}"
+
+    keys = [c for c in table.columns if c not in ("test_acc_mean", "test_acc_std", "fidelity_mean", "fidelity_std", "seeds")]
+    head = keys + ["test_acc", "fidelity", "seeds"]
+    body = [[str(r[k]) for k in keys] + [pm(r["test_acc_mean"], r["test_acc_std"]), pm(r["fidelity_mean"], r["fidelity_std"]),
+                                         str(r["seeds"])] for _, r in table.iterrows()]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head] + body)
+
+
+def status(study_dir: str | Path) -> dict:
+    """Progress of a study folder: counts by status, the failed trials with their error, and the rows."""
+    rows = collect(study_dir)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return {"trials": len(rows), "counts": counts, "failed": {r["trial"]: r["error"] for r in rows if r["status"] == "failed"},
+            "rows": rows}
