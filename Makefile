@@ -7,7 +7,7 @@ RUN_DIR ?= runs/fashion_mnist
 CONFIG ?= configs/fashion_mnist.yaml
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 
-.PHONY: install data test test-all run run-full bench bench-accuracy bench-small report clean clean-runs help
+.PHONY: install data test test-all run run-full bench bench-accuracy bench-small bench-kd report clean clean-runs help
 
 help:
 	@echo "make run             the full Noisy Student loop on Fashion-MNIST (CPU-sized default)"
@@ -18,6 +18,8 @@ help:
 	@echo "                     also trains the 30-epoch converged oracle, ~75 min more, cached in runs/cache)"
 	@echo "make bench-small     the example image-folder config, paths only changed, on 10 Fashion-MNIST PNGs a class:"
 	@echo "                     2 generations, promotion decisions, wall time (~15 min on 2 cores)"
+	@echo "make bench-kd        distillation methods (supervised, hinton, fitnet, at, fsp, sp, rkd) on ResNet-8 from a"
+	@echo "                     cached ResNet-26 teacher, 3 seeds (~1 h on 2 idle cores; python -m bench.kd --quick: minutes)"
 	@echo "make clean           remove what can be rebuilt: the venv, caches, egg-info, bench/results (keeps runs/)"
 	@echo "make clean-runs      delete runs/: every run's results and the cached converged oracle"
 
@@ -65,6 +67,9 @@ bench-accuracy: install
 
 bench-small: install
 	$(BIN)/python -m bench.small --fresh
+
+bench-kd: install
+	$(BIN)/python -m bench.kd
 
 # Only what `make install` / `make bench` rebuild; experiment results live in runs/ and go with clean-runs.
 clean:

@@ -411,8 +411,10 @@ def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
             raise UserError(f"method {method_cfg['name']!r} runs a teacher online: give its checkpoint "
                             "(distill.teacher or --teacher)")
         teacher = _load_teacher(job, device, ())
-    method = create_method(method_cfg, student_info=list(student.feature_info),
-                           teacher_info=teacher.feature_info if teacher is not None else None,
+    # each stage dict also names its model, so a method's config error can name both models
+    method = create_method(method_cfg, student_info=[{**s, "model": spec.name} for s in student.feature_info],
+                           teacher_info=[{**s, "model": teacher.checkpoint.spec.name} for s in teacher.feature_info]
+                           if teacher is not None else None,
                            num_classes=spec.num_classes, label_smoothing=cfg.label_smoothing).to(device)
     if teacher is not None:
         teacher.stages = tuple(method.teacher_stages)
@@ -489,6 +491,7 @@ def _train_epoch(lp: _Loop, epoch: int, labeled_iter) -> dict:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
     lp.model.train()
+    lp.core.method.set_epoch(epoch, cfg.epochs)  # a method's schedule (FitNet's hint stage) follows the epoch
     if lp.hooks.fail_at_epoch is not None and epoch == lp.hooks.fail_at_epoch:
         marker = Path(job.out_dir) / f".failed-once-{epoch}"
         if not marker.exists():

@@ -133,9 +133,12 @@ def test_resume_restores_the_methods_extra_modules(world, tmp_path):
 def test_two_ray_train_workers_with_an_online_teacher(world, tmp_path, ray_session):
     from pipelines.train_ray import train
 
-    metrics = train(student_job(world, tmp_path, {"name": "fitnet"}, epochs=2, steps_per_epoch=4), RayConfig(workers=2))
+    # hint_epochs 1: the hint stage (CE out of the loss) and the joint stage both run under DDP
+    metrics = train(student_job(world, tmp_path, {"name": "fitnet", "hint_epochs": 1}, epochs=2, steps_per_epoch=4),
+                    RayConfig(workers=2))
     hist = pd.read_csv(tmp_path / "history.csv")
     assert list(hist["epoch"]) == [1, 2] and hist["loss_hint"].iloc[-1] < hist["loss_hint"].iloc[0]
+    assert hist["train_loss"].iloc[0] == pytest.approx(100 * hist["loss_hint"].iloc[0], rel=1e-4)
     assert metrics["method"] == "fitnet" and 0.0 <= metrics["test_fidelity"] <= 1.0
 
 
@@ -183,3 +186,26 @@ def test_cli_distill_trains_a_student_from_a_teacher(world, tmp_path):
     assert "fidelity to the teacher" in res.output and (tmp_path / "r" / "distill" / "model.pt").is_file()
     res = CliRunner().invoke(main, argv)  # finished: returns its record without work
     assert res.exit_code == 0 and "test accuracy" in res.output
+
+
+def test_fitnet_hint_stage_first_then_the_joint_loss_and_a_resume_keeps_the_schedule(world, tmp_path):
+    """``hint_epochs``: epoch 1 trains beta * hint alone, later epochs CE + beta * hint; the engine's
+    ``set_epoch`` runs again after a resume, so the restarted epoch is in the right stage."""
+    job = lambda: student_job(world, tmp_path, {"name": "fitnet", "hint_epochs": 1}, epochs=3, steps_per_epoch=2)  # noqa: E731
+    with pytest.raises(RuntimeError, match="injected"):
+        run_training(job(), TrainHooks(fail_at_epoch=2))
+    run_training(job(), TrainHooks(fail_at_epoch=2))
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert list(hist["epoch"]) == [1, 2, 3]
+    beta = method_defaults("fitnet")["beta"]
+    assert hist["train_loss"].iloc[0] == pytest.approx(beta * hist["loss_hint"].iloc[0], rel=1e-4)
+    for i in (1, 2):
+        assert hist["train_loss"].iloc[i] == pytest.approx(hist["loss_labeled"].iloc[i] + beta * hist["loss_hint"].iloc[i],
+                                                           rel=1e-4)
+
+
+def test_fsp_two_stage_schedule_trains_fsp_then_cross_entropy(world, tmp_path):
+    run_training(student_job(world, tmp_path, {"name": "fsp", "init_epochs": 1, "beta": 2.0}, epochs=2, steps_per_epoch=2))
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert hist["train_loss"].iloc[0] == pytest.approx(2.0 * hist["loss_fsp"].iloc[0], rel=1e-4)
+    assert hist["train_loss"].iloc[1] == pytest.approx(hist["loss_labeled"].iloc[1], rel=1e-4)

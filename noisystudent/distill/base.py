@@ -76,6 +76,7 @@ class DistillMethod(nn.Module):
         self.field = field
         self.student_info = student_info
         self.teacher_info = teacher_info
+        self.epoch, self.total_epochs = 0, 1  # see set_epoch
         if self.teacher_kind == "online" and teacher_info is None:
             raise ConfigError(field, f"method {self.name!r} needs a teacher model (distill.teacher or --teacher)")
 
@@ -101,6 +102,12 @@ class DistillMethod(nn.Module):
     @classmethod
     def check_params(cls, params, field: str) -> None:
         """Cross-parameter checks at config time; raise :class:`ConfigError` naming the field."""
+
+    def set_epoch(self, epoch: int, total: int) -> None:
+        """Called by the engine before every training epoch (0-based ``epoch`` of ``total``), on every
+        worker and again after a resume, so a method's schedule (FitNet's hint stage, FSP's first stage)
+        needs no state of its own in the checkpoint."""
+        self.epoch, self.total_epochs = epoch, total
 
     def loss(self, student: Outputs, teacher: Optional[Outputs], batch: Batch) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError

@@ -1,3 +1,3 @@
 """Every registered method; importing this package registers them all."""
 
-from noisystudent.distill.methods import fitnet, hinton, noisy_student, supervised  # noqa: F401
+from noisystudent.distill.methods import at, fitnet, fsp, hinton, noisy_student, rkd, sp, supervised  # noqa: F401

@@ -7,9 +7,14 @@ between the two is added to the task loss:
 loss = CE(s, y) + ``beta`` * mean ||r(s_stage) - t_stage||^2
 
 with ``beta`` = 100 as in Sarfraz et al. (ICPR 2020) and the RepDistiller benchmark; spatial sizes are
-matched by adaptive average pooling when they differ. The paper's two-stage schedule (hints first,
-then KD) is left to the feature-methods issue; here FitNet proves that a method's extra module (the
-regressor) trains with the student, is saved in the resume state and is synchronised under DDP.
+matched by adaptive average pooling when they differ. The regressor trains with the student, is saved
+in the resume state and is synchronised under DDP.
+
+The paper trains in two stages: hints first (the student up to its guided layer, and the regressor,
+minimise the hint loss alone), then the whole student. ``hint_epochs`` > 0 runs that first stage for
+the first ``hint_epochs`` epochs (``beta`` * hint alone; the layers above the guided stage and the
+classifier get zero gradients), then the joint loss above. The paper's second stage is Hinton KD
+rather than CE + hint; the default 0 is RepDistiller's single-stage training.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from torch import nn
 from noisystudent.config import _range
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
+from noisystudent.errors import ConfigError
 
 
 @register_method
@@ -35,6 +41,7 @@ class FitNet(DistillMethod):
         student_stage: int = -2  # the middle stage of the CIFAR models (the paper's guided layer)
         teacher_stage: int = -2
         beta: float = field(default=100.0, metadata=_range(0, 1e6))
+        hint_epochs: int = field(default=0, metadata=_range(0, 100000))  # first stage: hints alone
 
     def __init__(self, params, **kw):
         super().__init__(params, **kw)
@@ -52,6 +59,12 @@ class FitNet(DistillMethod):
     def teacher_stages(self):
         return (self.params.teacher_stage,)
 
+    def set_epoch(self, epoch: int, total: int) -> None:
+        if self.params.hint_epochs >= total:
+            raise ConfigError(f"{self.field}.hint_epochs", f"must be less than the training epochs ({total}), "
+                              f"got {self.params.hint_epochs}: the classifier would never train")
+        super().set_epoch(epoch, total)
+
     def loss(self, student, teacher, batch):
         s = self.regressor(student.features[0])
         t = teacher.features[0]
@@ -59,4 +72,6 @@ class FitNet(DistillMethod):
             s = F.adaptive_avg_pool2d(s, t.shape[-2:])
         hint = F.mse_loss(s.float(), t.float())
         ce = F.cross_entropy(student.labeled, batch.y, label_smoothing=self.label_smoothing)
-        return ce + self.params.beta * hint, {"loss_labeled": ce.detach(), "loss_hint": hint.detach()}
+        # hint stage: ce * 0 keeps the classifier in the graph (DDP wants a gradient for every parameter)
+        task = ce * 0 if self.epoch < self.params.hint_epochs else ce
+        return task + self.params.beta * hint, {"loss_labeled": ce.detach(), "loss_hint": hint.detach()}
