@@ -175,3 +175,43 @@ def test_engine_names_both_models_in_the_fsp_error(tmp_path, require_fmnist):
                    teacher_ckpt=str(tmp_path / "teacher.pt"))
     with pytest.raises(UserError, match=r"student wrn_16_2 but .* teacher resnet26"):
         run_training(job)
+
+
+# -- the bench-kd table ------------------------------------------------------------------------------
+
+
+def test_bench_kd_table_gain_and_spread():
+    from bench.kd import format_table, summarise
+
+    def run(method, seed, acc, fid=0.9):
+        return {"student": "resnet8", "method": method, "seed": seed, "test_acc": acc, "test_fidelity": fid,
+                "train_seconds": 10.0}
+
+    runs = [run("supervised", s, a) for s, a in enumerate((0.80, 0.81, 0.82))]
+    runs += [run("hinton", s, a) for s, a in enumerate((0.85, 0.86, 0.87))]  # +5 points, spread 1 + 1
+    runs += [run("at", s, a) for s, a in enumerate((0.80, 0.83, 0.86))]  # +2 points, spread 3 + 1
+    rows = {r["method"]: r for r in summarise(runs)}
+    assert [r["method"] for r in summarise(runs)] == ["supervised", "hinton", "at"]  # the bench's method order
+    assert rows["hinton"]["gain"] == pytest.approx(0.05) and rows["hinton"]["beats_baseline"] is True
+    assert rows["at"]["gain"] == pytest.approx(0.02) and rows["at"]["beats_baseline"] is False
+    assert rows["supervised"]["gain"] is None and rows["hinton"]["test_acc_std"] == pytest.approx(0.01)
+    one_seed = {r["method"]: r for r in summarise([run("supervised", 0, 0.8), run("hinton", 0, 0.9)])}
+    assert one_seed["hinton"]["beats_baseline"] is False  # no spread to beat with one seed
+    text = format_table(summarise(runs), {"model": "resnet26", "test_acc": 0.9, "train_seconds": 5, "dir": "d"})
+    assert "86.00 ± 1.00" in text and "+5.00" in text and "yes" in text
+
+
+def test_bench_kd_teacher_cache_key():
+    """The cached teacher is found again whatever the device or data folder, and not for other settings."""
+    import dataclasses
+
+    from bench.kd import FULL, base_config, teacher_cache_dir
+
+    cfg = base_config(FULL)
+    key = teacher_cache_dir(cfg, "runs/cache")
+    assert key.name.startswith("kd-teacher-resnet26-15ep-")
+    assert teacher_cache_dir(dataclasses.replace(cfg, device="cpu"), "runs/cache") == key
+    assert teacher_cache_dir(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root="/elsewhere")), "runs/cache") == key
+    assert teacher_cache_dir(dataclasses.replace(cfg, seed=1), "runs/cache") != key
+    other = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, labels_per_class=1000))
+    assert teacher_cache_dir(other, "runs/cache") != key
