@@ -119,6 +119,8 @@ def _digest(obj: Any, n: int = 10) -> str:
 def _slug(overrides: dict) -> str:
     parts = []
     for k, v in overrides.items():
+        if isinstance(v, dict):
+            v = "-".join(str(x) for x in [v.get("name", "")] + [f"{a}{b}" for a, b in v.items() if a != "name"])
         short = k.split(".")[-1] if k.split(".")[-1] not in ("name", "rate", "ratio") else "_".join(k.split(".")[-2:])
         parts.append(f"{short}={v}")
     s = ",".join(parts)
@@ -222,12 +224,15 @@ def _run_job(config: dict) -> None:
 
     config = config["job"]  # Tune's param space is {"job": grid_search(specs)}
     run = RunDir(config["run_dir"])
-    cfg = run.freeze_config(config_from_dict(config["cfg"]))
     t0 = time.perf_counter()
-    if config["stage"] == "teacher":
-        m = steps.train_teacher(run, cfg, progress=False)
-    else:
-        m = steps.distill(run, cfg, progress=False)
+    try:
+        cfg = run.freeze_config(config_from_dict(config["cfg"]))
+        if config["stage"] == "teacher":
+            m = steps.train_teacher(run, cfg, progress=False)
+        else:
+            m = steps.distill(run, cfg, progress=False)
+    except UserError as exc:  # Tune copies a trial's exception; ours take a field and a message
+        raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
     out = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     out["job_seconds"] = time.perf_counter() - t0
     tune.report(out)

@@ -145,3 +145,20 @@ def test_study_cli_status(tmp_path, require_fmnist):
 
     r = CliRunner().invoke(main, ["study", "status", str(tmp_path)])
     assert r.exit_code == 2 and "not a study folder" in r.output
+
+
+@pytest.mark.slow
+def test_failed_trial_is_retried_and_listed_while_the_rest_finish(tmp_path, require_fmnist, ray_session):
+    from pipelines.study import run_study, status
+
+    path = tmp_path / "study.yaml"
+    text = STUDY.format(root=require_fmnist).replace("max_failures: 0", "max_failures: 1")
+    text = text.replace("  distill.method.name: [supervised, hinton]\n  seed: [0, 1]\n",
+                        "  distill.method: [{name: supervised}, {name: fitnet, student_stage: 99}]\n")
+    path.write_text(text)
+    out = run_study(path, tmp_path / "study")
+    assert len(out["errors"]) == 1
+    (tid, err), = out["errors"].items()
+    assert "fitnet" in tid and "student_stage" in err
+    st = status(tmp_path / "study")
+    assert st["counts"] == {"done": 1, "failed": 1} and "student_stage" in st["failed"][tid]
