@@ -116,6 +116,8 @@ def train(job: TrainJob, ray_cfg: RayConfig, fail_at_epoch: Optional[int] = None
         per_worker["GPU"] = ray_cfg.gpus_per_worker
     out = Path(job.out_dir).resolve()
     job.out_dir = out
+    if job.teacher_ckpt:  # workers run in another directory: a run folder given relative must not break them
+        job.teacher_ckpt = str(Path(job.teacher_ckpt).resolve())
     job.step_bars = False  # bars do not redraw through Ray's log forwarding; per-epoch lines still print
     storage = out / "ray_train"
     trainer = TorchTrainer(

@@ -124,7 +124,7 @@ class FashionMNISTSource(ImageSource):
         in_chans: int = 1,
     ) -> None:
         super().__init__(in_chans, list(CLASSES) if labeled else None)
-        self.root = str(root)
+        self.root = os.path.abspath(os.fspath(root))  # pickled to Ray workers, whose working directory differs
         self.split = split
         _, all_labels = load_fashion_mnist(self.root, split)
         n = len(all_labels)
