@@ -162,3 +162,43 @@ def test_failed_trial_is_retried_and_listed_while_the_rest_finish(tmp_path, requ
     assert "fitnet" in tid and "student_stage" in err
     st = status(tmp_path / "study")
     assert st["counts"] == {"done": 1, "failed": 1} and "student_stage" in st["failed"][tid]
+
+
+@pytest.mark.slow
+def test_study_resumes_after_its_driver_is_killed(tmp_path, require_fmnist, ray_session):
+    """A `noisystudent study` driver on the session's Ray instance is killed after its first trial; running
+    the study again finishes the rest without running the finished trial (or the teacher) again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipelines.study import run_study, status
+
+    text = STUDY.format(root=require_fmnist)
+    (tmp_path / "slow.yaml").write_text(text + "max_concurrent: 1\n")  # same trials, one at a time
+    (tmp_path / "study.yaml").write_text(text)
+    d = tmp_path / "study"
+    gcs = ray_session.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-m", "noisystudent.cli", "study", str(tmp_path / "slow.yaml"), "--study-dir",
+                             str(d), "--ray-address", gcs, "--quiet"], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    done: dict = {}
+    while time.time() < deadline and proc.poll() is None and not done:
+        time.sleep(0.5)
+        if (d / "study.json").exists():
+            done = {r["trial"]: (d / "trials" / r["trial"] / "state.json").read_text()
+                    for r in status(d)["rows"] if r["status"] == "done"}
+    assert done, "the study never finished a trial"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(done) < 4
+    teacher_state = (next((d / "teachers").iterdir()) / "state.json").read_text()
+
+    out = run_study(tmp_path / "study.yaml", d)
+    assert out["errors"] == {} and status(d)["counts"] == {"done": 4}
+    for tid, state in done.items():
+        assert (d / "trials" / tid / "state.json").read_text() == state
+    assert (next((d / "teachers").iterdir()) / "state.json").read_text() == teacher_state
