@@ -47,9 +47,21 @@ def write_shard(
     rejected: Optional[Sequence[tuple[str, str]]] = None,
 ) -> Path:
     """Write ``table`` with ``metadata`` (and this chunk's rejected images) to ``path`` atomically."""
+    return write_table_shard(path, table, metadata.to_parquet_metadata(), rejected)
+
+
+def write_table_shard(
+    path: str | os.PathLike,
+    table: pa.Table,
+    kv_metadata: dict[bytes, bytes],
+    rejected: Optional[Sequence[tuple[str, str]]] = None,
+) -> Path:
+    """Write any shard atomically: ``table``, its key-value metadata and its chunk's rejected images
+    (under :data:`REJECTED_KEY`, read back by :func:`shard_rejected`). Label shards and anomaly-score
+    shards are both written here."""
     path = Path(path)
     kv = dict(table.schema.metadata or {})
-    kv.update(metadata.to_parquet_metadata())
+    kv.update(kv_metadata)
     if rejected:
         kv[REJECTED_KEY] = json.dumps([[str(i), str(r)] for i, r in rejected]).encode("utf-8")
     table = table.replace_schema_metadata(kv)
@@ -98,6 +110,15 @@ def read_rejected(path: str | os.PathLike) -> list[tuple[str, str]]:
         if REJECTED_KEY in kv:
             out.extend((str(i), str(r)) for i, r in json.loads(kv[REJECTED_KEY]))
     return out
+
+
+def shard_rejected(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(image_id, reason)`` of the rejected images recorded in one shard of any kind."""
+    try:
+        kv = dict(pq.read_schema(path).metadata or {})
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"shard {path} is unreadable ({exc})") from None
+    return [(str(i), str(r)) for i, r in json.loads(kv[REJECTED_KEY])] if REJECTED_KEY in kv else []
 
 
 def check_metadata(got: LabelMetadata, expected: LabelMetadata, where: str, against: str) -> None:

@@ -1,3 +1,4 @@
 """Every registered method; importing this package registers them all."""
 
 from noisystudent.distill.methods import at, fitnet, fsp, hinton, noisy_student, rkd, sp, supervised  # noqa: F401
+from noisystudent.distill.methods import stpm  # noqa: F401,E402  (anomaly detection: noisystudent.anomaly)
