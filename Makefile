@@ -22,6 +22,8 @@ help:
 	@echo "                     cached ResNet-26 teacher, 3 seeds (~1 h on 2 idle cores; python -m bench.kd --quick: minutes)"
 	@echo "make clean           remove what can be rebuilt: the venv, caches, egg-info, bench/results (keeps runs/)"
 	@echo "make clean-runs      delete runs/: every run's results and the cached converged oracle"
+	@echo "make bench-study     a Ray Tune study: supervised / hinton / fitnet at label noise 0 and 0.4, 2 seeds, the"
+	@echo "                     summary over seeds (~1 h on 2 cores, estimated; python -m bench.study --quick: minutes)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +77,10 @@ bench-kd: install
 clean:
 	rm -rf bench/results .pytest_cache $(VENV) *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: bench-study
+bench-study: install
+	$(BIN)/python -m bench.study
 
 clean-runs:
 	@echo "deleting runs/: every run folder's results (models, pseudo-labels, reports) and runs/cache (the converged oracle)"

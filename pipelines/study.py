@@ -3,6 +3,7 @@
 A study file (YAML)::
 
     base: distill.yaml            # an experiment config: a path (relative to the study file) or a mapping
+    set: {student.train.epochs: 2}  # optional: dotted fields every trial changes in the base
     grid:                         # every combination is a trial; keys are dotted config fields
       distill.method.name: [supervised, hinton]
       data.label_noise.rate: [0.0, 0.4]
@@ -57,7 +58,7 @@ from .state import RunDir
 
 TEACHER_STEP = "gen-0/teacher"
 TRIAL_STEP = "distill/student"
-STUDY_KEYS = {"base", "name", "grid", "random", "resources", "max_concurrent", "max_failures", "teacher"}
+STUDY_KEYS = {"base", "set", "name", "grid", "random", "resources", "max_concurrent", "max_failures", "teacher"}
 
 
 @dataclass
@@ -149,6 +150,11 @@ def load_study(path: str | Path) -> Study:
         base = yaml.safe_load(bpath.read_text(encoding="utf-8")) or {}
     if not isinstance(base, dict):
         raise ConfigError("study.base", "must be a config file path or a mapping")
+    fixed = spec.get("set") or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError("study.set", "must map dotted config fields to values")
+    for k, v in fixed.items():
+        set_dotted(base, k, v)
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
         raise ConfigError("study.grid", "must map dotted config fields to non-empty lists of values")
