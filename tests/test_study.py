@@ -202,3 +202,21 @@ def test_study_resumes_after_its_driver_is_killed(tmp_path, require_fmnist, ray_
     for tid, state in done.items():
         assert (d / "trials" / tid / "state.json").read_text() == state
     assert (next((d / "teachers").iterdir()) / "state.json").read_text() == teacher_state
+
+
+def test_summary_and_report_from_rows(tmp_path):
+    from pipelines.study import format_summary, summary, write_report
+
+    rows = [{"trial": f"t{m}{n}{s}", "distill.method.name": m, "data.label_noise.rate": n, "seed": s, "status": "done",
+             "test_acc": acc + 0.01 * s, "fidelity": 0.5, "teacher_test_acc": 0.8, "seconds": 1.0, "error": None}
+            for m, n, acc in [("supervised", 0.0, 0.8), ("hinton", 0.0, 0.85), ("supervised", 0.4, 0.6), ("hinton", 0.4, 0.7)]
+            for s in (0, 1)]
+    rows.append({"trial": "bad", "distill.method.name": "fitnet", "data.label_noise.rate": 0.0, "seed": 0, "status": "failed",
+                 "test_acc": None, "fidelity": None, "teacher_test_acc": None, "seconds": None, "error": "boom"})
+    table = summary(rows)
+    assert len(table) == 4 and (table["seeds"] == 2).all()
+    best = table.loc[table["test_acc_mean"].idxmax()]
+    assert best["distill.method.name"] == "hinton" and abs(best["test_acc_mean"] - 0.855) < 1e-9
+    assert "0.8550 ± 0.0071" in format_summary(table)
+    page = write_report(tmp_path, rows).read_text()
+    assert "<b>0.8550 ± 0.0071</b>" in page and "boom" in page and (tmp_path / "report" / "heatmap.png").is_file()
