@@ -215,3 +215,21 @@ def test_bench_kd_teacher_cache_key():
     assert teacher_cache_dir(dataclasses.replace(cfg, seed=1), "runs/cache") != key
     other = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, labels_per_class=1000))
     assert teacher_cache_dir(other, "runs/cache") != key
+
+
+@pytest.mark.parametrize("name", ["at", "fsp", "rkd", "sp"])
+def test_feature_losses_are_computed_in_fp32_under_autocast(name):
+    """The engine calls a method inside autocast (bf16 on GPUs); Gram matrices and distances must not be
+    computed in bf16. CPU autocast casts matmuls to bf16 the same way, so this runs anywhere."""
+    g = torch.Generator().manual_seed(3)
+    method = make(name)
+    s = features(method, method.student_info, method.student_stages, 16, 28, g)
+    t = features(method, method.teacher_info, method.teacher_stages, 16, 28, g)
+    logits = torch.randn(16, 10, generator=g)
+    batch = Batch(x_labeled=torch.zeros(16, 1, 28, 28), y=torch.randint(0, 10, (16,), generator=g))
+    _, fp32 = method.loss(Outputs(logits, s, 16), Outputs(logits, t, 16), batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, amp = method.loss(Outputs(logits, [f.bfloat16() for f in s], 16), Outputs(logits, [f.bfloat16() for f in t], 16), batch)
+    for k, v in distill_parts(fp32).items():
+        # inputs rounded to bf16 (3 significant digits) move the loss a little; bf16 arithmetic would move it far more
+        assert distill_parts(amp)[k] == pytest.approx(v, rel=2e-2), (k, v, distill_parts(amp)[k])

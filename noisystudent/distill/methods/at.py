@@ -41,8 +41,9 @@ def pool_to_common(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def at_loss(f_s: torch.Tensor, f_t: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    f_s, f_t = pool_to_common(f_s, f_t)
-    return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
+    with torch.autocast(f_s.device.type, enabled=False):  # in fp32 under bf16/fp16 autocast too
+        f_s, f_t = pool_to_common(f_s.float(), f_t.float())
+        return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
 
 
 @register_method

@@ -38,14 +38,16 @@ from noisystudent.errors import ConfigError
 
 
 def fsp_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, C1, H1, W1), (N, C2, H2, W2) -> (N, C1, C2); the finer map pooled to the coarser one's size."""
-    a, b = a.float(), b.float()
-    if a.shape[-2:] != b.shape[-2:]:
-        if a.shape[-2] * a.shape[-1] > b.shape[-2] * b.shape[-1]:
-            a = F.adaptive_avg_pool2d(a, b.shape[-2:])
-        else:
-            b = F.adaptive_avg_pool2d(b, a.shape[-2:])
-    return torch.einsum("nchw,ndhw->ncd", a, b) / (a.shape[-2] * a.shape[-1])
+    """(N, C1, H1, W1), (N, C2, H2, W2) -> (N, C1, C2); the finer map pooled to the coarser one's size.
+    In fp32 even under autocast, which would run the product in bf16/fp16."""
+    with torch.autocast(a.device.type, enabled=False):
+        a, b = a.float(), b.float()
+        if a.shape[-2:] != b.shape[-2:]:
+            if a.shape[-2] * a.shape[-1] > b.shape[-2] * b.shape[-1]:
+                a = F.adaptive_avg_pool2d(a, b.shape[-2:])
+            else:
+                b = F.adaptive_avg_pool2d(b, a.shape[-2:])
+        return torch.einsum("nchw,ndhw->ncd", a, b) / (a.shape[-2] * a.shape[-1])
 
 
 def _describe(info: list[dict], i: int) -> str:

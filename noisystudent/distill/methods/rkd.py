@@ -46,12 +46,14 @@ def _angles(e: torch.Tensor) -> torch.Tensor:
 
 
 def rkd_losses(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(distance loss, angle loss) between two batches of features; zero for batches of fewer than 2 / 3."""
-    s, t = _embed(f_s), _embed(f_t).detach()
-    zero = s.sum() * 0
-    dist = F.smooth_l1_loss(_normalised_distances(s), _normalised_distances(t)) if len(s) >= 2 else zero
-    angle = F.smooth_l1_loss(_angles(s), _angles(t)) if len(s) >= 3 else zero
-    return dist, angle
+    """(distance loss, angle loss) between two batches of features; zero for batches of fewer than 2 / 3.
+    In fp32 even under autocast: distances from |a|^2 + |b|^2 - 2ab cancel badly in bf16."""
+    with torch.autocast(f_s.device.type, enabled=False):
+        s, t = _embed(f_s), _embed(f_t).detach()
+        zero = s.sum() * 0
+        dist = F.smooth_l1_loss(_normalised_distances(s), _normalised_distances(t)) if len(s) >= 2 else zero
+        angle = F.smooth_l1_loss(_angles(s), _angles(t)) if len(s) >= 3 else zero
+        return dist, angle
 
 
 @register_method

@@ -33,7 +33,8 @@ def similarity(f: torch.Tensor) -> torch.Tensor:
 
 def sp_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     b = f_s.shape[0]
-    return (similarity(f_t) - similarity(f_s)).pow(2).sum() / max(b * b, 1)
+    with torch.autocast(f_s.device.type, enabled=False):  # Gram matrices in fp32 under autocast too
+        return (similarity(f_t) - similarity(f_s)).pow(2).sum() / max(b * b, 1)
 
 
 @register_method
