@@ -5,9 +5,11 @@ BIN    := $(VENV)/bin
 FMNIST ?= /usr/share/datasets/fashion-mnist
 RUN_DIR ?= runs/fashion_mnist
 CONFIG ?= configs/fashion_mnist.yaml
+# Ray's token authentication on for the embedded instance, decided before Python imports ray (README: Security)
+export RAY_AUTH_MODE ?= token
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 
-.PHONY: install data test test-all run run-full bench bench-accuracy bench-small bench-kd report clean clean-runs help
+.PHONY: install data test test-all run run-full bench bench-accuracy bench-small bench-kd bench-anomaly report clean clean-runs help
 
 help:
 	@echo "make run             the full Noisy Student loop on Fashion-MNIST (CPU-sized default)"
@@ -20,6 +22,8 @@ help:
 	@echo "                     2 generations, promotion decisions, wall time (~15 min on 2 cores)"
 	@echo "make bench-kd        distillation methods (supervised, hinton, fitnet, at, fsp, sp, rkd) on ResNet-8 from a"
 	@echo "                     cached ResNet-26 teacher, 3 seeds (~1 h on 2 idle cores; python -m bench.kd --quick: minutes)"
+	@echo "make bench-anomaly   STPM anomaly detection per Fashion-MNIST class: synthetic defects with masks and the other"
+	@echo "                     classes, image and pixel AUROC (~1 h on 2 idle cores; python -m bench.anomaly --quick: minutes)"
 	@echo "make clean           remove what can be rebuilt: the venv, caches, egg-info, bench/results (keeps runs/)"
 	@echo "make clean-runs      delete runs/: every run's results and the cached converged oracle"
 	@echo "make bench-study     a Ray Tune study: supervised / hinton / fitnet at label noise 0 and 0.4, 2 seeds, the"
@@ -72,6 +76,9 @@ bench-small: install
 
 bench-kd: install
 	$(BIN)/python -m bench.kd
+
+bench-anomaly: install
+	$(BIN)/python -m bench.anomaly
 
 # Only what `make install` / `make bench` rebuild; experiment results live in runs/ and go with clean-runs.
 clean:

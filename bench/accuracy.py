@@ -18,12 +18,10 @@ the table and JSON carry both. ``--oracle-only`` trains just the converged oracl
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 from typing import Optional
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 CONVERGED = "oracle-converged"
 

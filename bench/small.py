@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "configs" / "imagefolder_example.yaml"
 FMNIST = Path(os.environ.get("NOISYSTUDENT_FMNIST", "/usr/share/datasets/fashion-mnist"))

@@ -3,7 +3,8 @@
 Security of the embedded instance (what Ray 2.60 offers, checked with ``ss -ltnp``):
 
 - Token authentication stays on. ``RAY_AUTH_MODE=token`` is set for the embedded instance unless the
-  user set the variable; Ray then generates ``~/.ray/auth_token`` on first use and every RPC to the
+  user set the variable (before ``ray`` is imported: Ray reads it then; the Makefile exports it too);
+  Ray then generates ``~/.ray/auth_token`` on first use and every RPC to the
   GCS, raylet and workers must carry it (a client with a wrong token is refused; tested).
 - Ray 2.60 has no setting that binds its gRPC servers to loopback: the GCS server, raylet and core
   workers listen on all interfaces (``*:PORT``) whatever ``_node_ip_address`` says (checked: passing
@@ -25,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -53,6 +55,10 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, quie
     seconds instead of Ray's minutes of retries. A second call reuses the running instance. Worker
     output (per-epoch lines of Ray Train workers) reaches the driver unless ``quiet``.
     """
+    if not address and "ray" not in sys.modules:
+        # Ray's core reads the mode once, when ``ray`` is imported: set after the import (as
+        # _start_embedded alone did), the GCS it starts wants a token the driver never sends
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -80,7 +86,10 @@ def _start_embedded(num_cpus: Optional[int], kwargs: dict) -> None:
     import ray
 
     reap_orphans()
-    mode = os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Never set the mode here: Ray reads it when `ray` is imported, and a GCS started with a mode the
+    # driver did not load refuses the driver ("InvalidAuthToken"). Unset (ray imported before init_ray
+    # could set it), Ray 2.60 turns token authentication on for a new local cluster by itself.
+    mode = os.environ.get("RAY_AUTH_MODE", "token")
     if mode.lower() != "token":
         log.warning("RAY_AUTH_MODE=%s: the embedded Ray instance runs WITHOUT token authentication and listens on "
                     "all interfaces; anyone who can reach this machine can run code in it", mode)

@@ -207,3 +207,24 @@ def test_hard_killed_driver_leaves_nothing_behind(ray_session, tmp_path):
     assert tagged_processes(tag) == []
     assert not list((state / "embedded-ray").glob("*.json"))
     assert ray_session.is_initialized() and ray_session.cluster_resources().get("CPU")
+
+
+@pytest.mark.parametrize("import_ray_first", [False, True])
+def test_embedded_instance_starts_with_token_auth_when_mode_is_unset(tmp_path, import_ray_first):
+    """Ray reads RAY_AUTH_MODE when imported: init_ray must never leave the driver and its GCS disagreeing
+    ("InvalidAuthToken"), whether or not ray was imported before it and with the variable unset."""
+    script = textwrap.dedent(f"""
+        {'import ray' if import_ray_first else ''}
+        from pipelines.ray_runtime import init_ray
+        init_ray(num_cpus=1, quiet=True)
+        import ray
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+        @ray.remote
+        def f():
+            return 41 + 1
+        print("RESULT", ray.get(f.remote()), get_authentication_mode() == AuthenticationMode.TOKEN)
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "NOISYSTUDENT_RAY_TAG")}
+    env.update(NOISYSTUDENT_STATE_DIR=str(tmp_path), PYTHONPATH=os.getcwd())
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert "RESULT 42 True" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
