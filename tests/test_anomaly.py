@@ -376,3 +376,21 @@ def test_killed_score_resumes_without_duplicates(world, scored, tmp_path):
     train_detector(anomaly_config_from_dict(config_dict(world["root"], threshold={"fpr": 0.5})), other, progress=False)
     with pytest.raises(UserError, match="holds scores of another job: threshold was .*use force to rescore"):
         score_images(other, source, out, progress=False)
+
+
+@pytest.mark.slow
+def test_cli_score_in_a_fresh_process_starts_its_own_ray(world, tmp_path):
+    """``noisystudent anomaly score`` as a user runs it: a new process, no Ray setting in its environment,
+    starts its embedded instance (token authentication on, set before Ray is imported) and scores."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    exe = Path(sys.executable).parent / "noisystudent"
+    res = subprocess.run([str(exe), "anomaly", "score", str(world["run"]), str(world["root"] / "test"), "-o",
+                          str(tmp_path / "out"), "--quiet", "--no-report"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "scored 24 images (3 unreadable" in res.stdout
+    assert read_scores(tmp_path / "out")["image_id"].is_unique

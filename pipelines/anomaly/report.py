@@ -134,10 +134,31 @@ def roc_figure(curves: Sequence[tuple[str, np.ndarray, np.ndarray, Optional[floa
     return fig
 
 
+def overlay(ax, image: np.ndarray, amap: Optional[np.ndarray], scale: float, mask: Optional[np.ndarray] = None) -> None:
+    """An image with its anomaly map on top: colour (jet) and opacity both rise with sqrt(map / ``scale``),
+    so normal areas show the image itself and only what approaches ``scale`` (the threshold) is painted;
+    the mask, when given, is outlined in white."""
+    from matplotlib import colormaps
+
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+    if amap is not None:
+        v = np.sqrt(np.clip(np.asarray(amap, dtype=np.float64) / max(scale, 1e-30), 0.0, 1.0))
+        rgba = colormaps["jet"](v)
+        rgba[..., 3] = 0.75 * v
+        ax.imshow(rgba, interpolation="bilinear")
+    if mask is not None and np.asarray(mask).any():
+        ax.contour(np.asarray(mask).astype(float), levels=[0.5], colors="white", linewidths=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def maps_grid(images: Sequence[np.ndarray], maps: Sequence[Optional[np.ndarray]], titles: Sequence[str],
               flagged: Sequence[bool], scale: float, masks: Optional[Sequence[Optional[np.ndarray]]] = None,
               per_row: int = 8):
-    """Each image with its map overlaid (jet, 0 .. ``scale``; above it saturates) and its mask outlined."""
+    """Each image with its map overlaid (:func:`overlay`) and its mask outlined; red titles are flagged."""
     from matplotlib import rc_context
 
     from pipelines.report.plots import STYLE, _figure
@@ -149,17 +170,8 @@ def maps_grid(images: Sequence[np.ndarray], maps: Sequence[Optional[np.ndarray]]
         fig = _figure(1.45 * cols + 0.2, 1.65 * rows + 0.2)
         for k in range(n):
             ax = fig.add_subplot(rows, cols, k + 1)
-            img = np.asarray(images[k])
-            if img.ndim == 3 and img.shape[2] == 1:
-                img = img[:, :, 0]
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
-            if maps[k] is not None:
-                ax.imshow(maps[k], cmap="jet", alpha=0.45, vmin=0, vmax=scale, interpolation="bilinear")
-            if masks is not None and masks[k] is not None and masks[k].any():
-                ax.contour(masks[k].astype(float), levels=[0.5], colors="white", linewidths=0.8)
+            overlay(ax, images[k], maps[k], scale, masks[k] if masks is not None else None)
             ax.set_title(titles[k], fontsize=6, color="#c00" if flagged[k] else "#222")
-            ax.set_xticks([])
-            ax.set_yticks([])
     return fig
 
 
@@ -283,7 +295,8 @@ def build_anomaly_report(score_dir: str | os.PathLike, out_dir: Optional[str | o
             flags.append(bool(df["flagged"].iloc[k]))
             outlines.append(mask_of.get(ids[k]))
         if imgs:
-            caption = ("Anomaly maps over the images (jet, 0 to the threshold; red titles are flagged)"
+            caption = ("Anomaly maps over the images (colour and opacity rise with sqrt(map / threshold); red titles "
+                       "are flagged)"
                        + ("; white outlines are the masks." if mask_of else ".")
                        + (" Without stored maps (--no-maps) the images alone." if not shape else ""))
             plots.append(Plot("maps.png", "Images and anomaly maps",
