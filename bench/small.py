@@ -76,13 +76,13 @@ def example_config(paths: dict[str, str], sets: Optional[dict] = None):
     return load_config(EXAMPLE, {**{f"data.{k}": v for k, v in paths.items()}, **(sets or {})})
 
 
-def table(run_dir: Path) -> list[dict]:
-    """One row per generation (0: the teacher) from ``noisystudent status``, with the model that taught it
-    and whether its student teaches the next generation."""
+def table(run_dir: Path, generations: int) -> list[dict]:
+    """One row per generation 0..``generations`` (0: the teacher) from ``noisystudent status``, with the
+    model that taught it and whether its student teaches the next generation."""
     from pipelines.loop import status_rows
     from pipelines.state import RunDir
 
-    return [r for r in status_rows(RunDir(run_dir)) if isinstance(r["generation"], int)]
+    return [r for r in status_rows(RunDir(run_dir)) if isinstance(r["generation"], int) and r["generation"] <= generations]
 
 
 def final_model(run_dir: Path, generations: int) -> dict:
@@ -138,7 +138,7 @@ def main() -> None:
     except UserError as exc:
         raise SystemExit(f"error: {exc}") from None
     wall = time.perf_counter() - t0
-    rows = table(run_dir)
+    rows = table(run_dir, args.generations)
     print(print_table(rows))
     final = final_model(run_dir, args.generations)
     teacher = rows[0]["test_acc"]
@@ -146,7 +146,11 @@ def main() -> None:
     print(f"\nthe loop ends with {final['model_dir']} ({final['model']}): test {final['test_acc']:.4f} vs the "
           f"generation 0 teacher {teacher:.4f} ({100 * (final['test_acc'] - teacher):+.2f} points; at least as good: {ok})")
     steps_seconds = sum(r["seconds"] or 0 for r in rows)
-    print(f"wall time of this call: {wall:.0f} s; sum of the run's step times: {steps_seconds:.0f} s ({run_dir})")
+    from pipelines.state import RunDir
+
+    run_seconds = RunDir(run_dir).state().get("last_run_seconds")  # the loop's own wall time, written by run_all
+    print(f"wall time of the loop: {run_seconds:.0f} s; of this call: {wall:.0f} s; sum of the run's step times: "
+          f"{steps_seconds:.0f} s ({run_dir}, {os.cpu_count()} CPUs, 1-minute load {os.getloadavg()[0]:.1f})")
     from noisystudent.io import write_json
     from pipelines.report import build_report
 
@@ -154,7 +158,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, {"config": str(EXAMPLE.relative_to(EXAMPLE.parent.parent)), "changed_fields": [f"data.{k}" for k in PATH_FIELDS],
                      "run_dir": str(run_dir), "generations": args.generations, "rows": rows, "final_model": final,
-                     "final_at_least_teacher": ok, "wall_seconds": round(wall, 1), "step_seconds": round(steps_seconds, 1),
+                     "final_at_least_teacher": ok, "run_seconds": run_seconds, "wall_seconds_this_call": round(wall, 1),
+                     "step_seconds": round(steps_seconds, 1),
                      "cpus": os.cpu_count(), "load_avg_1min": os.getloadavg()[0]})
     print(f"report: {build_report(run_dir)}")
 
