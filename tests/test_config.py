@@ -15,7 +15,14 @@ from noisystudent.errors import ConfigError, UserError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def _experiment_configs(root: Path) -> list[Path]:
+    """Shipped experiment configs (study files, which name a `base` config and a grid, are tested in test_study)."""
+    import yaml as _yaml
+
+    return sorted(p for p in (root / "configs").glob("*.yaml") if "base" not in (_yaml.safe_load(p.read_text()) or {}))
+
+
+@pytest.mark.parametrize("name", [p.name for p in _experiment_configs(ROOT)])
 def test_shipped_configs_validate_and_every_model_resolves(name):
     cfg = load_config(ROOT / "configs" / name)
     assert isinstance(cfg, ExperimentConfig)
@@ -94,7 +101,7 @@ def test_cli_exits_2_with_one_line(tmp_path, content, flag, needle):
         assert len(err_lines) == 1
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _experiment_configs(Path(__file__).parent.parent), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     """Every config under configs/ is valid, and its ladder only grows (the student is equal or larger);
     a distillation config's student is smaller than its teacher."""
@@ -142,3 +149,13 @@ def test_ray_torch_threads_is_validated_and_a_runtime_field(tmp_path):
     run = RunDir(tmp_path / "run")
     run.freeze_config(config_from_dict({}))
     assert run.freeze_config(config_from_dict({"ray": {"torch_threads": 2}})).ray.torch_threads == 2
+
+
+@pytest.mark.parametrize("path", sorted(set((ROOT / "configs").glob("*.yaml")) - set(_experiment_configs(ROOT))),
+                         ids=lambda p: p.name)
+def test_shipped_study_files_load(path):
+    """Every shipped study file expands into trials whose configs all validate."""
+    from pipelines.study import load_study
+
+    study = load_study(path)
+    assert len(study.trials) >= 2 and study.grid
