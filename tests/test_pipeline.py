@@ -311,6 +311,7 @@ def test_ray_train_worker_applies_torch_threads(monkeypatch):
 
     class Job:
         device, role, generation = "cpu", "teacher", 0
+        teacher_ckpt = None
 
         def __init__(self, out):
             self.out_dir = out
