@@ -1,12 +1,18 @@
 """The labeling job: teacher(s) label every unlabeled image once, on Ray Data, into Parquet shards.
 
 Labeling is one user of the sharded scoring job in :mod:`pseudo_labels.sharded` (anomaly scoring is
-the other): the source's indices are cut into fixed chunks, a Ray Data actor pool (:class:`Labeler`)
-labels them, and the driver writes each chunk as one atomic ``part-NNNNN.parquet`` shard once all its
-indices have arrived, so each image is labeled exactly once, a killed job relabels only the missing
-chunks, and ``_job.json`` refuses a changed source, teacher or chunk size. That module's docstring says
-how and why. What is labeling's own: the shard holds :data:`~pseudo_labels.schema.SCHEMA` rows with
-:class:`~pseudo_labels.schema.LabelMetadata` (and the chunk's unreadable images) in its file metadata.
+the other): the source is cut into fixed partitions (index chunks of an in-memory source, or the files of
+a streaming one: :mod:`noisystudent.data.streaming`), a Ray Data actor pool labels them, and the worker
+that labels a partition writes it as one atomic ``part-NNNNN.parquet`` shard, so each image is labeled
+exactly once, a killed job relabels only the missing partitions, and ``_job.json`` refuses a changed
+source, teacher or chunk size. That module's docstring says how and why. What is labeling's own: the shard
+holds :data:`~pseudo_labels.schema.SCHEMA` rows with :class:`~pseudo_labels.schema.LabelMetadata`, the
+partition's unreadable images, and the partition's summary (:data:`SUMMARY_KEY`: rows, class counts,
+confidence histogram) in its file metadata.
+
+The summary the driver writes (``summary.json``) is the merge of those per-shard summaries, and
+``rejected.csv`` is written shard by shard: the driver never holds a row per image, so its memory is
+O(partitions x classes) whatever the number of images.
 
 The teachers travel to the actors inside the constructor arguments (spec and weights, loaded once on
 the driver with :func:`~noisystudent.checkpoint.load_checkpoint`), so workers need no access to the
@@ -26,7 +32,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from noisystudent.checkpoint import Checkpoint, load_checkpoint
@@ -34,22 +39,24 @@ from noisystudent.errors import UserError
 from noisystudent.io import atomic_path, read_json, write_json, write_text
 
 from .schema import COLUMNS, SCHEMA, LabelMetadata, effective_topk, probs_to_table
-from .sharded import ImageBatchActor, check_run_args, job_record, pending_chunks, run_chunks
+from .sharded import ImageBatchActor, check_run_args, is_streaming, job_record, pending_chunks, run_chunks
 from .store import (
     SHARD_GLOB,
     SUCCESS,
     check_metadata,
-    read_labels,
+    list_shards,
     read_metadata,
-    read_rejected,
     shard_name,
-    write_shard,
+    shard_rejected,
+    write_table_shard,
 )
 
 DEFAULT_CHUNK_SIZE = 4096
 SUMMARY_FILE = "summary.json"
 REJECTED_FILE = "rejected.csv"
 CONFIDENCE_BINS = 20
+# A shard's own summary, in its Parquet key-value metadata: what the driver merges instead of reading rows.
+SUMMARY_KEY = b"noisystudent.summary"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,6 +173,19 @@ def true_labels(source: Any, image_ids: Sequence[str], class_names: Sequence[str
     return out
 
 
+def hidden_label_map(source: Any, class_names: Sequence[str]) -> Optional[np.ndarray]:
+    """``map[c]``: the index in ``class_names`` of the source's hidden class ``c`` (-1 unknown), with one
+    more entry (-1) for an unknown hidden label; None when the source has no hidden labels. O(classes):
+    what the labeling workers use to score pseudo-label accuracy shard by shard."""
+    if getattr(source, "hidden_labels", None) is None:
+        return None
+    src_classes = getattr(source, "classes", None)
+    if src_classes is None or list(src_classes) == list(class_names):
+        return np.asarray(list(range(len(class_names))) + [-1], dtype=np.int64)
+    index = {name: k for k, name in enumerate(class_names)}
+    return np.asarray([index.get(name, -1) for name in src_classes] + [-1], dtype=np.int64)
+
+
 def _check_args(temperature: float, topk: Optional[int], batch_size: int, num_actors: int,
                 num_gpus_per_actor: float, num_cpus_per_actor: float, chunk_size: int) -> None:
     if not temperature > 0:
@@ -180,47 +200,96 @@ def _histogram(values: np.ndarray, bins: int = CONFIDENCE_BINS) -> dict[str, lis
     return {"edges": [round(float(e), 6) for e in edges], "counts": counts.astype(int).tolist()}
 
 
-def _write_chunk(out: Path, metadata: LabelMetadata):
-    """How one chunk's rows become a label shard: :data:`SCHEMA` rows, the metadata and the chunk's rejects."""
+def shard_summary(labels: np.ndarray, confidence: np.ndarray, num_classes: int, rejected: int,
+                  truth: Optional[np.ndarray] = None) -> dict[str, Any]:
+    """What one shard contributes to ``summary.json``; summing these over shards gives the whole set's."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    out = {"rows": int(len(labels)), "rejected": int(rejected),
+           "class_counts": np.bincount(np.asarray(labels, np.int64), minlength=num_classes)[:num_classes].astype(int).tolist(),
+           "confidence_counts": _histogram(conf)["counts"], "confidence_sum": float(conf.sum())}
+    if truth is not None:
+        known = np.asarray(truth) >= 0
+        out["truth_known"] = int(known.sum())
+        out["truth_correct"] = int((np.asarray(labels)[known] == np.asarray(truth)[known]).sum())
+    return out
 
-    def write(c: int, rows: pa.Table, rejected: list[tuple[str, str]]) -> None:
-        # cast: back to the non-nullable schema, and undo any type widening on the way through Ray
+
+def read_shard_summary(path: Path, num_classes: int) -> dict[str, Any]:
+    """A shard's summary from its footer; rebuilt from its rows for a shard written before summaries were."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    kv = dict(pq.read_schema(path).metadata or {})
+    if SUMMARY_KEY in kv:
+        return json.loads(kv[SUMMARY_KEY])
+    t = pq.read_table(path, columns=["label", "confidence"])
+    return shard_summary(t["label"].to_numpy(), t["confidence"].to_numpy(), num_classes, len(shard_rejected(path)))
+
+
+def _write_chunk(out: Path, metadata: LabelMetadata):
+    """How one partition's rows become a label shard (on the worker): :data:`SCHEMA` rows, the metadata,
+    the partition's rejects and its summary."""
+    import json
+
+    kv = metadata.to_parquet_metadata()
+
+    def write(c: int, rows: pa.Table, rejected: list[tuple[str, str]], truth: Optional[np.ndarray] = None) -> None:
+        # cast: back to the non-nullable schema, and undo any type widening on the way
         labeled = rows.select(list(COLUMNS)).cast(SCHEMA).combine_chunks()
-        write_shard(out / shard_name(c), labeled, metadata, rejected)
+        summ = shard_summary(labeled["label"].to_numpy(), labeled["confidence"].to_numpy(), metadata.num_classes,
+                             len(rejected), truth)
+        write_table_shard(out / shard_name(c), labeled, {**kv, SUMMARY_KEY: json.dumps(summ).encode("utf-8")}, rejected)
 
     return write
 
 
 def _finish(out: Path, source: Any, metadata: LabelMetadata, *, processed: int, seconds: float,
             chunk_size: int, teacher_paths: list[str]) -> dict[str, Any]:
-    """Check the finished folder accounts for every image exactly once, then write the summary files."""
-    df = read_labels(out, expected=metadata, columns=["image_id", "label", "confidence"])
-    rejected = read_rejected(out)
-    rejected_ids = [i for i, _ in rejected]
-    n = len(source)
-    all_ids = pd.Index(df["image_id"]).append(pd.Index(rejected_ids))
-    if not all_ids.is_unique:
-        dup = all_ids[all_ids.duplicated()][0]
-        raise UserError(f"labels in {out} list image {dup!r} twice; relabel with force")
-    if len(all_ids) != n:
-        raise UserError(f"labels in {out} account for {len(all_ids)} images but the source has {n}; relabel with force")
+    """Merge the shards' summaries (footers only: O(shards)), check they account for every image of an
+    in-memory source, then write ``rejected.csv`` (shard by shard), ``summary.json`` and ``_SUCCESS``."""
+    import csv
+
+    shards = list_shards(out)
+    C = metadata.num_classes
+    rows = rejected = known = correct = 0
+    classes = np.zeros(C, dtype=np.int64)
+    conf_counts = np.zeros(CONFIDENCE_BINS, dtype=np.int64)
+    conf_sum = 0.0
+    has_truth = False
+    for shard in shards:
+        sm = read_shard_summary(shard, C)
+        rows += sm["rows"]
+        rejected += sm["rejected"]
+        classes += np.asarray(sm["class_counts"], dtype=np.int64)
+        conf_counts += np.asarray(sm["confidence_counts"], dtype=np.int64)
+        conf_sum += sm["confidence_sum"]
+        if "truth_known" in sm:
+            has_truth = True
+            known += sm["truth_known"]
+            correct += sm["truth_correct"]
+    n = rows + rejected
+    if not is_streaming(source) and n != len(source):
+        raise UserError(f"labels in {out} account for {n} images but the source has {len(source)}; relabel with force")
 
     skipped = list(getattr(source, "skipped", []) or [])
-    rows = rejected + [(i, f"skipped when the source was scanned: {r}") for i, r in skipped]
     with atomic_path(out / REJECTED_FILE) as tmp:
-        pd.DataFrame(rows, columns=["image_id", "reason"]).to_csv(tmp, index=False)
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["image_id", "reason"])
+            for shard in shards:
+                w.writerows(shard_rejected(shard))
+            w.writerows((i, f"skipped when the source was scanned: {r}") for i, r in skipped)
 
-    labels = df["label"].to_numpy()
-    conf = df["confidence"].to_numpy(dtype=np.float64)
     summary: dict[str, Any] = {
         "images": n,
-        "rows": int(len(df)),
-        "rejected": len(rejected),
+        "rows": rows,
+        "rejected": rejected,
         "skipped_at_scan": len(skipped),
         "classes": metadata.class_names,
-        "class_histogram": np.bincount(labels, minlength=metadata.num_classes).astype(int).tolist(),
-        "confidence_histogram": _histogram(conf),
-        "mean_confidence": float(conf.mean()) if len(conf) else None,
+        "class_histogram": classes.astype(int).tolist(),
+        "confidence_histogram": {"edges": _histogram(np.zeros(0))["edges"], "counts": conf_counts.astype(int).tolist()},
+        "mean_confidence": conf_sum / rows if rows else None,
         "processed_this_run": processed,
         "seconds": round(seconds, 3),
         "throughput_images_per_s": round(processed / seconds, 2) if processed and seconds > 0 else None,
@@ -229,14 +298,13 @@ def _finish(out: Path, source: Any, metadata: LabelMetadata, *, processed: int, 
         "temperature": metadata.temperature,
         "topk": metadata.topk,
         "chunk_size": chunk_size,
-        "shards": len(list(out.glob(SHARD_GLOB))),
+        "shards": len(shards),
+        "source_format": getattr(source, "format", "index_chunks"),
         "schema_version": metadata.schema_version,
     }
-    truth = true_labels(source, df["image_id"].tolist(), metadata.class_names)
-    if truth is not None and (truth >= 0).any():
-        known = truth >= 0
-        summary["pseudo_label_accuracy"] = float((labels[known] == truth[known]).mean())
-        summary["pseudo_label_accuracy_n"] = int(known.sum())
+    if has_truth and known:
+        summary["pseudo_label_accuracy"] = correct / known
+        summary["pseudo_label_accuracy_n"] = int(known)
     write_json(out / SUMMARY_FILE, summary)
     write_text(out / SUCCESS, time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
     return summary
@@ -283,8 +351,7 @@ def label_images(
     )
     teacher_paths = [str(p) for p in checkpoints]
 
-    n = len(source)
-    if n == 0:
+    if not is_streaming(source) and len(source) == 0:
         raise UserError("the unlabeled source holds no images")
     job = job_record(source, chunk_size, asdict(metadata))
     todo = pending_chunks(out, job, force=force, outputs=(SUMMARY_FILE, REJECTED_FILE),
@@ -299,6 +366,7 @@ def label_images(
         write_chunk=_write_chunk(out, metadata), batch_size=batch_size, num_actors=num_actors,
         num_gpus_per_actor=num_gpus_per_actor, num_cpus_per_actor=num_cpus_per_actor, progress=progress,
         desc="labeling", kill_once_marker=kill_once_marker,
+        truth_map=hidden_label_map(source, metadata.class_names),
     )
     seconds = time.perf_counter() - start
     return _finish(out, source, metadata, processed=processed, seconds=seconds, chunk_size=chunk_size,

@@ -1,38 +1,44 @@
 """Score every image of a source exactly once, on a Ray Data actor pool, into atomic Parquet shards.
 
 The labeling job (:mod:`pseudo_labels.labeling`) and anomaly scoring (:mod:`pipelines.anomaly.score`) are
-the same job with different actors: a callable class turns a batch of source indices into rows, and this
+the same job with different actors: a callable class turns a batch of decoded images into rows, and this
 module cuts the work, runs the pool, and writes and resumes the shards. What each caller adds is its
-actor (a subclass of :class:`ImageBatchActor`), how one chunk's rows become a shard (``write_chunk``) and
-its summary.
+actor (a subclass of :class:`ImageBatchActor`), how one partition's rows become a shard
+(``write_chunk``, run on the worker) and its summary (merged from per-shard summaries on the driver).
 
 How the work is cut, and why each image is scored exactly once
 --------------------------------------------------------------
-The source's index space ``0 .. N-1`` is cut into fixed chunks of ``chunk_size`` indices; chunk ``c``
-is written as ``part-{c:05d}.parquet``. A shard holds the rows of its chunk's readable images and, in
-its file metadata, the ``(image_id, reason)`` of the unreadable ones, so one atomic file is the whole
-outcome of one chunk: either it exists and accounts for every index of the chunk, or it does not exist
-and the chunk is redone. A ``_job.json`` written before any shard pins the number of images, the chunk
-size, a hash of every image id and the caller's metadata (teachers, temperature; detector), so a resumed
-run refuses a changed source, model or chunk size instead of mixing shards from two different cuts.
+The source is cut into *partitions* that are the same on every run: fixed chunks of ``chunk_size``
+indices of an in-memory source (:class:`~noisystudent.data.streaming.IndexChunks`), or the files /
+top-level folders of a streaming one (:class:`~noisystudent.data.streaming.StreamSource`). Partition
+``p`` is written as ``part-{p:05d}.parquet``. A shard holds the rows of its partition's readable images
+and, in its file metadata, the ``(image_id, reason)`` of the unreadable ones and the caller's per-shard
+summary, so one atomic file is the whole outcome of one partition: either it exists and accounts for
+every image of the partition, or it does not exist and the partition is redone.
 
-Shards are written by the driver, not by the actors: the driver iterates the dataset's output, gathers
-rows per chunk, and writes a chunk only when the indices it received are exactly the chunk's indices (a
-missing or repeated index is an error, never a silent duplicate). This keeps "each image exactly once"
-a checked property in one place, and it means only the driver needs to reach the output folder; workers
-need the images but not the output folder. The pixels stay on the workers; the driver sees the rows.
+The driver never sees an image id: it makes one Ray Data row per pending partition (O(partitions)
+state), and the actor that gets a partition reads it (the source's own reader: index chunks, Parquet row
+batches, a streamed tar), decodes, scores in batches of ``batch_size`` and writes the shard itself,
+atomically (temporary name, then rename), returning only a count. A retried task (a dead actor is
+restarted and its task retried) rewrites the same partition to the same name, so a retry can never
+duplicate an image. A ``_job.json`` written before any shard pins the partitioning (number of images
+and a hash of every id for an in-memory source; the partition list for a streaming one), the chunk size
+and the caller's metadata (teachers, temperature; detector), so a resumed run refuses a changed source,
+model or cut instead of mixing shards from two different cuts.
 
-Models travel to the actors inside the constructor arguments (loaded once on the driver), so workers
-need no access to checkpoint files either. Each actor builds its models once, in ``__init__``.
+An in-memory source reaches the actors through Ray's object store once (``ray.put``), not inside every
+actor's constructor arguments; a streaming source is a few partition names. Models travel inside the
+constructor arguments (loaded once on the driver), so workers need no access to checkpoint files. The
+workers need the output folder (a shared filesystem on a cluster).
 
 Ray Data logs "has constructor arguments in the object store and max_restarts > 0" for every actor
 pool it starts (its own map-transformer reference, ray-project/ray#53727); it does not come from the
 arguments here and does not affect results.
 
 A re-run first removes ``.tmp-*`` leftovers of a killed run, keeps every finished shard untouched and
-scores only the missing chunks (:func:`pending_chunks`). The caller writes ``_SUCCESS`` last, after its
-summary files; with it present a re-run reuses the folder (after checking that it holds the output of
-the same images and models), and ``force`` deletes the job's files and starts again.
+scores only the missing partitions (:func:`pending_chunks`). The caller writes ``_SUCCESS`` last, after
+its summary files; with it present a re-run reuses the folder (after checking that it holds the output
+of the same images and models), and ``force`` deletes the job's files and starts again.
 """
 
 from __future__ import annotations
@@ -40,7 +46,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Sequence
@@ -55,13 +60,13 @@ from .store import SHARD_GLOB, SUCCESS, shard_name
 
 JOB_FILE = "_job.json"
 
-# Columns every actor output carries besides its own: the source index the row belongs to, and why the
-# image was rejected ("" for scored rows).
-INDEX, REASON = "index", "reject_reason"
+# Why an image was rejected, in the per-partition result of an actor.
+REASON = "reject_reason"
 
-#: ``write_chunk(chunk, rows, rejected)``: write shard ``chunk`` from its scored rows (the actor's result
-#: columns, in index order) and its ``(image_id, reason)`` rejects, atomically.
-WriteChunk = Callable[[int, pa.Table, list[tuple[str, str]]], None]
+#: ``write_chunk(partition, rows, rejected[, truth])``: write shard ``partition`` from its scored rows (the
+#: actor's result columns, in read order) and its ``(image_id, reason)`` rejects, atomically; runs on the
+#: worker. ``truth`` (only when the job has hidden labels) is the true class of each row, -1 unknown.
+WriteChunk = Callable[..., None]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -69,12 +74,12 @@ WriteChunk = Callable[[int, pa.Table, list[tuple[str, str]]], None]
 
 
 class ImageBatchActor:
-    """Base of the Ray Data callable classes: decodes a batch of source indices, scores the readable images.
+    """Base of the scoring actors: decodes a batch of images, scores the readable ones.
 
-    A subclass sets ``result_schema`` (its row columns, ``image_id`` among them, all nullable) and
-    ``self.transforms`` (key -> transform; each image is transformed once per key, for models that take
-    different inputs), and implements :meth:`score`. Images that cannot be decoded come back as rows with
-    a ``reject_reason`` (and nulls in the result columns) instead of failing the block.
+    A subclass sets ``result_schema`` (its row columns, ``image_id`` among them) and ``self.transforms``
+    (key -> transform; each image is transformed once per key, for models that take different inputs),
+    and implements :meth:`score`. ``source`` is the partition reader (``decode(image_id, raw)``). Images
+    that cannot be decoded are returned as ``(image_id, reason)`` rejects instead of failing the partition.
     """
 
     result_schema: ClassVar[pa.Schema]
@@ -90,24 +95,52 @@ class ImageBatchActor:
         self.pool = ThreadPoolExecutor(decode_threads) if decode_threads > 1 else None
         self.kill_once_marker = kill_once_marker
 
-    @classmethod
-    def out_schema(cls) -> pa.Schema:
-        return pa.schema([pa.field(INDEX, pa.int64())] + [f.with_nullable(True) for f in cls.result_schema]
-                         + [pa.field(REASON, pa.string())])
-
     def score(self, ids: list[str], inputs: dict[Any, Any]) -> pa.Table:
         """Rows of ``result_schema`` for the readable images ``ids``; ``inputs[key]`` is their stacked tensor."""
         raise NotImplementedError
 
-    def _load(self, i: int) -> tuple[Optional[dict[Any, Any]], str]:
-        """Decode image ``i`` and apply each input transform; or None and why it failed."""
+    def _load(self, item: tuple[str, Any]) -> tuple[Optional[dict[Any, Any]], str]:
+        """Decode one image and apply each input transform; or None and why it failed."""
+        image_id, raw = item
         try:
-            img = self.source.load(int(i))
+            img = self.source.decode(image_id, raw)
         except ImageDecodeError as exc:
             return None, exc.reason or "unreadable"
         except (OSError, ValueError) as exc:  # a source that does not wrap its decoder's errors
             return None, f"{type(exc).__name__}: {exc}"
         return {key: tf(img) for key, tf in self.transforms.items()}, ""
+
+    def process(self, ids: list[str], raws: list[Any]) -> tuple[Optional[pa.Table], list[int], list[tuple[str, str]]]:
+        """``(rows of the readable images or None, their positions in the batch, rejects)``."""
+        import torch
+
+        items = list(zip(ids, raws))
+        # Pillow and the resize release the GIL, so threads decode in parallel within one actor.
+        loaded = list(self.pool.map(self._load, items)) if self.pool else [self._load(x) for x in items]
+        ok = [k for k, (x, _) in enumerate(loaded) if x is not None]
+        rejected = [(ids[k], loaded[k][1]) for k, (x, _) in enumerate(loaded) if x is None]
+        if not ok:
+            return None, ok, rejected
+        inputs = {key: torch.stack([loaded[k][0][key] for k in ok]) for key in self.transforms}
+        return self.score([ids[k] for k in ok], inputs), ok, rejected
+
+
+class PartitionWorker:
+    """The Ray Data callable class: for each partition of its input batch, read, score and write the shard.
+
+    Returns one small row per partition (``partition``, ``images``, ``rejected``); the rows themselves
+    never leave the worker."""
+
+    def __init__(self, actor: type, actor_kwargs: dict[str, Any], reader: Any, write_chunk: WriteChunk,
+                 batch_size: int, truth_map: Optional[np.ndarray] = None,
+                 kill_once_marker: Optional[str] = None) -> None:
+        if hasattr(reader, "attach"):
+            reader.attach()
+        self.actor = actor(source=reader, **actor_kwargs)
+        self.reader, self.write_chunk, self.batch_size = reader, write_chunk, batch_size
+        self.truth_map = truth_map
+        self.kill_once_marker = kill_once_marker
+        self.columns = [f.name for f in actor.result_schema]
 
     def _maybe_die(self) -> None:
         """Fault injection for tests: the first actor to get here exits hard, as an OOM-killed process would."""
@@ -118,34 +151,39 @@ class ImageBatchActor:
         os.close(fd)
         os._exit(1)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        import torch
+    def run_partition(self, p: int) -> tuple[int, int]:
+        """Score and write partition ``p``; return ``(images read, rejected)``."""
+        parts: list[pa.Table] = []
+        truths: list[np.ndarray] = []
+        rejected: list[tuple[str, str]] = []
+        images = 0
+        use_truth = self.truth_map is not None and hasattr(self.reader, "hidden")
+        for ids, raws in self.reader.read_partition(p, self.batch_size):
+            images += len(ids)
+            rows, ok, bad = self.actor.process(ids, raws)
+            rejected.extend(bad)
+            if rows is not None:
+                parts.append(rows.select(self.columns))
+                if use_truth:
+                    hidden = self.reader.hidden([raws[k] for k in ok])
+                    truths.append(np.full(len(ok), -1, np.int64) if hidden is None else
+                                  self.truth_map[np.where(hidden < 0, len(self.truth_map) - 1, hidden)])
+        schema = pa.schema([f.with_nullable(True) for f in self.actor.result_schema])
+        table = pa.concat_tables([t.cast(schema) for t in parts]) if parts else schema.empty_table()
+        if self.truth_map is not None:
+            truth = np.concatenate(truths) if truths else np.full(table.num_rows, -1, np.int64)
+            self.write_chunk(p, table, rejected, truth)
+        else:
+            self.write_chunk(p, table, rejected)
+        return images, len(rejected)
 
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.kill_once_marker:
             self._maybe_die()
-        schema = self.out_schema()
-        nullable = pa.schema([f.with_nullable(True) for f in self.result_schema])
-        indices = np.asarray(batch[INDEX], dtype=np.int64)
-        ids = [self.source.image_id(int(i)) for i in indices]
-        # Pillow and the resize release the GIL, so threads decode in parallel within one actor.
-        loaded = list(self.pool.map(self._load, indices)) if self.pool else [self._load(i) for i in indices]
-        ok = [k for k, (x, _) in enumerate(loaded) if x is not None]
-        bad = [k for k, (x, _) in enumerate(loaded) if x is None]
-        parts = []
-        if ok:
-            inputs = {key: torch.stack([loaded[k][0][key] for k in ok]) for key in self.transforms}
-            t = self.score([ids[k] for k in ok], inputs).cast(nullable)
-            t = t.add_column(0, INDEX, pa.array(indices[ok], type=pa.int64()))
-            parts.append(t.append_column(REASON, pa.array([""] * len(ok), type=pa.string())))
-        if bad:
-            n = len(bad)
-            cols = {
-                INDEX: pa.array(indices[bad], type=pa.int64()),
-                "image_id": pa.array([ids[k] for k in bad], type=pa.string()),
-                REASON: pa.array([loaded[k][1] for k in bad], type=pa.string()),
-            }
-            parts.append(pa.table([cols.get(f.name, pa.nulls(n, f.type)) for f in schema], schema=schema))
-        return pa.concat_tables(parts) if parts else schema.empty_table()
+        parts = np.asarray(batch["partition"], dtype=np.int64)
+        out = [self.run_partition(int(p)) for p in parts]
+        return {"partition": parts, "images": np.asarray([o[0] for o in out], np.int64),
+                "rejected": np.asarray([o[1] for o in out], np.int64)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -153,7 +191,10 @@ class ImageBatchActor:
 
 
 def ids_sha256(source: Any) -> str:
-    """A hash of every image id in index order: the identity of the source a job cuts into chunks."""
+    """A hash of every image id in index order: the identity of an in-memory source a job cuts into chunks
+    (streamed, O(1) memory). A streaming source gives its own (a hash of its partition names)."""
+    if hasattr(source, "identity"):
+        return source.identity()
     h = hashlib.sha256()
     for i in range(len(source)):
         h.update(source.image_id(i).encode("utf-8"))
@@ -161,10 +202,39 @@ def ids_sha256(source: Any) -> str:
     return h.hexdigest()
 
 
+def is_streaming(source: Any) -> bool:
+    """A source cut into its own partitions (files), not an in-memory source cut into index chunks."""
+    return hasattr(source, "read_partition") and hasattr(source, "partitions")
+
+
+def reader_for(source: Any, chunk_size: int) -> Any:
+    """The partition reader of ``source``: itself when it streams, else its index chunks (the source
+    goes to Ray's object store once, when a Ray instance is running)."""
+    if is_streaming(source):
+        return source
+    from noisystudent.data.streaming import IndexChunks
+
+    ref = None
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ref = ray.put(source)
+    except ImportError:  # pragma: no cover
+        pass
+    return IndexChunks(source, chunk_size, source_ref=ref)
+
+
+def num_partitions(source: Any, chunk_size: int) -> int:
+    return source.num_partitions if is_streaming(source) else math.ceil(len(source) / chunk_size)
+
+
 def job_record(source: Any, chunk_size: int, metadata: dict[str, Any]) -> dict[str, Any]:
-    """What ``_job.json`` pins: the images, the cut and the caller's metadata (models, settings)."""
-    return {"num_images": len(source), "chunk_size": chunk_size, "image_ids_sha256": ids_sha256(source),
-            "metadata": metadata}
+    """What ``_job.json`` pins: the images (or the partition files), the cut and the caller's metadata."""
+    streaming = is_streaming(source)
+    return {"num_images": None if streaming else len(source), "chunk_size": None if streaming else chunk_size,
+            "num_partitions": num_partitions(source, chunk_size), "image_ids_sha256": ids_sha256(source),
+            "format": getattr(source, "format", "index_chunks"), "metadata": metadata}
 
 
 def remove_outputs(out: Path, extra: Sequence[str] = ()) -> None:
@@ -192,7 +262,8 @@ def check_job(out: Path, job: dict[str, Any], reuse: bool = False, what: str = "
         return
     old = read_json(path)
     old_meta = old.get("metadata", {})
-    pairs = [(key, old.get(key), job[key]) for key in ("num_images", "image_ids_sha256", "chunk_size")]
+    pairs = [(key, old.get(key), job[key]) for key in ("num_images", "image_ids_sha256", "chunk_size", "format")
+             if key in old or key != "format"]
     pairs += [(key, old_meta.get(key), value) for key, value in job["metadata"].items()]
     for key, was, now in pairs:
         if reuse and key == "chunk_size":
@@ -220,7 +291,7 @@ def pending_chunks(out: Path, job: dict[str, Any], *, force: bool, outputs: Sequ
     clean_temporaries(out)
     check_job(out, job, what=what, redo=redo)
 
-    n_chunks = math.ceil(job["num_images"] / job["chunk_size"])
+    n_chunks = job["num_partitions"]
     existing = {p.name for p in out.glob(SHARD_GLOB)}
     stray = existing - {shard_name(c) for c in range(n_chunks)}
     if stray:
@@ -234,118 +305,75 @@ def pending_chunks(out: Path, job: dict[str, Any], *, force: bool, outputs: Sequ
 # the driver
 
 
-class ChunkWriter:
-    """Gathers actor output per chunk and writes a chunk's shard once all its indices have arrived."""
-
-    def __init__(self, chunks: Sequence[int], chunk_size: int, n: int, write_chunk: WriteChunk,
-                 result_columns: Sequence[str], bar: Any = None):
-        self.chunk_size, self.write_chunk, self.bar = chunk_size, write_chunk, bar
-        self.result_columns = list(result_columns)
-        self.expected = {c: min(chunk_size, n - c * chunk_size) for c in chunks}
-        self.parts: dict[int, list[pa.Table]] = defaultdict(list)
-        self.seen: dict[int, int] = defaultdict(int)
-        self.written = 0
-        self.rejected = 0
-
-    def add(self, table: pa.Table) -> None:
-        if table.num_rows == 0:
-            return
-        idx = table[INDEX].to_numpy()
-        chunk_of = idx // self.chunk_size
-        for c in np.unique(chunk_of).tolist():
-            if c not in self.expected:
-                raise RuntimeError(f"the job returned indices of chunk {c}, which was not requested")
-            part = table.filter(pa.array(chunk_of == c))
-            self.parts[c].append(part)
-            self.seen[c] += part.num_rows
-            if self.seen[c] > self.expected[c]:
-                raise RuntimeError(f"chunk {c} received {self.seen[c]} rows for {self.expected[c]} images")
-            if self.seen[c] == self.expected[c]:
-                self._write(c)
-        if self.bar is not None:
-            self.bar.update(table.num_rows)
-
-    def _write(self, c: int) -> None:
-        table = pa.concat_tables(self.parts.pop(c))
-        idx = table[INDEX].to_numpy()
-        order = np.argsort(idx, kind="stable")
-        start = c * self.chunk_size
-        if not np.array_equal(idx[order], np.arange(start, start + self.expected[c])):
-            raise RuntimeError(f"chunk {c} did not receive each of its indices exactly once")
-        table = table.take(pa.array(order))
-        reasons = table[REASON].to_pylist()
-        ok = pa.array([r == "" for r in reasons])
-        ids = table["image_id"].to_pylist()
-        rejected = [(i, r) for i, r in zip(ids, reasons) if r != ""]
-        self.write_chunk(c, table.filter(ok).select(self.result_columns), rejected)
-        self.written += 1
-        self.rejected += len(rejected)
-
-    def finish(self) -> None:
-        missing = sorted(c for c in self.expected if self.seen[c] != self.expected[c])
-        if missing:
-            raise RuntimeError(f"the job ended with chunks {missing[:10]} incomplete")
-
-
 def run_chunks(source: Any, chunks: list[int], *, chunk_size: int, actor: type, actor_kwargs: dict[str, Any],
                write_chunk: WriteChunk, batch_size: int, num_actors: int, num_gpus_per_actor: float,
                num_cpus_per_actor: float, progress: bool, desc: str = "scoring",
-               kill_once_marker: Optional[str] = None) -> int:
-    """Score ``chunks`` of ``source`` with a pool of ``actor`` (an :class:`ImageBatchActor` subclass) and
-    write each chunk through ``write_chunk`` once all its rows are in; return the images processed.
+               kill_once_marker: Optional[str] = None, truth_map: Optional[np.ndarray] = None) -> int:
+    """Score partitions ``chunks`` of ``source`` with a pool of ``actor`` (an :class:`ImageBatchActor`
+    subclass), each worker writing its partitions' shards through ``write_chunk``; return the images read.
 
-    The actor is built as ``actor(source=..., device=..., decode_threads=..., torch_threads=...,
-    kill_once_marker=..., **actor_kwargs)``: one GPU each when ``num_gpus_per_actor > 0``, else CPU actors
-    with ``num_cpus_per_actor`` torch threads. Uses the running Ray instance (Ray Data starts one if none).
+    The actor is built on each worker as ``actor(source=<reader>, device=..., decode_threads=...,
+    torch_threads=..., kill_once_marker=None, **actor_kwargs)``: one GPU each when ``num_gpus_per_actor > 0``,
+    else CPU actors with ``num_cpus_per_actor`` torch threads. Uses the running Ray instance (Ray Data
+    starts one if none). ``truth_map`` (source class -> caller class, last entry for unknown) passes each
+    row's hidden label to ``write_chunk``.
     """
     import ray.data
     from tqdm.auto import tqdm
 
-    n = len(source)
-    # One input block per inference batch, never crossing a chunk boundary. The indices live in the
-    # object store from the start (no read tasks), so every CPU can go to the actors.
-    blocks = []
-    for c in chunks:
-        start, stop = c * chunk_size, min(n, (c + 1) * chunk_size)
-        for s in range(start, stop, batch_size):
-            blocks.append(pa.table({INDEX: np.arange(s, min(stop, s + batch_size), dtype=np.int64)}))
-    total = sum(b.num_rows for b in blocks)
-    if not blocks:
+    if not chunks:
         return 0
-
+    reader = reader_for(source, chunk_size)
     ctx = ray.data.DataContext.get_current()
     old_bars = ctx.enable_progress_bars
     ctx.enable_progress_bars = False  # one tqdm bar on the driver instead of one per operator
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(chunks), desc=desc, unit="shard", disable=not progress, dynamic_ncols=True)
+    images = 0
     try:
-        ds = ray.data.from_arrow(blocks).map_batches(
-            actor,
+        # One row (and one block, so one task) per pending partition: the driver's whole state.
+        ds = ray.data.from_items([{"partition": int(c)} for c in chunks], override_num_blocks=len(chunks))
+        ds = ds.map_batches(
+            PartitionWorker,
             fn_constructor_kwargs={
-                "source": source,
-                "device": "cuda" if num_gpus_per_actor > 0 else "cpu",
-                "decode_threads": max(1, int(num_cpus_per_actor)),
-                "torch_threads": max(1, int(num_cpus_per_actor)) if num_gpus_per_actor == 0 else None,
+                "actor": actor,
+                "actor_kwargs": {
+                    "device": "cuda" if num_gpus_per_actor > 0 else "cpu",
+                    "decode_threads": max(1, int(num_cpus_per_actor)),
+                    "torch_threads": max(1, int(num_cpus_per_actor)) if num_gpus_per_actor == 0 else None,
+                    "kill_once_marker": None,
+                    **actor_kwargs,
+                },
+                "reader": reader,
+                "write_chunk": write_chunk,
+                "batch_size": batch_size,
+                "truth_map": truth_map,
                 "kill_once_marker": kill_once_marker,
-                **actor_kwargs,
             },
-            batch_size=batch_size,
+            batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=num_actors),
             num_cpus=num_cpus_per_actor,
             num_gpus=num_gpus_per_actor,
-            udf_modifying_row_count=False,
-            # A dead actor (OOM, preempted node) is restarted and its batch retried: Ray Data's actor pools
+            # A dead actor (OOM, preempted node) is restarted and its task retried: Ray Data's actor pools
             # default to max_restarts=-1 and max_task_retries=-1 (passing them here is deprecated since
-            # Ray 2.60). The driver's per-chunk index check keeps every image exactly once whatever is retried.
+            # Ray 2.60). A retried partition is rewritten whole, under the same name.
         )
-        writer = ChunkWriter(chunks, chunk_size, n, write_chunk, [f.name for f in actor.result_schema], bar)
-        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            writer.add(table)
-        writer.finish()
+        done: set[int] = set()
+        for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for p, n in zip(out["partition"].tolist(), out["images"].tolist()):
+                if p in done:
+                    raise RuntimeError(f"partition {p} was reported twice")
+                done.add(p)
+                images += int(n)
+                bar.update(1)
+                bar.set_postfix(images=images, refresh=False)
+        missing = sorted(set(chunks) - done)
+        if missing:
+            raise RuntimeError(f"the job ended with partitions {missing[:10]} not written")
     finally:
         bar.close()
         ctx.enable_progress_bars = old_bars
-    return total
+    return images
 
 
 def check_run_args(section: str, batch_size: int, num_actors: int, num_gpus_per_actor: float,
