@@ -2,3 +2,4 @@
 
 from noisystudent.distill.methods import at, fitnet, fsp, hinton, noisy_student, rkd, sp, supervised  # noqa: F401
 from noisystudent.distill.methods import stpm  # noqa: F401,E402  (anomaly detection: noisystudent.anomaly)
+from noisystudent.distill.methods import bss, one  # noqa: F401,E402  (adversarial samples; a native ensemble)
