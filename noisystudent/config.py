@@ -168,6 +168,28 @@ class PseudoLabelConfig:
 
 
 @dataclass
+class TeachingConfig:
+    """What the online teacher sees (Beyer et al., "Knowledge distillation: A good teacher is patient and
+    consistent", CVPR 2022), for any method whose teacher runs online:
+
+    - ``fixed``: the clean (eval-transformed) image: the offline labels' view, computed on the fly;
+    - ``independent``: its own random augmentation, drawn apart from the student's;
+    - ``consistent``: exactly the student's augmented view (the default);
+    - ``function_matching``: the student's view, then mixup applied identically to both (same pairs,
+      same weight): the teacher's function is matched on images between the data, no label needed.
+
+    ``mixup_alpha``: the mixing weight is Beta(alpha, alpha) per batch, pairs drawn within the labeled
+    rows and within the unlabeled rows (labels of labeled rows are mixed the same way for their CE).
+    ``teacher_image_size``: the teacher's input side when it differs from the student's (null: the
+    teacher checkpoint's own); views are drawn at the larger size and resized (antialiased) per model.
+    """
+
+    mode: Literal["fixed", "independent", "consistent", "function_matching"] = "consistent"
+    mixup_alpha: float = field(default=1.0, metadata=_range(0, 100, lo_open=True))
+    teacher_image_size: Optional[int] = field(default=None, metadata=_range(8, 4096))
+
+
+@dataclass
 class StudentConfig:
     """The noised student and the generation loop."""
 
@@ -188,6 +210,8 @@ class StudentConfig:
     # distillation method of every rung ({name, ...params}; `noisystudent methods` lists them). null: the
     # Noisy Student loss of `loss`, `temperature`, `alpha`, `unlabeled_weight` above (older configs)
     method: Optional[dict] = field(default=None, metadata={"method": True})
+    # what an online teacher sees (methods with an online teacher only; offline labels are `fixed`)
+    teaching: TeachingConfig = field(default_factory=TeachingConfig)
 
     def method_for(self, rung: "ModelConfig") -> dict:
         """The resolved method of a ladder rung: its own, else this section's, else ``noisy_student``."""
@@ -223,6 +247,8 @@ class DistillConfig:
 
     teacher: Optional[str] = None  # checkpoint (model.pt or its folder); --teacher overrides
     method: dict = field(default_factory=lambda: {"name": "hinton"}, metadata={"method": True})
+    # what the online teacher sees: fixed, independent, consistent (default) or function_matching
+    teaching: TeachingConfig = field(default_factory=TeachingConfig)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from .data.torch_dataset import SourceDataset, collate_skip_none
 from .evaluate import evaluate
 from .distill.base import Batch, DistillMethod, Outputs
 from .distill.teacher import OnlineTeacher
+from .distill.teaching import Teaching
 from .errors import BudgetWarning, PseudoLabelWarning, UserError
 from .io import atomic_path, write_json, write_text
 from .transforms import create_transform
@@ -101,6 +102,8 @@ class TrainJob:
     val: Optional[ImageSource] = None
     # the config section of train_cfg, for messages (null: teacher_train, or student.train for students)
     train_field: Optional[str] = None
+    # what an online teacher sees (TeachingConfig or its dict; null: consistent, the student's own view)
+    teaching: Any = None
 
     @property
     def train_section(self) -> str:
@@ -309,7 +312,7 @@ class StudentStep(torch.nn.Module):
         self.method = method
 
     def forward(self, batch: Batch, teacher: Optional[Outputs], labels_only: bool = False):
-        x = batch.x_labeled if batch.x_unlabeled is None else torch.cat([batch.x_labeled, batch.x_unlabeled])
+        x = batch.inputs  # labeled rows, unlabeled rows, then the method's extra rows
         stages = self.method.student_stages if not labels_only else ()
         if labels_only:
             logits = self.student(x)
@@ -319,7 +322,7 @@ class StudentStep(torch.nn.Module):
             logits, feats = self.student.forward_intermediates(x, indices=list(stages))
         else:
             logits, feats = self.student(x), []
-        out = Outputs(logits=logits, features=list(feats), n_labeled=batch.n_labeled)
+        out = Outputs(logits=logits, features=list(feats), n_labeled=batch.n_labeled, n_extra=batch.n_extra)
         loss, parts = self.method(out, teacher, batch)
         return loss, parts, out.labeled
 
@@ -338,9 +341,9 @@ def _job_method(job: TrainJob, use_pseudo: bool) -> dict:
 def _load_teacher(job: TrainJob, device: torch.device, stages) -> OnlineTeacher:
     ckpt = load_checkpoint(job.teacher_ckpt, expected_classes=job.spec.classes)
     s, t = job.spec, ckpt.spec
-    if (s.in_chans, s.image_size) != (t.in_chans, t.image_size):
-        raise UserError(f"teacher {job.teacher_ckpt} takes {t.in_chans}x{t.image_size}x{t.image_size} images, the "
-                        f"student {s.in_chans}x{s.image_size}x{s.image_size}")
+    if s.in_chans != t.in_chans:  # a different side is fine: the teaching setting resizes each model's view
+        raise UserError(f"teacher {job.teacher_ckpt} takes {t.in_chans}-channel images, the student "
+                        f"{s.in_chans}-channel ones")
     return OnlineTeacher(ckpt, device, stages=stages)
 
 
@@ -368,6 +371,7 @@ class _Loop:
     eval_tf: Callable
     use_pseudo: bool
     n_pseudo: int
+    teaching: Teaching
 
     @property
     def steps_per_epoch(self) -> int:
@@ -415,7 +419,8 @@ def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
     method = create_method(method_cfg, student_info=[{**s, "model": spec.name} for s in student.feature_info],
                            teacher_info=[{**s, "model": teacher.checkpoint.spec.name} for s in teacher.feature_info]
                            if teacher is not None else None,
-                           num_classes=spec.num_classes, label_smoothing=cfg.label_smoothing).to(device)
+                           num_classes=spec.num_classes, label_smoothing=cfg.label_smoothing,
+                           student_spec=spec).to(device)
     if teacher is not None:
         teacher.stages = tuple(method.teacher_stages)
     if method.teacher_kind == "offline" and not use_pseudo:
@@ -425,7 +430,13 @@ def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
     model = hooks.prepare_model(core)
     core = getattr(model, "module", model)
 
-    train_tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, job.model_cfg.noise)
+    # the teaching setting applies to an online teacher only (stored labels were made on clean images)
+    teaching = Teaching.from_config(job.teaching if teacher is not None else None, spec.image_size,
+                                    teacher.checkpoint.spec.image_size if teacher is not None else None,
+                                    spec.num_classes)
+    vs = teaching.view_size  # views are drawn at the larger model's side and resized per model
+    train_tf = teaching.train_transform(create_transform(vs, spec.in_chans, spec.mean, spec.std, job.model_cfg.noise),
+                                        create_transform(vs, spec.in_chans, spec.mean, spec.std, None))
     eval_tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
     lab_bs = cfg.batch_size
     labeled_ds = SourceDataset(job.labeled, train_tf)
@@ -456,7 +467,7 @@ def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
                  plan=plan, finetune_steps=max(1, len(labeled_ds) // lab_bs),
                  total_epochs=cfg.epochs + finetune_epochs, opt=opt, sched=sched, ema=ema, amp_dtype=amp_dtype,
                  scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), eval_tf=eval_tf,
-                 use_pseudo=use_pseudo, n_pseudo=n_pseudo)
+                 use_pseudo=use_pseudo, n_pseudo=n_pseudo, teaching=teaching)
 
 
 def _resume(lp: _Loop, state_bytes: bytes, path: Path) -> tuple[int, list[dict]]:
@@ -519,11 +530,16 @@ def _train_epoch(lp: _Loop, epoch: int, labeled_iter) -> dict:
                 ub = _batch(next(unl_iter), device)
             if ub is not None:
                 batch.x_unlabeled, batch.targets = ub
+        # split paired views, mix (function_matching), resize per model; y_hard: labels for the accuracy
+        batch, y_hard = lp.teaching.prepare(batch, mixup=not finetune)
+        if not finetune:
+            extra = lp.core.method.extra_inputs(batch, teacher)  # e.g. BSS's adversarial samples
+            batch.x_extra = extra.detach() if extra is not None else None
         with torch.autocast(device.type, dtype=lp.amp_dtype, enabled=lp.amp_dtype is not None):
             t_out = None
             if teacher is not None:
-                x = batch.x_labeled if batch.x_unlabeled is None else torch.cat([batch.x_labeled, batch.x_unlabeled])
-                t_out = teacher(x, n_labeled=batch.n_labeled)
+                t_out = teacher(lp.teaching.teacher_input(batch), n_labeled=batch.n_labeled)
+                t_out.n_extra = batch.n_extra
             loss, parts, logits_l = lp.model(batch, t_out, finetune)
         if device.type == "cpu" and not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {float(loss)} in epoch {epoch + 1}; lower train.lr")
@@ -540,7 +556,7 @@ def _train_epoch(lp: _Loop, epoch: int, labeled_iter) -> dict:
         loss_sum += loss.detach().float() * n
         for k, v in parts.items():
             parts_sum[k] = parts_sum.get(k, 0) + torch.as_tensor(v, device=device).detach().float() * n
-        correct += (logits_l.argmax(1) == batch.y).sum()
+        correct += (logits_l.argmax(1) == y_hard).sum()
         seen += batch.n_labeled
         if bar.disable is False and device.type == "cpu":
             bar.set_postfix(loss=f"{float(loss_sum) / max(n_images, 1):.3f}", acc=f"{int(correct) / max(seen, 1):.3f}")
@@ -637,9 +653,10 @@ def _finish(lp: _Loop, history: list[dict], seconds: float) -> dict[str, Any]:
         "pseudo_labeled_images": lp.n_pseudo if lp.use_pseudo else 0,
         "wall_seconds_this_session": seconds,
         "amp": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[lp.amp_dtype],
+        "teaching": lp.teaching.mode if lp.teacher is not None else None,
     }
     if lp.hooks.is_main:
-        final = lp.final_model
+        final, spec = _export(lp, metrics)
         if job.val is not None:
             val_metrics = evaluate(final, job.val, lp.eval_tf, batch_size=256, device=device, classes=spec.classes,
                                    progress=False)
@@ -654,12 +671,53 @@ def _finish(lp: _Loop, history: list[dict], seconds: float) -> dict[str, Any]:
                 teacher = lp.teacher.checkpoint if lp.teacher is not None else load_checkpoint(job.teacher_ckpt)
                 metrics.update(fidelity(final, teacher, job.test, lp.eval_tf, device=device))
         metrics["checkpoint_id"] = checkpoint_id(final, job.generation, job.role)
+        if spec.name != job.spec.name:
+            metrics["model"] = spec.name  # the method exported another model (a cohort member, an ensemble)
         write_text(out / "history.csv", pd.DataFrame(history).to_csv(index=False))
         write_json(out / "metrics.json", metrics)
         save_checkpoint(out / "model.pt", final, spec, metrics=metrics, config=job.config, generation=job.generation,
                         role=job.role)
         (out / "last.pt").unlink(missing_ok=True)
     return metrics
+
+
+def _evaluate_model(lp: _Loop, model: torch.nn.Module, spec: ModelSpec) -> dict:
+    """Validation and test accuracy of one model of the job (a cohort member, the student)."""
+    out, job = {}, lp.job
+    for key, src in (("val_acc", job.val), ("test_acc", job.test)):
+        if src is not None:
+            out[key] = evaluate(model, src, lp.eval_tf, batch_size=256, device=lp.device, classes=spec.classes,
+                                progress=False)["top1"]
+    return out
+
+
+def _export(lp: _Loop, metrics: dict) -> tuple[torch.nn.Module, ModelSpec]:
+    """The model the job writes as ``model.pt``: the method's choice (:meth:`DistillMethod.export_model`).
+
+    The other full models a method trained (a DML cohort: :meth:`DistillMethod.members`) are evaluated
+    and written first, each as ``members/<label>/model.pt`` with its ``metrics.json``, so every member is
+    kept whichever one the job exports; ``metrics['members']`` lists them."""
+    job, method = lp.job, lp.core.method
+    student, spec = lp.final_model, job.spec
+    members = method.members()
+    member_metrics = None
+    if members:
+        import dataclasses
+
+        member_metrics = [{"label": "student", "model": spec.name, **_evaluate_model(lp, student, spec)}]
+        for label, model, name in members:
+            m_spec = dataclasses.replace(spec, name=name)
+            m = {"label": label, "model": name, **_evaluate_model(lp, model, m_spec)}
+            member_metrics.append(m)
+            d = Path(job.out_dir) / "members" / label
+            write_json(d / "metrics.json", {**m, "role": job.role, "generation": job.generation})
+            save_checkpoint(d / "model.pt", model, m_spec, metrics=m, config=job.config, generation=job.generation,
+                            role=job.role)
+        metrics["members"] = member_metrics
+    model, out_spec = method.export_model(student, spec, member_metrics)
+    if model is not student:
+        metrics["exported"] = out_spec.name
+    return model, out_spec
 
 
 def spec_for(model_cfg: ModelConfig, data_cfg, classes: list[str]) -> ModelSpec:

@@ -71,12 +71,13 @@ def record_conditions(run: RunDir, data: DataBundle) -> None:
 def _train_step(run: RunDir, cfg: ExperimentConfig, step: str, out: Path, *, model_cfg, train_cfg, labeled, test, classes,
                 generation: int, role: str, progress: bool, job_cfg: Optional[ExperimentConfig] = None,
                 pseudo: Optional[PseudoLabeledSet] = None, method: Optional[dict] = None,
-                teacher: Optional[Path] = None, val=None) -> dict:
+                teacher: Optional[Path] = None, val=None, teaching=None) -> dict:
     """Build one :class:`TrainJob`, train it as ``cfg.ray`` says, and record ``step`` as done.
 
     ``method`` is the resolved distillation method (None: supervised, or noisy_student with ``pseudo``);
     ``teacher`` the checkpoint an online method runs and fidelity is measured against; ``val`` the
-    validation images (val_acc in the job's history and metrics, what promotion compares)."""
+    validation images (val_acc in the job's history and metrics, what promotion compares); ``teaching``
+    what an online teacher sees (``TeachingConfig``)."""
     from .train_ray import train
 
     t0 = time.perf_counter()
@@ -98,6 +99,7 @@ def _train_step(run: RunDir, cfg: ExperimentConfig, step: str, out: Path, *, mod
         method=method,
         teacher_ckpt=str(teacher) if teacher is not None else None,
         val=val,
+        teaching=teaching,
     )
     metrics = train(job, cfg.ray)
     run.mark_done(step, time.perf_counter() - t0, [out / "model.pt", out / "metrics.json", out / "history.csv"],
@@ -341,7 +343,7 @@ def train_student(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = Fals
         _log(f"[gen {g}] distillation method {method['name']} " + " ".join(f"{k}={v}" for k, v in method.items() if k != "name"))
     return _train_step(run, cfg, step, out, model_cfg=model_cfg, train_cfg=cfg.student.train, labeled=data.labeled,
                        test=data.test, classes=data.classes, generation=g, role="student", progress=progress, pseudo=pseudo,
-                       method=method, teacher=teacher_checkpoint(run, g), val=data.val)
+                       method=method, teacher=teacher_checkpoint(run, g), val=data.val, teaching=cfg.student.teaching)
 
 
 def distill(run: RunDir, cfg: ExperimentConfig, force: bool = False, progress: bool = True) -> dict:
@@ -364,7 +366,7 @@ def distill(run: RunDir, cfg: ExperimentConfig, force: bool = False, progress: b
     _log(f"[distill] {model_cfg.name} from {teacher or 'no teacher'} with {method['name']} on {len(data.labeled)} labeled images")
     return _train_step(run, cfg, step, out, model_cfg=model_cfg, train_cfg=cfg.student.train, labeled=data.labeled,
                        test=data.test, classes=data.classes, generation=0, role="distill", progress=progress,
-                       method=method, teacher=teacher)
+                       method=method, teacher=teacher, val=data.val, teaching=cfg.distill.teaching)
 
 
 def evaluate_generation(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False) -> dict:

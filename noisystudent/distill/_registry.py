@@ -70,7 +70,7 @@ def resolve_method_config(value: Any, field: str) -> dict[str, Any]:
 
 
 def create_method(config: dict[str, Any], *, student_info: list[dict], teacher_info: Optional[list[dict]] = None,
-                  num_classes: int, label_smoothing: float = 0.0, field: str = "method"):
+                  num_classes: int, label_smoothing: float = 0.0, field: str = "method", student_spec=None):
     """Build the method a (resolved or raw) config names, with its extra modules sized for these models.
 
     ``student_info`` / ``teacher_info`` are the models' ``feature_info`` (channels and strides per stage)
@@ -79,4 +79,4 @@ def create_method(config: dict[str, Any], *, student_info: list[dict], teacher_i
     cls = _METHODS[config["name"]]
     params = cls.Params(**{k: v for k, v in config.items() if k != "name"})
     return cls(params, student_info=student_info, teacher_info=teacher_info, num_classes=num_classes,
-               label_smoothing=label_smoothing, field=field)
+               label_smoothing=label_smoothing, field=field, student_spec=student_spec)

@@ -12,6 +12,15 @@ wrapper with the student, with no list to keep in sync. Class attributes declare
 
 ``loss(student, teacher, batch)`` returns the scalar loss and its named parts (floats or 0-d tensors)
 for logging; the engine logs every part under its name.
+
+Three optional hooks let a method reach past one student and one loss, without the engine knowing it:
+
+- ``extra_inputs(batch, teacher)``: images appended after the batch's rows, which both the student and
+  the online teacher then run on (BSS's adversarial samples); ``Outputs.extra`` holds their logits;
+- ``members()``: the other full models a method trains beside the student (a DML cohort); the engine
+  evaluates each, writes its checkpoint and metrics, and ``export_model`` may pick one of them;
+- ``export_model(student, spec)``: the model (and its spec) written as the job's ``model.pt``; by default
+  the student itself (ONE exports one branch, or the gated ensemble).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from noisystudent.errors import ConfigError
@@ -34,6 +44,7 @@ class Outputs:
     logits: torch.Tensor
     features: list[torch.Tensor]  # the outputs of the stages the method asked for, in its order
     n_labeled: int
+    n_extra: int = 0  # rows a method appended (extra_inputs), after the unlabeled ones
 
     @property
     def labeled(self) -> torch.Tensor:
@@ -41,7 +52,16 @@ class Outputs:
 
     @property
     def unlabeled(self) -> torch.Tensor:
-        return self.logits[self.n_labeled :]
+        return self.logits[self.n_labeled : len(self.logits) - self.n_extra]
+
+    @property
+    def batch_logits(self) -> torch.Tensor:
+        """The logits of the batch's own rows (labeled and unlabeled), without a method's extra rows."""
+        return self.logits[: len(self.logits) - self.n_extra]
+
+    @property
+    def extra(self) -> torch.Tensor:
+        return self.logits[len(self.logits) - self.n_extra :]
 
 
 @dataclass
@@ -52,10 +72,32 @@ class Batch:
     y: torch.Tensor
     x_unlabeled: Optional[torch.Tensor] = None
     targets: Optional[torch.Tensor] = None  # (n_unlabeled, C) stored pseudo-label probabilities
+    # the teacher's view of the same images when it differs from the student's (teaching `fixed` or
+    # `independent`, or another resolution); None: the teacher sees exactly the student's images
+    x_teacher: Optional[torch.Tensor] = None
+    # rows appended by the method's extra_inputs (student and teacher both run on them)
+    x_extra: Optional[torch.Tensor] = None
 
     @property
     def n_labeled(self) -> int:
         return len(self.x_labeled)
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """The student's input: labeled rows, then unlabeled ones, then a method's extra rows."""
+        parts = [self.x_labeled] + [x for x in (self.x_unlabeled, self.x_extra) if x is not None]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    @property
+    def n_extra(self) -> int:
+        return 0 if self.x_extra is None else len(self.x_extra)
+
+    def ce(self, logits: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy of the labeled rows' ``logits`` against ``y``: class indices, or (mixup of the
+        function-matching setting) a (n, C) probability row per image; 0 without labeled rows."""
+        if self.n_labeled == 0:
+            return logits.sum() * 0
+        return F.cross_entropy(logits, self.y, label_smoothing=label_smoothing)
 
 
 class DistillMethod(nn.Module):
@@ -68,9 +110,12 @@ class DistillMethod(nn.Module):
     summary: ClassVar[str] = ""
 
     def __init__(self, params, *, student_info: list[dict], teacher_info: Optional[list[dict]], num_classes: int,
-                 label_smoothing: float = 0.0, field: str = "method"):
+                 label_smoothing: float = 0.0, field: str = "method", student_spec=None):
         super().__init__()
         self.params = params
+        # the student's ModelSpec (noisystudent.checkpoint), for methods that build models of their own
+        # (a DML peer, ONE's branches); None where a method is built without one (unit tests)
+        self.student_spec = student_spec
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.field = field
@@ -111,6 +156,22 @@ class DistillMethod(nn.Module):
 
     def loss(self, student: Outputs, teacher: Optional[Outputs], batch: Batch) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
+
+    def extra_inputs(self, batch: Batch, teacher) -> Optional[torch.Tensor]:
+        """Images to append to the step's input (student and online teacher run on them too); ``teacher``
+        is the :class:`~noisystudent.distill.teacher.OnlineTeacher` or None. Called before the forward,
+        outside the student's autograd graph."""
+        return None
+
+    def members(self) -> list[tuple[str, nn.Module, str]]:
+        """``(label, model, model_name)`` of every other full model this method trains (a cohort)."""
+        return []
+
+    def export_model(self, student: nn.Module, spec, member_metrics: Optional[list[dict]] = None):
+        """``(model, spec)`` to write as the job's ``model.pt``. ``member_metrics``: the student's and
+        every member's final metrics (``val_acc`` among them when there is validation data), in the order
+        student, then :meth:`members`, so a method can export the best on validation."""
+        return student, spec
 
     def forward(self, student: Outputs, teacher: Optional[Outputs], batch: Batch):
         return self.loss(student, teacher, batch)

@@ -1,0 +1,167 @@
+"""Teaching settings (fixed / independent / consistent / function_matching) and the DML cohort, on real
+Fashion-MNIST through the training engine. Shares the teacher of test_distill.py's ``world`` fixture."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from noisystudent.checkpoint import load_checkpoint
+from noisystudent.distill.base import Batch
+from noisystudent.distill.teaching import PairTransform, Teaching, mix, mixup_plan
+from noisystudent.errors import ConfigError
+from noisystudent.config import config_from_dict
+from noisystudent.train import TrainHooks, _resume, _setup, run_training
+from noisystudent.transforms import create_transform
+
+from test_distill import DATA, student_job, world  # noqa: F401  (the module-scoped teacher fixture)
+
+MODES = ["fixed", "independent", "consistent", "function_matching"]
+
+
+def job_with(world, tmp, method, teaching=None, **over):  # noqa: F811
+    job = student_job(world, tmp, method, **over)
+    return dataclasses.replace(job, teaching=teaching)
+
+
+# ---------------------------------------------------------------------------------------------- views
+
+
+def test_pair_transform_fixed_gives_the_clean_image_to_the_teacher(world):  # noqa: F811
+    from noisystudent.config import NoiseConfig
+
+    img = np.asarray(world[1].labeled.load(0))
+    train = create_transform(28, 1, [0.286], [0.353], NoiseConfig(randaugment_n=2, randaugment_m=15))
+    clean = create_transform(28, 1, [0.286], [0.353], None)
+    pair = PairTransform(train, clean)(img)
+    assert pair.shape == (2, 1, 28, 28)
+    expected = PairTransform._apply(clean, img)
+    assert torch.equal(pair[1], expected)
+    views = [PairTransform(train, train)(img) for _ in range(5)]
+    assert any(not torch.equal(v[0], v[1]) for v in views), "independent views never differ"
+
+
+def test_consistent_teacher_sees_exactly_the_students_tensors(world, tmp_path):  # noqa: F811
+    lp = _setup(job_with(world, tmp_path, {"name": "hinton"}, {"mode": "consistent"}), TrainHooks(), torch.device("cpu"))
+    x, y, _ = next(iter(lp.lab_loader))
+    batch, y_hard = lp.teaching.prepare(Batch(x_labeled=x, y=y))
+    assert torch.equal(lp.teaching.teacher_input(batch), batch.inputs)
+    assert torch.equal(y_hard, y) and batch.x_teacher is None
+
+
+@pytest.mark.parametrize("mode", ["fixed", "independent"])
+def test_paired_modes_give_the_teacher_its_own_view(world, tmp_path, mode):  # noqa: F811
+    lp = _setup(job_with(world, tmp_path, {"name": "hinton"}, {"mode": mode}), TrainHooks(), torch.device("cpu"))
+    x, y, idx = next(iter(lp.lab_loader))
+    assert x.shape[1] == 2  # (B, 2 views, C, H, W)
+    batch, _ = lp.teaching.prepare(Batch(x_labeled=x, y=y))
+    t_in = lp.teaching.teacher_input(batch)
+    assert t_in.shape == batch.inputs.shape and not torch.equal(t_in, batch.inputs)
+    if mode == "fixed":  # the teacher's rows are the eval transform of the very images
+        clean = torch.stack([PairTransform._apply(lp.eval_tf, np.asarray(world[1].labeled.load(int(i)))) for i in idx])
+        assert torch.allclose(t_in, clean)
+
+
+def test_function_matching_mixes_both_views_identically_without_labels():
+    torch.manual_seed(0)
+    n_l, n_u = 6, 10
+    perm, lam = mixup_plan(n_l, n_u, 1.0, torch.device("cpu"))
+    assert sorted(perm[:n_l].tolist()) == list(range(n_l))  # labeled rows pair among themselves
+    assert sorted(perm[n_l:].tolist()) == list(range(n_l, n_l + n_u))  # unlabeled rows among themselves
+    assert 0.0 <= lam <= 1.0
+    x = torch.randn(n_l + n_u, 1, 8, 8)
+    assert torch.allclose(mix(x.clone(), perm, lam), lam * x + (1 - lam) * x[perm])
+    t = Teaching(mode="function_matching", student_size=8, teacher_size=8, num_classes=10)
+    y = torch.randint(0, 10, (n_l,))
+    torch.manual_seed(1)
+    batch, y_hard = t.prepare(Batch(x_labeled=x[:n_l].clone(), y=y, x_unlabeled=x[n_l:].clone()))
+    assert torch.equal(t.teacher_input(batch), batch.inputs)  # one mixed tensor for both models
+    assert batch.y.shape == (n_l, 10) and torch.allclose(batch.y.sum(1), torch.ones(n_l))
+    assert torch.equal(y_hard, y)
+    torch.manual_seed(1)
+    perm, lam = mixup_plan(n_l, n_u, 1.0, torch.device("cpu"))
+    assert torch.allclose(batch.inputs, mix(x.clone(), perm, lam))
+    # unlabeled-only batches work: no label is needed
+    b2, _ = t.prepare(Batch(x_labeled=x[:0], y=y[:0], x_unlabeled=x[n_l:].clone()))
+    assert b2.inputs.shape == (n_u, 1, 8, 8)
+
+
+def test_teacher_at_another_resolution_gets_its_own_side():
+    t = Teaching(mode="fixed", student_size=24, teacher_size=32, num_classes=10)
+    assert t.view_size == 32
+    x = torch.randn(4, 2, 1, 32, 32)
+    batch, _ = t.prepare(Batch(x_labeled=x, y=torch.zeros(4, dtype=torch.long)))
+    assert batch.x_labeled.shape[-1] == 24 and t.teacher_input(batch).shape[-1] == 32
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_teaching_setting_trains_and_lowers_its_loss(world, tmp_path, mode):  # noqa: F811
+    metrics = run_training(job_with(world, tmp_path, {"name": "hinton"}, {"mode": mode}))
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0], hist[["epoch", "train_loss"]]
+    assert metrics["teaching"] == mode
+
+
+def test_teaching_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match=r"distill\.teaching\.mode"):
+        config_from_dict({"data": dict(DATA), "distill": {"teaching": {"mode": "clean"}}})
+    with pytest.raises(ConfigError, match=r"student\.teaching\.mixup_alpha"):
+        config_from_dict({"data": dict(DATA), "student": {"teaching": {"mixup_alpha": 0}}})
+
+
+# ---------------------------------------------------------------------------------------------- DML
+
+
+def test_dml_cohort_trains_keeps_every_member_and_exports_the_named_one(world, tmp_path):  # noqa: F811
+    metrics = run_training(job_with(world, tmp_path, {"name": "dml", "peers": ["resnet14"], "export": "peer1"}))
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0]
+    assert {"loss_kd", "loss_peer1"} <= set(hist.columns)
+    peer = load_checkpoint(tmp_path / "members" / "peer1")
+    assert peer.spec.name == "resnet14" and peer.build_model()  # a member is an ordinary checkpoint
+    exported = load_checkpoint(tmp_path)
+    assert exported.spec.name == "resnet14" and metrics["exported"] == "resnet14"
+    assert [m["label"] for m in metrics["members"]] == ["student", "peer1"]
+    assert all("test_acc" in m for m in metrics["members"])
+
+
+def test_dml_best_val_exports_the_member_best_on_validation_never_test(world, tmp_path):  # noqa: F811
+    cfg, data, _teacher, _pl = world
+    job = job_with(world, tmp_path, {"name": "dml"})
+    val = data.labeled.subset(np.arange(0, len(data.labeled), 3))
+    metrics = run_training(dataclasses.replace(job, val=val))
+    vals = [m["val_acc"] for m in metrics["members"]]
+    best = int(np.argmax(vals))
+    assert metrics["val_acc"] == pytest.approx(vals[best])
+    assert metrics.get("exported") == (None if best == 0 else "resnet8")
+
+
+def test_dml_cohort_resumes_after_a_kill_with_every_member_restored(world, tmp_path):  # noqa: F811
+    job = job_with(world, tmp_path, {"name": "dml", "peers": ["same", "resnet14"]}, epochs=2, steps_per_epoch=4)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_training(job, TrainHooks(fail_at_epoch=1))
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    saved = {k: v for k, v in state["method"].items() if k.startswith("peers.")}
+    assert any(k.startswith("peers.0.") for k in saved) and any(k.startswith("peers.1.") for k in saved)
+    lp = _setup(job, TrainHooks(), torch.device("cpu"))
+    fresh = {k: v.clone() for k, v in lp.core.method.state_dict().items()}
+    start, history = _resume(lp, (tmp_path / "last.pt").read_bytes(), tmp_path / "last.pt")
+    restored = lp.core.method.state_dict()
+    assert start == 1 and len(history) == 1
+    assert all(torch.equal(restored[k], saved[k]) for k in saved)
+    assert any(not torch.equal(fresh[k], saved[k]) for k in saved if saved[k].is_floating_point())
+    metrics = run_training(job)  # the resumed job finishes with both members written
+    assert (tmp_path / "members" / "peer2" / "model.pt").is_file() and len(metrics["members"]) == 3
+
+
+def test_dml_config_errors_name_the_field():
+    from noisystudent.distill import resolve_method_config
+
+    with pytest.raises(ConfigError, match=r"method\.peers\[0\]"):
+        resolve_method_config({"name": "dml", "peers": ["resnet9000"]}, "method")
+    with pytest.raises(ConfigError, match=r"method\.export"):
+        resolve_method_config({"name": "dml", "export": "peer3"}, "method")
