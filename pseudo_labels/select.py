@@ -8,16 +8,23 @@ most confident images, and a class with fewer is duplicated up to K. Duplicates 
 each kept row gets an integer ``weight`` (how many times the student should see it), so the Parquet
 stays one row per image and a sampler can draw rows with probability proportional to ``weight``.
 Ties in confidence are broken by ``image_id`` so the same input always gives the same selection.
+
+:func:`select_pseudo_labels` works on one DataFrame of all rows (the reference, and what small callers
+use); the pipeline streams the same selection shard by shard (:func:`pseudo_labels.selection_io.select_folder`)
+with :func:`keep_top_k` and :func:`balanced_weights_for_ranked`, and a test checks the two agree.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from noisystudent.errors import UserError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def _ranked(df: pd.DataFrame) -> pd.DataFrame:
@@ -130,3 +137,39 @@ def select_pseudo_labels(
         summary["accuracy_selected"] = _accuracy(selected)
         summary["accuracy_selected_weighted"] = _accuracy(selected, w)
     return selected, summary
+
+
+# --------------------------------------------------------------------------------------------------
+# the same selection, streamed: Arrow tables one shard at a time, a bounded table per class
+
+
+def ranked_table(table: "pa.Table") -> "pa.Table":
+    """``table`` sorted by class, confidence (highest first), image_id: :func:`_ranked` on Arrow."""
+    import pyarrow.compute as pc
+
+    order = pc.sort_indices(table, sort_keys=[("label", "ascending"), ("confidence", "descending"),
+                                              ("image_id", "ascending")])
+    return table.take(order)
+
+
+def class_ranks(labels: np.ndarray) -> np.ndarray:
+    """The rank of each row within its class, for ``labels`` sorted ascending (0 for each class's first row)."""
+    labels = np.asarray(labels)
+    return np.arange(len(labels)) - np.searchsorted(labels, labels, side="left")
+
+
+def keep_top_k(table: "pa.Table", k: int) -> "pa.Table":
+    """The ``k`` best rows of each class (by :func:`ranked_table`'s order), ranked: the bounded "heap" the
+    streaming selection merges each shard into, so its size stays at most ``k`` rows a class."""
+    ranked = ranked_table(table)
+    return ranked.filter(class_ranks(ranked["label"].to_numpy()) < k)
+
+
+def balanced_weights_for_ranked(labels: np.ndarray, counts_before: Sequence[int], k: int) -> np.ndarray:
+    """:func:`balance_weights` for rows already cut to ``k`` a class and ranked (``labels`` sorted):
+    row ``r`` of class ``c`` gets 1 when ``c`` had at least ``k`` rows, else ``k // n + (r < k % n)``."""
+    labels = np.asarray(labels, dtype=np.int64)
+    ranks = class_ranks(labels)
+    n = np.asarray(counts_before, dtype=np.int64)[labels]
+    q, r = np.divmod(k, np.maximum(n, 1))
+    return np.where(n >= k, 1, q + (ranks < r)).astype(np.int64)

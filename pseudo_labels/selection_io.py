@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
 
 import pandas as pd
 import pyarrow as pa
@@ -70,3 +72,173 @@ def read_selection_summary(folder: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"selection summary not found: {path}")
     return read_json(path)
+
+
+def select_folder(
+    labels_dir: str | os.PathLike,
+    folder: str | os.PathLike,
+    *,
+    threshold: float = 0.0,
+    per_class: Optional[int] = None,
+    truth: Optional[Callable[[list[str]], Optional[np.ndarray]]] = None,
+    rows_per_shard: int = 1_000_000,
+) -> dict[str, Any]:
+    """:func:`~pseudo_labels.select.select_pseudo_labels` streamed over the shards of ``labels_dir`` into
+    ``folder`` (written like :func:`write_selection`); return the summary (the reference's, plus
+    ``max_confidence``).
+
+    Memory is one shard plus the kept rows, never every row: pass 1 reads ``label`` and ``confidence``
+    (and the ids when ``truth`` gives hidden labels) to count each class after the threshold, which fixes
+    K; pass 2 merges each shard's rows above the threshold into a table cut to K rows a class
+    (:func:`~pseudo_labels.select.keep_top_k`). Without balancing (``per_class=None``) every selected shard
+    is one filtered labels shard. ``truth(ids)`` gives the hidden label of each id (-1 unknown) for the
+    accuracy figures, or None.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from .select import _class_counts, balanced_weights_for_ranked, keep_top_k, ranked_table
+    from .store import check_metadata, list_shards, read_metadata
+
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise UserError(f"pseudo_labels.threshold must be in [0, 1], got {threshold}")
+    if per_class is not None and int(per_class) < 0:
+        raise UserError(f"pseudo_labels.per_class must be >= 0 or null, got {per_class}")
+    labels_dir, folder = Path(labels_dir), Path(folder)
+    meta = read_metadata(labels_dir)
+    C = meta.num_classes
+    shards = list_shards(labels_dir)
+    # compared in float32, the column's type, as the reference's numpy comparison does (NumPy 2: a Python
+    # float is a weak scalar): float32(0.9) >= 0.9 is True there
+    thr = np.float32(threshold)
+
+    # pass 1: counts (O(classes)), accuracy counts, and the metadata check of every shard
+    rows_in = after = 0
+    before = np.zeros(C, dtype=np.int64)
+    acc = {"all": [0, 0], "after": [0, 0]}  # [correct, known]
+    has_truth = False
+    top = -np.inf
+    for shard in shards:
+        check_metadata(read_metadata(shard), meta, str(shard), f"shard {shards[0].name}")
+        t = pq.read_table(shard, columns=["image_id", "label", "confidence"] if truth else ["label", "confidence"])
+        lab = t["label"].to_numpy().astype(np.int64)
+        conf = t["confidence"].to_numpy()
+        if len(lab) and (lab.min() < 0 or lab.max() >= C):
+            raise UserError(f"pseudo-label table has labels outside [0, {C}) for num_classes={C}")
+        keep = conf >= thr
+        rows_in += len(lab)
+        after += int(keep.sum())
+        before += np.bincount(lab[keep], minlength=C)[:C]
+        top = max(top, float(conf.max())) if len(conf) else top
+        tr = truth(t["image_id"].to_pylist()) if truth else None
+        if tr is not None:
+            has_truth = True
+            known = tr >= 0
+            ok = (lab == tr) & known
+            acc["all"][0] += int(ok.sum())
+            acc["all"][1] += int(known.sum())
+            acc["after"][0] += int(ok[keep].sum())
+            acc["after"][1] += int(known[keep].sum())
+
+    k = None if per_class is None else (after // C if int(per_class) == 0 else int(per_class))
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SUCCESS).unlink(missing_ok=True)
+    clean_temporaries(folder)
+    for old in folder.glob(SHARD_GLOB):
+        old.unlink()
+
+    # pass 2: the selected rows
+    after_counts = np.zeros(C, dtype=np.float64)
+    unique_counts = np.zeros(C, dtype=np.int64)
+    sel = {"plain": [0, 0], "weighted": [0, 0]}
+    n_sel = n_weighted = 0
+    written = 0
+
+    def tally(table: pa.Table, w: np.ndarray) -> None:
+        nonlocal n_sel, n_weighted
+        lab = table["label"].to_numpy().astype(np.int64)
+        after_counts[:] += np.bincount(lab, weights=w, minlength=C)[:C]
+        unique_counts[:] += np.bincount(lab, minlength=C)[:C]
+        n_sel += len(lab)
+        n_weighted += int(w.sum())
+        tr = truth(table["image_id"].to_pylist()) if truth else None
+        if tr is not None:
+            known = tr >= 0
+            ok = (lab == tr) & known
+            sel["plain"][0] += int(ok.sum())
+            sel["plain"][1] += int(known.sum())
+            sel["weighted"][0] += int((ok * w).sum())
+            sel["weighted"][1] += int((known * w).sum())
+
+    def emit(table: pa.Table, w: np.ndarray) -> None:
+        nonlocal written
+        out = table.select(SCHEMA.names).append_column("weight", pa.array(w.astype(np.int32), pa.int32()))
+        write_shard(folder / shard_name(written), out.cast(SELECTED_SCHEMA), meta)
+        written += 1
+
+    kept: Optional[pa.Table] = None
+    for shard in shards:
+        t = pq.read_table(shard, columns=SCHEMA.names).replace_schema_metadata(None)
+        t = t.filter(pc.greater_equal(t["confidence"], pa.scalar(thr, pa.float32())))
+        if k is None:
+            t = ranked_table(t)
+            w = np.ones(t.num_rows, dtype=np.int64)
+            tally(t, w)
+            emit(t, w)
+        else:
+            kept = keep_top_k(t if kept is None else pa.concat_tables([kept, t]), k)
+    if k is not None:
+        kept = kept if kept is not None else SCHEMA.empty_table()
+        w = balanced_weights_for_ranked(kept["label"].to_numpy(), before, k) if kept.num_rows else np.zeros(0, np.int64)
+        kept = kept.filter(pa.array(w > 0))
+        w = w[w > 0]
+        tally(kept, w)
+        for s in range(0, max(1, kept.num_rows), rows_per_shard):
+            emit(kept.slice(s, rows_per_shard), w[s:s + rows_per_shard])
+    if written == 0:
+        emit(SCHEMA.empty_table(), np.zeros(0, np.int64))
+
+    def ratio(pair: list[int]) -> Optional[float]:
+        return pair[0] / pair[1] if pair[1] else None
+
+    summary: dict[str, Any] = {
+        "rows_in": int(rows_in),
+        "threshold": float(threshold),
+        "rows_after_threshold": int(after),
+        "per_class_mode": None if per_class is None else ("auto" if int(per_class) == 0 else "fixed"),
+        "K": k,
+        "per_class_before": before.astype(int).tolist(),
+        "per_class_after": after_counts.astype(int).tolist(),
+        "per_class_unique_after": unique_counts.astype(int).tolist(),
+        "rows_selected": int(n_sel),
+        "weighted_rows_selected": int(n_weighted),
+        "empty_classes": [c for c in range(C) if before[c] == 0],
+        "max_confidence": float(top) if rows_in else None,
+    }
+    if has_truth:
+        summary["accuracy_all"] = ratio(acc["all"])
+        summary["accuracy_after_threshold"] = ratio(acc["after"])
+        summary["accuracy_selected"] = ratio(sel["plain"])
+        summary["accuracy_selected_weighted"] = ratio(sel["weighted"])
+    write_json(folder / SUMMARY, summary)
+    write_text(folder / SUCCESS, "")
+    return summary
+
+
+def read_selection_arrow(folder: str | os.PathLike, columns: Sequence[str], expected: Optional[LabelMetadata] = None) -> pa.Table:
+    """Columns of a finished selection as one Arrow table (no pandas, no Python object per row)."""
+    import pyarrow.parquet as pq
+
+    from .store import check_metadata, list_shards, read_metadata
+
+    folder = Path(folder)
+    if not is_complete(folder):
+        raise UserError(f"selection in {folder} is incomplete (no {SUCCESS}); re-run the select step")
+    shards = list_shards(folder)
+    ref = expected or read_metadata(shards[0])
+    tables = []
+    for s in shards:
+        check_metadata(read_metadata(s), ref, str(s), "the selection's first shard")
+        tables.append(pq.read_table(s, columns=list(columns)).replace_schema_metadata(None))
+    return pa.concat_tables(tables)

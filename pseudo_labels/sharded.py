@@ -178,10 +178,14 @@ class PartitionWorker:
         return images, len(rejected)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.kill_once_marker:
-            self._maybe_die()
         parts = np.asarray(batch["partition"], dtype=np.int64)
-        out = [self.run_partition(int(p)) for p in parts]
+        out = []
+        for p in parts:
+            out.append(self.run_partition(int(p)))
+            if self.kill_once_marker:
+                # after its shard is written, before the driver hears of it: the worst moment, since the
+                # retried task must rewrite the same shard rather than add a second copy of its images
+                self._maybe_die()
         return {"partition": parts, "images": np.asarray([o[0] for o in out], np.int64),
                 "rejected": np.asarray([o[1] for o in out], np.int64)}
 

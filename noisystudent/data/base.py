@@ -257,7 +257,7 @@ def check_file(path: str | os.PathLike, image_id: str) -> Optional[str]:
 def _size(path: str | os.PathLike) -> int:
     try:
         return Path(path).stat().st_size
-    except OSError:
+    except (OSError, TypeError):  # TypeError: an in-memory file (decode_bytes); empty ones never get here
         return -1
 
 
