@@ -9,7 +9,7 @@ CONFIG ?= configs/fashion_mnist.yaml
 export RAY_AUTH_MODE ?= token
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 
-.PHONY: install data test test-all run run-full bench bench-accuracy bench-small bench-kd bench-anomaly report clean clean-runs help
+.PHONY: install data test test-all run run-full bench bench-accuracy bench-small bench-kd bench-kd-online bench-patience bench-anomaly report clean clean-runs help
 
 help:
 	@echo "make run             the full Noisy Student loop on Fashion-MNIST (CPU-sized default)"
@@ -22,6 +22,8 @@ help:
 	@echo "                     2 generations, promotion decisions, wall time (~15 min on 2 cores)"
 	@echo "make bench-kd        distillation methods (supervised, hinton, fitnet, at, fsp, sp, rkd) on ResNet-8 from a"
 	@echo "                     cached ResNet-26 teacher, 3 seeds (~1 h on 2 idle cores; python -m bench.kd --quick: minutes)"
+	@echo "make bench-kd-online dml, one, bss and hinton under the four teaching settings, same protocol (~1 h)"
+	@echo "make bench-patience  accuracy vs steps for fixed / consistent / function_matching teaching (~1 h)"
 	@echo "make bench-anomaly   STPM anomaly detection per Fashion-MNIST class: synthetic defects with masks and the other"
 	@echo "                     classes, image and pixel AUROC (~1 h on 2 idle cores; python -m bench.anomaly --quick: minutes)"
 	@echo "make clean           remove what can be rebuilt: the venv, caches, egg-info, bench/results (keeps runs/)"
@@ -76,6 +78,12 @@ bench-small: install
 
 bench-kd: install
 	$(BIN)/python -m bench.kd
+
+bench-kd-online: install
+	$(BIN)/python -m bench.kd --part online
+
+bench-patience: install
+	$(BIN)/python -m bench.patience
 
 bench-anomaly: install
 	$(BIN)/python -m bench.anomaly

@@ -14,6 +14,12 @@ read back, an unfinished one continues from its ``last.pt``. The teacher is trai
 deletes it); the digest covers the model, data split and training settings, so any later benchmark with
 the same ones reuses it.
 
+Two named parts, each about an hour on 2 idle cores, sharing the teacher and the runs they have in
+common (``supervised``, ``hinton``): ``--part feature`` (``make bench-kd``: response, feature and
+relation methods) and ``--part online`` (``make bench-kd-online``: ``dml``, ``one``, ``bss`` and
+``hinton`` under the four teaching settings, written ``hinton@fixed`` ...; plain ``hinton`` is
+``hinton@consistent``, the default), writing ``docs/bench-kd.*`` and ``docs/bench-kd-online.*``.
+
 Sizes (chosen to fit about an hour on 2 idle CPU cores): 500 labels per class (5,000 images), teacher
 15 epochs, students 10 epochs at batch 128 with SGD + cosine (the training settings of
 ``configs/distill_fashion_mnist.yaml``), 3 seeds, the full 10,000-image test set. ``--quick`` is a smoke
@@ -35,7 +41,17 @@ from typing import Optional
 
 CONFIG = "configs/distill_fashion_mnist.yaml"
 METHODS = ("supervised", "hinton", "fitnet", "at", "fsp", "sp", "rkd")
+# online methods and teaching settings: a row "method@mode" is the method under distill.teaching.mode
+ONLINE = ("supervised", "hinton", "dml", "one", "bss", "hinton@fixed", "hinton@independent", "hinton@function_matching")
+PARTS = {"feature": METHODS, "online": ONLINE}
 BASELINE = "supervised"
+
+
+def split_variant(spec: str) -> tuple[str, Optional[str]]:
+    """``"hinton@fixed"`` -> ``("hinton", "fixed")``; ``"@consistent"`` (the default setting) is dropped, so
+    ``hinton@consistent`` and ``hinton`` are the same runs."""
+    name, _, mode = spec.partition("@")
+    return name, (mode if mode and mode != "consistent" else None)
 
 
 @dataclass(frozen=True)
@@ -108,14 +124,18 @@ def train_teacher(cfg, cache_root: str | Path, progress: bool = True) -> tuple[P
 
 
 def student_config(cfg, student: str, method: str, seed: int, teacher_ckpt: Path):
-    """``cfg`` for one student run: its model, method and seed; the teacher always given (fidelity)."""
+    """``cfg`` for one student run: its model, method (``name`` or ``name@teaching``) and seed; the teacher
+    always given (fidelity)."""
     from noisystudent.config import config_from_dict, to_dict
 
     d = to_dict(cfg)
     rung = dict(d["student"]["ladder"][0], name=student)
     d["student"]["ladder"] = [rung]
     d["seed"] = seed
-    d["distill"] = {"teacher": str(teacher_ckpt), "method": {"name": method}}
+    name, mode = split_variant(method)
+    d["distill"] = {"teacher": str(teacher_ckpt), "method": {"name": name}}
+    if mode:
+        d["distill"]["teaching"] = {"mode": mode}
     return config_from_dict(d)
 
 
@@ -125,7 +145,8 @@ def run_student(cfg, root: Path, student: str, method: str, seed: int, teacher_c
     from pipelines import steps
     from pipelines.state import RunDir
 
-    run = RunDir(root / student / method / f"seed{seed}")
+    name, mode = split_variant(method)
+    run = RunDir(root / student / (f"{name}@{mode}" if mode else name) / f"seed{seed}")
     scfg = run.freeze_config(student_config(cfg, student, method, seed, teacher_ckpt))
     m = steps.distill(run, scfg, progress=progress)
     return {"student": student, "method": method, "seed": seed, "test_acc": m.get("test_acc"),
@@ -163,7 +184,7 @@ def summarise(runs: list[dict]) -> list[dict]:
         r["gain"] = r["test_acc"] - b["test_acc"]
         spread = r["test_acc_std"] + b["test_acc_std"]
         r["beats_baseline"] = bool(r["seeds"] > 1 and b["seeds"] > 1 and r["gain"] > spread)
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(dict.fromkeys(METHODS + ONLINE))}
     rows.sort(key=lambda r: (r["student"], order.get(r["method"], len(order)), r["method"]))
     return rows
 
@@ -195,7 +216,7 @@ def plot(rows: list[dict], teacher: dict, path: Path, title: str) -> None:
 
     rows = [r for r in rows if r["test_acc"] is not None]
     students = sorted({r["student"] for r in rows})
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    methods = [m for m in dict.fromkeys(METHODS + ONLINE) if any(r["method"] == m for r in rows)]
     methods += sorted({r["method"] for r in rows} - set(methods))
     width = 0.8 / max(len(students), 1)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -215,7 +236,8 @@ def plot(rows: list[dict], teacher: dict, path: Path, title: str) -> None:
             values.append(100 * teacher["test_acc"])
         if values:
             ax.set_ylim(max(0.0, min(values) - 2), min(100.0, max(values) + 1))
-        ax.set_xticks(range(len(methods)), methods)
+        ax.set_xticks(range(len(methods)), methods, rotation=25 if len(max(methods, key=len)) > 8 else 0, ha="right"
+                      if len(max(methods, key=len)) > 8 else "center", fontsize=8)
         ax.set_ylabel(label + " (mean ± std)")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
@@ -229,7 +251,9 @@ def plot(rows: list[dict], teacher: dict, path: Path, title: str) -> None:
 def main(argv: Optional[list[str]] = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 100 labels/class, 2-3 epochs, 1 seed, 1,000 test images")
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated registered methods (default: %(default)s)")
+    ap.add_argument("--part", choices=sorted(PARTS), default="feature",
+                    help="which rows: feature (%s) or online (%s)" % (", ".join(METHODS), ", ".join(ONLINE)))
+    ap.add_argument("--methods", default=None, help="comma-separated methods, name or name@teaching (default: the part's)")
     ap.add_argument("--students", default="resnet8", help="comma-separated student models (e.g. resnet8,wrn_16_2)")
     ap.add_argument("--teacher", default="resnet26", help="teacher model (default: %(default)s)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per method (default: 3; 1 with --quick)")
@@ -250,13 +274,19 @@ def main(argv: Optional[list[str]] = None) -> dict:
         torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
     seeds = args.seeds or sizes.seeds
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in list_methods()]
+    methods = [m.strip() for m in (args.methods or ",".join(PARTS[args.part])).split(",") if m.strip()]
+    unknown = [m for m in methods if split_variant(m)[0] not in list_methods()]
     if unknown:
         raise SystemExit(f"error: --methods: unknown method {unknown[0]!r}; known: {', '.join(list_methods())}")
+    from noisystudent.distill.teaching import MODES
+
+    bad = [m for m in methods if "@" in m and m.partition("@")[2] not in MODES]
+    if bad:
+        raise SystemExit(f"error: --methods: unknown teaching setting in {bad[0]!r}; known: {', '.join(MODES)}")
     students = [s.strip() for s in args.students.split(",") if s.strip()]
     root = Path(args.run_dir or ("runs/bench_kd_quick" if args.quick else "runs/bench_kd"))
-    stem = Path(args.out or ("bench/results/bench-kd-quick" if args.quick else "docs/bench-kd"))
+    suffix = "" if args.part == "feature" else f"-{args.part}"
+    stem = Path(args.out or (f"bench/results/bench-kd{suffix}-quick" if args.quick else f"docs/bench-kd{suffix}"))
     t0 = time.perf_counter()
     progress = not args.quiet
     try:
@@ -286,7 +316,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     result = {
         "protocol": "Sarfraz et al. ICPR 2020: teacher and students train on the same labeled images; one cached "
                     "teacher; every method at the same student budget",
-        "config": CONFIG, "sizes": sizes.__dict__ | {"seeds": seeds}, "labeled_images": 10 * sizes.labels_per_class,
+        "part": args.part, "config": CONFIG, "sizes": sizes.__dict__ | {"seeds": seeds}, "labeled_images": 10 * sizes.labels_per_class,
         "batch_size": cfg.student.train.batch_size, "teacher": teacher, "students": students, "methods": methods,
         "rows": rows, "runs": runs, "skipped": skipped, "wall_seconds_this_call": wall,
         "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -363,7 +363,12 @@ def distill(run: RunDir, cfg: ExperimentConfig, force: bool = False, progress: b
     if teacher is not None:
         load_checkpoint(teacher, expected_classes=data.classes)  # fail early, in the driver, naming the file
     model_cfg = cfg.student.ladder[0]
-    _log(f"[distill] {model_cfg.name} from {teacher or 'no teacher'} with {method['name']} on {len(data.labeled)} labeled images")
+    from noisystudent.distill import get_method
+
+    mode = cfg.distill.teaching.mode
+    _log(f"[distill] {model_cfg.name} from {teacher or 'no teacher'} with {method['name']}"
+         + (f" ({mode} teaching)" if get_method(method["name"]).teacher_for(method) == "online" else "")
+         + f" on {len(data.labeled)} labeled images")
     return _train_step(run, cfg, step, out, model_cfg=model_cfg, train_cfg=cfg.student.train, labeled=data.labeled,
                        test=data.test, classes=data.classes, generation=0, role="distill", progress=progress,
                        method=method, teacher=teacher, val=data.val, teaching=cfg.distill.teaching)
