@@ -11,6 +11,7 @@ import io
 import pandas as pd
 import pytest
 import torch
+from test_distill import student_job, world  # noqa: F401  (the module-scoped teacher fixture)
 
 from noisystudent.checkpoint import load_checkpoint, safe_load, save_checkpoint
 from noisystudent.distill import create_method, method_defaults, resolve_method_config
@@ -20,8 +21,6 @@ from noisystudent.distill.teacher import OnlineTeacher
 from noisystudent.errors import ConfigError
 from noisystudent.models import create_model, is_model, stage_info
 from noisystudent.train import TrainHooks, run_training
-
-from test_distill import student_job, world  # noqa: F401  (the module-scoped teacher fixture)
 
 
 def info(model: str) -> list[dict]:
@@ -105,7 +104,7 @@ def test_bss_attack_moves_the_teacher_toward_the_runner_up_and_leaves_it_untouch
     adv = bss_attack(teacher.model, x, top2[:, 1], steps=10, step_size=0.3)
     with torch.no_grad():
         ta = teacher.model(adv)
-    margin = lambda z: (z.gather(1, top2[:, 1:]) - z.gather(1, top2[:, :1])).squeeze(1)  # noqa: E731
+    margin = lambda z: (z.gather(1, top2[:, 1:]) - z.gather(1, top2[:, :1])).squeeze(1)
     assert (margin(ta) > margin(t)).all(), "every sample moved toward its runner-up class"
     assert (margin(ta) / margin(t)).mean() < 0.8, "the official step (0.3 x margin / |grad|, 10 steps) closes the gap"
     far = bss_attack(teacher.model, x, top2[:, 1], steps=10, step_size=30.0)  # long steps: past the boundary, then stop
@@ -165,8 +164,8 @@ def test_bss_trains_on_adversarial_samples_through_the_engine(world, tmp_path): 
 
 def test_one_resumes_with_its_branches_and_exports_branch_and_ensemble(world, tmp_path):  # noqa: F811
     blobs: list[bytes] = []
-    hooks = lambda: TrainHooks(fail_at_epoch=1, report=lambda row, blob: blobs.append(blob))  # noqa: E731
-    job = lambda: student_job(world, tmp_path, {"name": "one", "export": "ensemble"}, epochs=2, steps_per_epoch=3)  # noqa: E731
+    hooks = lambda: TrainHooks(fail_at_epoch=1, report=lambda row, blob: blobs.append(blob))
+    job = lambda: student_job(world, tmp_path, {"name": "one", "export": "ensemble"}, epochs=2, steps_per_epoch=3)
     with pytest.raises(RuntimeError, match="injected"):
         run_training(job(), hooks())
     metrics = run_training(job(), hooks())

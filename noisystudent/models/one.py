@@ -107,7 +107,7 @@ class OneNet(Classifier):
         super().__init__()
         if branches < 2:
             raise UserError(f"ONE needs at least 2 branches, got {branches}")
-        kw = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+        kw = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate, "drop_path_rate": drop_path_rate}
         self.base = _build_base(base, **kw)
         self.branches, self.gate = one_parts(base, branches=branches, **kw)
         self.num_features = self.base.num_features * branches

@@ -30,7 +30,7 @@ step's forward, where the attack runs, so base samples are drawn at random among
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,7 @@ def kl_t(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature
 
 
 def bss_attack(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int, step_size: float,
-               lo: Optional[torch.Tensor] = None, hi: Optional[torch.Tensor] = None) -> torch.Tensor:
+               lo: torch.Tensor | None = None, hi: torch.Tensor | None = None) -> torch.Tensor:
     """Move ``x`` toward ``model``'s decision boundary with class ``target`` (the official BSS attack);
     gradients with respect to ``x`` only, never accumulated in the model's parameters."""
     x0 = x.detach().float()

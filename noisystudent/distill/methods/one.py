@@ -66,7 +66,7 @@ class One(DistillMethod):
             raise ConfigError(self.field, f"method 'one' needs a CIFAR ResNet or Wide ResNet student (resnet8 ... "
                                           f"resnet26, wrn_D_K) to branch; the student is {name!r}")
         self.base_name = name
-        kw = dict(in_chans=spec.in_chans, drop_rate=spec.drop_rate, drop_path_rate=spec.drop_path_rate) if spec else {}
+        kw = {"in_chans": spec.in_chans, "drop_rate": spec.drop_rate, "drop_path_rate": spec.drop_path_rate} if spec else {}
         self.branches, self.gate = one_parts(name, self.num_classes, params.branches, **kw)
 
     @property
