@@ -128,6 +128,14 @@ class DataConfig:
     split_seed: int = 0
     labeled: Optional[str] = None
     unlabeled: Optional[str] = None
+    # how `unlabeled` is read (kinds folder and manifest). `list`: every image listed up front, as a folder
+    # or one manifest. Streaming, partition by partition, never listed on the driver (README: Scale):
+    # `manifest_shards` (Parquet/CSV files with a path column), `folder_partitions` (each top-level
+    # sub-folder a partition), `webdataset` (.tar shards), `parquet_bytes` (Parquet with encoded images)
+    unlabeled_format: Literal["list", "manifest_shards", "folder_partitions", "webdataset", "parquet_bytes"] = "list"
+    unlabeled_path_column: str = "path"  # manifest_shards: the column of image paths
+    unlabeled_id_column: str = "image_id"  # parquet_bytes: the column of image ids
+    unlabeled_bytes_column: str = "image"  # parquet_bytes: the column of encoded bytes (or an HF {bytes, path} struct)
     test: Optional[str] = None
     # validation images, the only data the loop's decisions (promotion) look at: a folder (kind folder)
     # or manifest (kind manifest) of labeled images; null: val_fraction of the labeled images

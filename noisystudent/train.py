@@ -41,19 +41,41 @@ from .transforms import create_transform
 
 @dataclass
 class PseudoLabeledSet:
-    """Pseudo-labeled images for a student: a source, one probability row per image and a duplicate count.
+    """Pseudo-labeled images for a student: a source, its targets and a duplicate count per image.
 
+    Targets come either as stored, ``topk_classes``/``topk_probs`` ``(N, k)`` with ``num_classes`` (the
+    pipeline's way: 8·k bytes an image, expanded to dense rows one batch at a time by
+    :class:`~noisystudent.data.torch_dataset.TopKTargets`; ``hard`` gives one-hot rows of the top class),
+    or as a dense ``targets`` ``(N, C)`` float32 matrix (small sets, older callers).
     ``weights`` are the balancing duplicate counts from selection; the student sees image ``i``
     ``weights[i]`` times per epoch.
     """
 
     source: ImageSource
-    targets: np.ndarray  # (N, C) float32 probabilities
-    weights: np.ndarray  # (N,) int
+    targets: Optional[np.ndarray] = None  # (N, C) float32 probabilities, or None with top-k
+    weights: Optional[np.ndarray] = None  # (N,) int
+    topk_classes: Optional[np.ndarray] = None  # (N, k) int32
+    topk_probs: Optional[np.ndarray] = None  # (N, k) float32
+    num_classes: Optional[int] = None
+    hard: bool = False
 
     def __post_init__(self):
-        if len(self.source) != len(self.targets) or len(self.targets) != len(self.weights):
+        if self.weights is None:
+            raise ValueError("a pseudo-labeled set needs weights (1 per image without balancing)")
+        n = len(self.topk_classes) if self.targets is None and self.topk_classes is not None else \
+            (len(self.targets) if self.targets is not None else -1)
+        if self.targets is None and (self.topk_classes is None or self.topk_probs is None or self.num_classes is None):
+            raise ValueError("a pseudo-labeled set needs dense targets, or topk_classes, topk_probs and num_classes")
+        if len(self.source) != n or n != len(self.weights):
             raise ValueError("pseudo-labeled source, targets and weights differ in length")
+
+    def dataset_targets(self):
+        """What :class:`~noisystudent.data.torch_dataset.SourceDataset` takes as ``targets``."""
+        from .data.torch_dataset import TopKTargets
+
+        if self.targets is not None:
+            return np.asarray(self.targets, dtype=np.float32)
+        return TopKTargets(self.topk_classes, self.topk_probs, self.num_classes, hard=self.hard)
 
 
 @dataclass
@@ -443,9 +465,12 @@ def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
     unl_loader, n_pseudo = None, 0
     if use_pseudo:
         unl_bs = _unlabeled_batch(job)
-        unl_ds = SourceDataset(pseudo.source, train_tf, targets=pseudo.targets.astype(np.float32))
-        expanded = np.repeat(np.arange(len(pseudo.source)), np.maximum(pseudo.weights.astype(np.int64), 0))
-        unl_loader = hooks.prepare_loader(_loader(unl_ds, unl_bs, cfg.num_workers, job.seed + 1, expanded))
+        from .data.torch_dataset import RepeatedDataset
+
+        unl_ds = SourceDataset(pseudo.source, train_tf, targets=pseudo.dataset_targets())
+        # duplicates by binary search over cumulative weights, not an expanded list of indices (issue 17)
+        expanded = RepeatedDataset(unl_ds, pseudo.weights)
+        unl_loader = hooks.prepare_loader(_loader(expanded, unl_bs, cfg.num_workers, job.seed + 1))
         n_pseudo = int(pseudo.weights.sum())
     # each DDP worker sees 1/world_size of the data per epoch
     plan = plan_steps(job, hooks.world_size)

@@ -220,13 +220,19 @@ def _warn_near_chance(run: RunDir, g: int, ckpt: Path, val_acc: Optional[float],
 
 
 def _warn_selection(g: int, summary: dict, df, classes: list[str], threshold: float) -> None:
-    """Warn when selection kept no pseudo-label at all, or none of some class."""
+    """Warn when selection kept no pseudo-label at all, or none of some class. The numbers come from the
+    summary (``max_confidence``, ``rows_in``), or from ``df`` (the labels) when given instead."""
     from noisystudent.errors import PseudoLabelWarning
 
-    top = float(df["confidence"].max()) if len(df) else float("nan")
+    top = summary.get("max_confidence")
+    rows_in = summary.get("rows_in")
+    if df is not None:
+        top = float(df["confidence"].max()) if len(df) else None
+        rows_in = len(df)
+    top = float("nan") if top is None else float(top)
     if summary["rows_selected"] == 0:
         _warn(f"generation {g}: no pseudo-label was kept (pseudo_labels.threshold={threshold:g}, the most confident "
-              f"of {len(df)} is {top:.4f}); the student learns from the labeled images alone. Lower "
+              f"of {rows_in} is {top:.4f}); the student learns from the labeled images alone. Lower "
               "pseudo_labels.threshold, or train a better teacher", PseudoLabelWarning)
         return
     empty = summary.get("empty_classes") or []
@@ -250,7 +256,8 @@ def label(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[st
         return read_json(out / "summary.json")
     ckpts = [Path(t) for t in teachers] if teachers else [teacher_checkpoint(run, g)]
     data = load_data(cfg)
-    if data.unlabeled is None or len(data.unlabeled) == 0:
+    streaming = hasattr(data.unlabeled, "read_partition")
+    if data.unlabeled is None or (not streaming and len(data.unlabeled) == 0):
         raise UserError("config field 'data.unlabeled': no unlabeled images to pseudo-label")
     for c in ckpts:
         ck = load_checkpoint(c, expected_classes=data.classes)  # fail early, in the driver, with a clear message
@@ -258,7 +265,8 @@ def label(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[st
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     pl = cfg.pseudo_labels
     t0 = time.perf_counter()
-    _log(f"[gen {g}] labeling {len(data.unlabeled)} images with {', '.join(c.parent.name for c in ckpts)}")
+    what = f"{data.unlabeled.num_partitions} partitions" if streaming else f"{len(data.unlabeled)} images"
+    _log(f"[gen {g}] labeling {what} with {', '.join(c.parent.name for c in ckpts)}")
     summary = label_images(
         data.unlabeled,
         [str(c) for c in ckpts],
@@ -277,9 +285,21 @@ def label(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[st
     return summary
 
 
+def _truth_lookup(source, class_names):
+    """``ids -> hidden labels`` (indices into ``class_names``, -1 unknown) for the selection's accuracy
+    figures, or None when the source hides no labels (a streaming source never does)."""
+    if source is None or getattr(source, "hidden_labels", None) is None or not hasattr(source, "positions"):
+        return None
+    from pseudo_labels import true_labels
+
+    return lambda ids: true_labels(source, ids, class_names)
+
+
 def select(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False) -> dict:
-    """Confidence filter and per-class balancing of generation ``g``'s labels into ``selected/``."""
-    from pseudo_labels import read_labels, read_metadata, select_pseudo_labels, true_labels, write_selection
+    """Confidence filter and per-class balancing of generation ``g``'s labels into ``selected/``, streamed
+    shard by shard (:func:`pseudo_labels.selection_io.select_folder`): never one frame of every label."""
+    from pseudo_labels import read_metadata
+    from pseudo_labels.selection_io import select_folder
 
     step = step_name(g, "select")
     out = run.selected_dir(g)
@@ -291,37 +311,47 @@ def select(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False) -> d
     t0 = time.perf_counter()
     labels_dir = run.labels_dir(g)
     meta = read_metadata(labels_dir)
-    df = read_labels(labels_dir)
-    true = true_labels(data.unlabeled, df["image_id"], meta.class_names)
-    if true is not None:
-        df["true_label"] = true
     pl = cfg.pseudo_labels
-    selected, summary = select_pseudo_labels(df, meta.num_classes, threshold=pl.threshold, per_class=pl.per_class)
-    write_selection(out, selected, summary, meta)
-    _log(f"[gen {g}] selected {summary['rows_selected']} of {len(df)} pseudo-labels "
+    summary = select_folder(labels_dir, out, threshold=pl.threshold, per_class=pl.per_class,
+                            truth=_truth_lookup(data.unlabeled, meta.class_names))
+    _log(f"[gen {g}] selected {summary['rows_selected']} of {summary['rows_in']} pseudo-labels "
          f"({summary['weighted_rows_selected']} after balancing duplicates)")
-    _warn_selection(g, summary, df, meta.class_names, pl.threshold)
+    _warn_selection(g, summary, None, meta.class_names, pl.threshold)
     run.mark_done(step, time.perf_counter() - t0, [out / "summary.json"])
     return summary
 
 
 def pseudo_set(run: RunDir, cfg: ExperimentConfig, g: int) -> PseudoLabeledSet:
-    """Generation ``g``'s selected pseudo-labels as a training set (soft rows from top-k, duplicate counts)."""
-    from pseudo_labels import read_metadata, read_selection, soft_targets
+    """Generation ``g``'s selected pseudo-labels as a training set: the top-k classes and probabilities as
+    stored (expanded to dense rows a batch at a time by the loader) and the duplicate counts, read from
+    Parquet as Arrow columns (no dense ``(N, C)`` matrix, no frame of rows)."""
+    from pseudo_labels import read_metadata
+    from pseudo_labels.selection_io import read_selection_arrow, topk_arrays
 
     data = load_data(cfg)
-    df = read_selection(run.selected_dir(g))
-    meta = read_metadata(run.selected_dir(g))
-    src = data.unlabeled
-    positions = src.positions(df["image_id"])
+    folder = run.selected_dir(g)
+    meta = read_metadata(folder)
+    table = read_selection_arrow(folder, ["image_id", "topk_classes", "topk_probs", "weight"])
+    src = selected_source(data.unlabeled, table["image_id"], g)
+    classes, probs = topk_arrays(table)
+    return PseudoLabeledSet(source=src, topk_classes=classes, topk_probs=probs, num_classes=meta.num_classes,
+                            hard=not cfg.pseudo_labels.soft, weights=table["weight"].to_numpy().astype(np.int64))
+
+
+def selected_source(unlabeled, image_ids, g: int):
+    """The images the student reads for the selected ``image_ids``: a subset of an in-memory source, or
+    (streaming sources with files) a source over those files alone. WebDataset and Parquet-bytes sources
+    have no random access to an image, so a student cannot train on their selection yet (UserError)."""
+    from noisystudent.data.streaming import StreamSource, selected_files
+
+    if isinstance(unlabeled, StreamSource):
+        return selected_files(unlabeled, image_ids)
+    positions = unlabeled.positions(image_ids.to_pylist() if hasattr(image_ids, "to_pylist") else image_ids)
     if (positions < 0).any():
-        missing = df["image_id"].to_numpy()[positions < 0]
+        ids = np.asarray(image_ids.to_pylist() if hasattr(image_ids, "to_pylist") else image_ids, dtype=object)
+        missing = ids[positions < 0]
         raise UserError(f"selected pseudo-labels of generation {g} name {len(missing)} images not in the unlabeled source (e.g. {missing[0]})")
-    targets = soft_targets(df, meta.num_classes).astype(np.float32)
-    if not cfg.pseudo_labels.soft:
-        targets = np.eye(meta.num_classes, dtype=np.float32)[targets.argmax(1)]
-    weights = df["weight"].to_numpy(dtype=np.int64) if "weight" in df else np.ones(len(df), dtype=np.int64)
-    return PseudoLabeledSet(source=src.subset(positions), targets=targets, weights=weights)
+    return unlabeled.subset(positions)
 
 
 def train_student(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False, progress: bool = True) -> dict:

@@ -242,3 +242,26 @@ def read_selection_arrow(folder: str | os.PathLike, columns: Sequence[str], expe
         check_metadata(read_metadata(s), ref, str(s), "the selection's first shard")
         tables.append(pq.read_table(s, columns=list(columns)).replace_schema_metadata(None))
     return pa.concat_tables(tables)
+
+
+def topk_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """The ``topk_classes``/``topk_probs`` list columns as ``(N, k)`` int32 / float32 arrays, straight from
+    Arrow's flat value buffers (rows shorter than the longest are padded with class -1, probability 0)."""
+    import pyarrow.compute as pc
+
+    cls = table["topk_classes"].combine_chunks()
+    prb = table["topk_probs"].combine_chunks()
+    n = len(cls)
+    lengths = pc.list_value_length(cls).to_numpy(zero_copy_only=False) if n else np.zeros(0, np.int64)
+    k = int(lengths.max()) if n else 0
+    flat_c = pc.list_flatten(cls).to_numpy().astype(np.int32)
+    flat_p = pc.list_flatten(prb).to_numpy().astype(np.float32)
+    if n and (lengths == k).all():
+        return flat_c.reshape(n, k), flat_p.reshape(n, k)
+    out_c = np.full((n, k), -1, dtype=np.int32)
+    out_p = np.zeros((n, k), dtype=np.float32)
+    rows = np.repeat(np.arange(n), lengths)
+    cols = np.arange(len(flat_c)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out_c[rows, cols] = flat_c
+    out_p[rows, cols] = flat_p
+    return out_c, out_p

@@ -184,7 +184,7 @@ def remap_to_classes(source: ImageSource, classes: list[str], field: str) -> Ima
 def _folder(cfg: "DataConfig") -> DataBundle:
     labeled = ImageFolderSource(_required(cfg, "labeled"), cfg.in_chans)
     classes = list(labeled.classes or [])
-    unlabeled = UnlabeledFolderSource(cfg.unlabeled, cfg.in_chans) if cfg.unlabeled else None
+    unlabeled = _streaming(cfg) or (UnlabeledFolderSource(cfg.unlabeled, cfg.in_chans) if cfg.unlabeled else None)
     test = None
     if cfg.test:
         test = remap_to_classes(ImageFolderSource(cfg.test, cfg.in_chans), classes, "data.test")
@@ -197,8 +197,8 @@ def _manifest(cfg: "DataConfig") -> DataBundle:
     if labeled.classes is None:
         raise UserError(f"data.labeled: manifest {cfg.labeled} has no column 'label'")
     classes = list(labeled.classes)
-    unlabeled = None
-    if cfg.unlabeled:
+    unlabeled = _streaming(cfg)
+    if cfg.unlabeled and unlabeled is None:
         unlabeled = ManifestSource(cfg.unlabeled, cfg.in_chans, classes=classes, verify=False)
         if unlabeled.labels is not None:
             # Labels of unlabeled images are only for measuring pseudo-label quality: never train on them.
@@ -214,6 +214,19 @@ def _manifest(cfg: "DataConfig") -> DataBundle:
         if val.labels is None:
             raise UserError(f"data.val: manifest {cfg.val} has no column 'label'")
     return _finish(cfg, labeled, unlabeled, test, classes, val)
+
+
+def _streaming(cfg: "DataConfig") -> Optional[Any]:
+    """The unlabeled :class:`~.streaming.StreamSource` when ``data.unlabeled_format`` streams, else None."""
+    if cfg.unlabeled_format == "list" or not cfg.unlabeled:
+        return None
+    from .streaming import StreamSource
+
+    if cfg.unlabeled_limit is not None:
+        raise ConfigError("data.unlabeled_limit", f"cannot subset a streaming source (data.unlabeled_format="
+                          f"{cfg.unlabeled_format}); leave it null, or list fewer shards in data.unlabeled")
+    return StreamSource(cfg.unlabeled_format, cfg.unlabeled, cfg.in_chans, path_column=cfg.unlabeled_path_column,
+                        id_column=cfg.unlabeled_id_column, bytes_column=cfg.unlabeled_bytes_column)
 
 
 def _required(cfg: "DataConfig", key: str) -> str:
@@ -247,6 +260,9 @@ def create_data(cfg: "DataConfig") -> DataBundle:
     builders = {"fashion_mnist": _fashion_mnist, "folder": _folder, "manifest": _manifest}
     if cfg.kind not in builders:
         raise ConfigError("data.kind", f"must be one of fashion_mnist, folder, manifest; got {cfg.kind!r}")
+    if cfg.kind == "fashion_mnist" and cfg.unlabeled_format != "list":
+        raise ConfigError("data.unlabeled_format", f"applies to kinds folder and manifest, not fashion_mnist "
+                          f"(got {cfg.unlabeled_format!r})")
     bundle = builders[cfg.kind](cfg)
     bundle.labeled, bundle.conditions = apply_conditions(cfg, bundle.labeled, bundle.classes)
     return bundle

@@ -43,7 +43,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from ..errors import ConfigError, ImageDecodeError, UserError
-from .base import IMG_EXTENSIONS, decode_file
+from .base import IMG_EXTENSIONS, ImageSource, decode_file
 
 FORMATS = ("manifest_shards", "folder_partitions", "webdataset", "parquet_bytes")
 _MANIFEST_SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz")
@@ -353,3 +353,50 @@ class IndexChunks:
         self.attach()
         h = getattr(self._source, "hidden_labels", None)
         return None if h is None else np.asarray(h, dtype=np.int64)[np.asarray(raws, dtype=np.int64)]
+
+
+class ArrowFileSource(ImageSource):
+    """Image files named by an Arrow string array of ids (the selected set of a streaming source): the
+    ids stay in one Arrow buffer, not a Python string each; paths are ``root/<id>`` unless absolute."""
+
+    def __init__(self, ids: Any, root: str, in_chans: int) -> None:
+        import pyarrow as pa
+
+        super().__init__(in_chans, None)
+        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+        self._ids = ids if isinstance(ids, pa.Array) else pa.array(list(ids), pa.string())
+        self.root = str(root)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def image_id(self, i: int) -> str:
+        return self._ids[self._check_index(i)].as_py()
+
+    def path(self, i: int) -> str:
+        iid = self.image_id(i)
+        return iid if os.path.isabs(iid) else os.path.join(self.root, iid)
+
+    def load(self, i: int) -> np.ndarray:
+        return decode_file(self.path(i), self.image_id(i), self.in_chans)
+
+    def _take(self, idx: np.ndarray) -> None:
+        import pyarrow as pa
+
+        self._ids = self._ids.take(pa.array(np.asarray(idx, dtype=np.int64)))
+
+    def _where(self) -> str:
+        return self.root
+
+
+def selected_files(source: StreamSource, image_ids: Any) -> Any:
+    """The selected images of a streaming source as a random-access source for training.
+
+    Folder partitions: ids are relative to the folder. Manifest shards: ids are the paths as written,
+    absolute or relative to the manifests' (common) folder. WebDataset and Parquet-bytes sources cannot be
+    read one image at a time cheaply; training on their selection is refused with a :class:`UserError`."""
+    if source.format not in ("manifest_shards", "folder_partitions"):
+        raise UserError(f"data.unlabeled_format: a student cannot train on the selection of a {source.format} "
+                        "source yet (no random access to one image); label a manifest_shards or folder_partitions "
+                        "source, or extract the selected images to files and list them in a manifest")
+    return ArrowFileSource(image_ids, source.root, source.in_chans)

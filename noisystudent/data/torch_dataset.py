@@ -61,9 +61,10 @@ class SourceDataset(Dataset):
       callable on an HWC uint8 array, or None (plain conversion to a CHW float tensor in [0, 1]).
       A numpy result is converted to a CHW float tensor the same way.
     - ``targets``: overrides the source's labels, e.g. pseudo-labels aligned with the source's indices:
-      an int array ``(N,)`` of hard labels (int64 tensor targets) or a float array ``(N, C)`` of soft
-      labels (float32 tensor targets). Without it the target is ``source.labels[i]``, or ``-1`` for an
-      unlabeled source.
+      an int array ``(N,)`` of hard labels (int64 tensor targets), a float array ``(N, C)`` of soft
+      labels (float32 tensor targets), or :class:`TopKTargets` (top-k classes and probabilities as
+      stored, expanded to a dense float32 row per item, so a batch at a time). Without it the target is
+      ``source.labels[i]``, or ``-1`` for an unlabeled source.
     - ``index`` is the position in ``source`` so callers can map a row back to its image id.
     """
 
@@ -71,7 +72,10 @@ class SourceDataset(Dataset):
                  targets: Optional[np.ndarray] = None) -> None:
         self.source = source
         self.transform = transform
-        if targets is not None:
+        if isinstance(targets, TopKTargets):
+            if len(targets) != len(source):
+                raise ValueError(f"targets has {len(targets)} rows but the source has {len(source)} images")
+        elif targets is not None:
             targets = np.asarray(targets)
             if len(targets) != len(source):
                 raise ValueError(f"targets has {len(targets)} rows but the source has {len(source)} images")
@@ -87,6 +91,8 @@ class SourceDataset(Dataset):
         return len(self.source)
 
     def target(self, i: int) -> torch.Tensor:
+        if isinstance(self.targets, TopKTargets):
+            return self.targets.dense(i)
         if self.targets is not None:
             return torch.as_tensor(self.targets[i])
         labels = self.source.labels
@@ -108,6 +114,70 @@ class SourceDataset(Dataset):
         else:
             out = self.transform(image)
         return _to_tensor(out), self.target(i), i
+
+
+class TopKTargets:
+    """Soft pseudo-labels as stored: ``(N, k)`` classes and probabilities, expanded one row at a time.
+
+    A dense ``(N, C)`` float32 matrix is 4·C bytes an image (5.2 GB for 1.3M images and 1,000 classes);
+    this holds 8·k (40 MB for 10^6 images at k = 5) and :meth:`dense` builds the ``(C,)`` row of one item
+    when the loader asks for it, so dense targets exist one batch at a time. The row is renormalised to
+    sum to 1, exactly as :func:`pseudo_labels.store.soft_targets` does (the tail beyond k is dropped).
+    ``hard``: the one-hot row of the top class instead. Padding entries (class < 0) are ignored.
+    """
+
+    def __init__(self, classes: np.ndarray, probs: np.ndarray, num_classes: int, hard: bool = False) -> None:
+        classes = np.asarray(classes)
+        probs = np.asarray(probs, dtype=np.float32)
+        if classes.ndim != 2 or classes.shape != probs.shape:
+            raise ValueError(f"top-k classes and probs must be (N, k) of one shape, got {classes.shape} and {probs.shape}")
+        if classes.size and classes.max() >= num_classes:
+            raise ValueError(f"top-k targets name class {int(classes.max())} but num_classes={num_classes}")
+        self.classes = classes.astype(np.int32, copy=False)
+        self.probs = probs
+        self.num_classes = int(num_classes)
+        self.hard = bool(hard)
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    @property
+    def nbytes(self) -> int:
+        return self.classes.nbytes + self.probs.nbytes
+
+    def dense(self, i: int) -> torch.Tensor:
+        row = np.zeros(self.num_classes, dtype=np.float32)
+        c, p = self.classes[i], self.probs[i]
+        ok = c >= 0
+        if self.hard:
+            row[c[ok][np.argmax(p[ok])] if ok.any() else 0] = 1.0
+            return torch.from_numpy(row)
+        row[c[ok]] = p[ok]
+        total = row.sum()
+        if total > 0:
+            row /= total
+        return torch.from_numpy(row)
+
+
+class RepeatedDataset(Dataset):
+    """``dataset`` with item ``i`` repeated ``weights[i]`` times (the balancing duplicates), without an
+    expanded index list: position ``j`` is found by binary search in the cumulative weights (8 bytes an
+    image, not a Python int per duplicate). Position order equals ``np.repeat(arange(N), weights)``."""
+
+    def __init__(self, dataset: Dataset, weights: np.ndarray) -> None:
+        w = np.maximum(np.asarray(weights, dtype=np.int64), 0)
+        if len(w) != len(dataset):
+            raise ValueError(f"{len(w)} weights for a dataset of {len(dataset)}")
+        self.dataset = dataset
+        self.ends = np.cumsum(w)
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, j: int):
+        if not 0 <= j < len(self):
+            raise IndexError(j)
+        return self.dataset[int(np.searchsorted(self.ends, j, side="right"))]
 
 
 def collate_skip_none(batch: list[Any]) -> Any:
