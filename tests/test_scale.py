@@ -246,3 +246,55 @@ def test_actor_killed_after_writing_a_shard_leaves_no_duplicate(image_world, tea
     df = _by_relpath(read_labels(out, require_complete=True), image_world["root"])
     assert df["image_id"].is_unique
     pd.testing.assert_frame_equal(df[["image_id", "label"]], manifest_labels[1][["image_id", "label"]])
+
+
+# --------------------------------------------------------------------------------------------------
+# students read targets per batch
+
+
+def test_topk_targets_expand_to_the_dense_rows_of_soft_targets(fmnist_labels, tmp_path):
+    from noisystudent.data.torch_dataset import RepeatedDataset, TopKTargets
+    from pseudo_labels import soft_targets
+    from pseudo_labels.selection_io import read_selection_arrow, topk_arrays
+
+    labels_dir, _ = fmnist_labels
+    select_folder(labels_dir, tmp_path / "sel", threshold=0.5, per_class=3000)
+    table = read_selection_arrow(tmp_path / "sel", ["image_id", "topk_classes", "topk_probs", "weight"])
+    classes, probs = topk_arrays(table)
+    assert classes.shape == (table.num_rows, 3) and classes.dtype == np.int32
+    dense = soft_targets(table.to_pandas(), 10)
+    t = TopKTargets(classes, probs, 10)
+    rows = np.random.default_rng(0).choice(len(t), 500, replace=False)
+    np.testing.assert_allclose(np.stack([t.dense(i).numpy() for i in rows]), dense[rows], rtol=1e-6, atol=1e-7)
+    hard = TopKTargets(classes, probs, 10, hard=True)
+    assert all(int(hard.dense(i).argmax()) == int(dense[i].argmax()) and hard.dense(i).sum() == 1 for i in rows)
+    assert t.nbytes == table.num_rows * 3 * 8  # vs 10 * 4 bytes a row dense
+
+    w = table["weight"].to_numpy()
+    rep = RepeatedDataset(list(range(len(w))), w)
+    expanded = np.repeat(np.arange(len(w)), w)
+    assert len(rep) == len(expanded) == int(w.sum())
+    probe = np.random.default_rng(1).choice(len(rep), 1000, replace=False)
+    assert [rep[int(j)] for j in probe] == expanded[probe].tolist()
+
+
+def test_streaming_config_keys_are_validated(tmp_path, image_world):
+    from noisystudent.config import config_from_dict
+    from noisystudent.data import create_data
+
+    with pytest.raises(ConfigError, match="data.unlabeled_format"):
+        config_from_dict({"data": {"unlabeled_format": "tfrecord"}})
+    with pytest.raises(ConfigError, match="data.unlabeled_format"):
+        create_data(config_from_dict({"data": {"unlabeled_format": "webdataset"}}).data)
+    write_png_folder(image_world["root"].parent / "labeled", {"a": 4, "b": 4, "c": 4}, size=16, mode="L")
+    cfg = config_from_dict({"data": {"kind": "folder", "labeled": str(image_world["root"].parent / "labeled"),
+                                     "test": str(image_world["root"].parent / "labeled"),
+                                     "unlabeled": str(image_world["wds"]), "unlabeled_format": "webdataset",
+                                     "unlabeled_limit": 5, "in_chans": 1}}).data
+    with pytest.raises(ConfigError, match="data.unlabeled_limit"):
+        create_data(cfg)
+    from dataclasses import replace
+
+    bundle = create_data(replace(cfg, unlabeled_limit=None))
+    assert isinstance(bundle.unlabeled, StreamSource) and bundle.unlabeled.num_partitions == 3
+    assert "3 partitions" in bundle.describe()
