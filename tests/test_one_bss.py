@@ -197,3 +197,21 @@ def test_one_resumes_with_its_branches_and_exports_branch_and_ensemble(world, tm
     save_checkpoint(tmp_path / "branch.pt", branch, b_spec)
     with torch.no_grad():
         torch.testing.assert_close(load_checkpoint(tmp_path / "branch.pt").build_model()(x), branch_logits[0])
+
+
+@pytest.mark.slow  # ~85 s each on 2 busy cores: a Ray Train run with a failure and a restart
+@pytest.mark.parametrize("name", ["one", "bss"])
+def test_two_ray_train_workers_kill_and_resume(world, tmp_path, ray_session, name):  # noqa: F811
+    """Under DDP: ONE's branches and gate are synchronised with the student (each used every step), BSS's
+    workers append their own numbers of adversarial rows; a worker failure resumes from the checkpoint."""
+    from noisystudent.config import RayConfig
+    from pipelines.train_ray import train
+
+    method = {"name": name, "export": "ensemble"} if name == "one" else {"name": name}
+    metrics = train(student_job(world, tmp_path, method, epochs=2, steps_per_epoch=2), RayConfig(workers=2),
+                    fail_at_epoch=1)
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert list(hist["epoch"]) == [1, 2] and metrics["method"] == name
+    assert load_checkpoint(tmp_path / "model.pt").spec.name == ("one3_resnet8" if name == "one" else "resnet8")
+    if name == "bss":
+        assert hist["loss_bss"].iloc[0] > 0
