@@ -11,7 +11,8 @@ Ties in confidence are broken by ``image_id`` so the same input always gives the
 
 :func:`select_pseudo_labels` works on one DataFrame of all rows (the reference, and what small callers
 use); the pipeline streams the same selection shard by shard (:func:`pseudo_labels.selection_io.select_folder`)
-with :func:`keep_top_k` and :func:`balanced_weights_for_ranked`, and a test checks the two agree.
+with :class:`ClassCutoffs` (each class's K-th best confidence in O(classes) memory), and a test checks the
+two agree on Fashion-MNIST.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def select_pseudo_labels(
 
 
 # --------------------------------------------------------------------------------------------------
-# the same selection, streamed: Arrow tables one shard at a time, a bounded table per class
+# the same selection, streamed: shard by shard, with a cut-off confidence per class (radix select)
 
 
 def ranked_table(table: "pa.Table") -> "pa.Table":
@@ -152,24 +153,74 @@ def ranked_table(table: "pa.Table") -> "pa.Table":
     return table.take(order)
 
 
-def class_ranks(labels: np.ndarray) -> np.ndarray:
-    """The rank of each row within its class, for ``labels`` sorted ascending (0 for each class's first row)."""
-    labels = np.asarray(labels)
-    return np.arange(len(labels)) - np.searchsorted(labels, labels, side="left")
+# The radix levels of a float32's bits (as uint32: for confidences >= 0 the integer order is the float
+# order): 12 + 12 + 8 bits, so a histogram is at most classes x 4096 counts.
+_LEVELS = ((20, 12), (8, 12), (0, 8))
 
 
-def keep_top_k(table: "pa.Table", k: int) -> "pa.Table":
-    """The ``k`` best rows of each class (by :func:`ranked_table`'s order), ranked: the bounded "heap" the
-    streaming selection merges each shard into, so its size stays at most ``k`` rows a class."""
-    ranked = ranked_table(table)
-    return ranked.filter(class_ranks(ranked["label"].to_numpy()) < k)
+def confidence_bits(confidence: np.ndarray) -> np.ndarray:
+    """float32 confidences (>= 0) as uint32 whose order is the confidences' order."""
+    return np.ascontiguousarray(confidence, dtype=np.float32).view(np.uint32)
 
 
-def balanced_weights_for_ranked(labels: np.ndarray, counts_before: Sequence[int], k: int) -> np.ndarray:
-    """:func:`balance_weights` for rows already cut to ``k`` a class and ranked (``labels`` sorted):
-    row ``r`` of class ``c`` gets 1 when ``c`` had at least ``k`` rows, else ``k // n + (r < k % n)``."""
-    labels = np.asarray(labels, dtype=np.int64)
-    ranks = class_ranks(labels)
-    n = np.asarray(counts_before, dtype=np.int64)[labels]
-    q, r = np.divmod(k, np.maximum(n, 1))
-    return np.where(n >= k, 1, q + (ranks < r)).astype(np.int64)
+class ClassCutoffs:
+    """The ``need[c]``-th largest confidence of each class, found in three streamed passes (radix select)
+    with memory O(classes x 4096), never a row per image.
+
+    Use: ``for level in range(cut.levels): for each shard: cut.add(level, labels, bits)``; then
+    :attr:`value` (uint32 bits of each class's cut-off confidence) and :attr:`at_value` (how many rows
+    *at exactly* that confidence the class still takes, after every row above it). A class with
+    ``need[c] == 0`` takes nothing (``value`` = 2^32 - 1 sentinel, above every confidence); one with
+    ``need[c] >= rows`` is cut at its smallest confidence. Ties at the cut-off are the caller's to break.
+    """
+
+    levels = len(_LEVELS)
+
+    def __init__(self, need: np.ndarray, num_classes: int) -> None:
+        self.C = int(num_classes)
+        self.need = np.asarray(need, dtype=np.int64).copy()
+        self.remaining = self.need.copy()
+        self.prefix = np.zeros(self.C, dtype=np.uint64)
+        self.hist: Optional[np.ndarray] = None
+        self.level = -1
+        self.done = False
+
+    def add(self, level: int, labels: np.ndarray, bits: np.ndarray) -> None:
+        if level != self.level:
+            self._close()
+            self.level = level
+            self.hist = np.zeros(self.C * (1 << _LEVELS[level][1]), dtype=np.int64)
+        shift, width = _LEVELS[level]
+        labels = np.asarray(labels, dtype=np.int64)
+        bits = np.asarray(bits, dtype=np.uint64)
+        if level > 0:  # only rows whose higher bits equal the class's prefix so far
+            hi = bits >> np.uint64(shift + width)
+            keep = hi == self.prefix[labels]
+            labels, bits = labels[keep], bits[keep]
+        b = ((bits >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
+        self.hist += np.bincount(labels * (1 << width) + b, minlength=len(self.hist))
+
+    def _close(self) -> None:
+        if self.hist is None:
+            return
+        shift, width = _LEVELS[self.level]
+        h = self.hist.reshape(self.C, 1 << width)[:, ::-1]  # highest bin first
+        cum = np.cumsum(h, axis=1)
+        # the bin holding the remaining-th largest: first where the running count reaches it (the lowest
+        # non-empty bin when the class has fewer rows than it needs)
+        need = np.maximum(self.remaining, 1)
+        reached = cum >= need[:, None]
+        nonempty = h > 0
+        last_nonempty = np.where(nonempty.any(1), (1 << width) - 1 - np.argmax(nonempty[:, ::-1], axis=1), 0)
+        first = np.where(reached.any(1), np.argmax(reached, axis=1), last_nonempty)
+        above = np.where(first > 0, cum[np.arange(self.C), np.maximum(first - 1, 0)], 0)
+        self.remaining = self.remaining - above
+        bin_value = ((1 << width) - 1 - first).astype(np.uint64)
+        self.prefix = (self.prefix << np.uint64(width)) | bin_value
+        self.hist = None
+
+    def finish(self) -> None:
+        self._close()
+        self.value = np.where(self.need > 0, self.prefix, np.uint64(2 ** 32 - 1)).astype(np.uint64)
+        self.at_value = np.where(self.need > 0, self.remaining, 0)
+        self.done = True

@@ -87,17 +87,20 @@ def select_folder(
     ``folder`` (written like :func:`write_selection`); return the summary (the reference's, plus
     ``max_confidence``).
 
-    Memory is one shard plus the kept rows, never every row: pass 1 reads ``label`` and ``confidence``
-    (and the ids when ``truth`` gives hidden labels) to count each class after the threshold, which fixes
-    K; pass 2 merges each shard's rows above the threshold into a table cut to K rows a class
-    (:func:`~pseudo_labels.select.keep_top_k`). Without balancing (``per_class=None``) every selected shard
-    is one filtered labels shard. ``truth(ids)`` gives the hidden label of each id (-1 unknown) for the
+    Memory is one shard plus O(classes x 4096) counts, never a row per image (nor per kept image): pass 1
+    reads ``label`` and ``confidence`` (and the ids when ``truth`` gives hidden labels) to count each class
+    after the threshold, which fixes K; three passes over the two columns find each class's K-th best
+    confidence by radix select (:class:`~pseudo_labels.select.ClassCutoffs`), and the same for the
+    most confident ``K % n`` rows of a class of ``n < K`` that get one copy more; one pass collects the rows
+    *at* a cut-off to break ties by ``image_id``; the last writes selected shard ``p`` from labels shard
+    ``p`` (rows ranked within the shard). Without balancing (``per_class=None``) every selected shard is one
+    filtered labels shard. ``rows_per_shard`` is not used (kept for callers). ``truth(ids)`` gives the hidden label of each id (-1 unknown) for the
     accuracy figures, or None.
     """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from .select import _class_counts, balanced_weights_for_ranked, keep_top_k, ranked_table
+    from .select import ClassCutoffs, confidence_bits, ranked_table
     from .store import check_metadata, list_shards, read_metadata
 
     if not 0.0 <= float(threshold) <= 1.0:
@@ -177,25 +180,52 @@ def select_folder(
         write_shard(folder / shard_name(written), out.cast(SELECTED_SCHEMA), meta)
         written += 1
 
-    kept: Optional[pa.Table] = None
-    for shard in shards:
-        t = pq.read_table(shard, columns=SCHEMA.names).replace_schema_metadata(None)
-        t = t.filter(pc.greater_equal(t["confidence"], pa.scalar(thr, pa.float32())))
-        if k is None:
-            t = ranked_table(t)
+    def filtered(shard: Path, columns: list[str]) -> pa.Table:
+        t = pq.read_table(shard, columns=columns).replace_schema_metadata(None)
+        return t.filter(pc.greater_equal(t["confidence"], pa.scalar(thr, pa.float32())))
+
+    if k is None:
+        for shard in shards:
+            t = ranked_table(filtered(shard, SCHEMA.names))
             w = np.ones(t.num_rows, dtype=np.int64)
             tally(t, w)
             emit(t, w)
-        else:
-            kept = keep_top_k(t if kept is None else pa.concat_tables([kept, t]), k)
-    if k is not None:
-        kept = kept if kept is not None else SCHEMA.empty_table()
-        w = balanced_weights_for_ranked(kept["label"].to_numpy(), before, k) if kept.num_rows else np.zeros(0, np.int64)
-        kept = kept.filter(pa.array(w > 0))
-        w = w[w > 0]
-        tally(kept, w)
-        for s in range(0, max(1, kept.num_rows), rows_per_shard):
-            emit(kept.slice(s, rows_per_shard), w[s:s + rows_per_shard])
+    else:
+        # which rows of each class to keep, and which of a duplicated class get one copy more, as a cut-off
+        # confidence per class (radix select over the shards) plus the ties at the cut-off broken by id
+        dup = (before > 0) & (before < k)
+        q, r = np.divmod(k, np.maximum(before, 1))
+        take_all = before <= k
+        cuts = {"keep": ClassCutoffs(np.where(take_all, 0, k), C), "plus": ClassCutoffs(np.where(dup, r, 0), C)}
+        for level in range(ClassCutoffs.levels):
+            for shard in shards:
+                t = filtered(shard, ["label", "confidence"])
+                lab, bits = t["label"].to_numpy(), confidence_bits(t["confidence"].to_numpy())
+                for cut in cuts.values():
+                    cut.add(level, lab, bits)
+        for cut in cuts.values():
+            cut.finish()
+        winners = {name: _tie_winners(shards, filtered, cut) for name, cut in cuts.items()}
+
+        def chosen(name: str, t: pa.Table, lab: np.ndarray, bits: np.ndarray) -> np.ndarray:
+            v = cuts[name].value[lab]
+            at = bits.astype(np.uint64) == v
+            won = pc.is_in(t["image_id"], value_set=winners[name]).to_numpy(zero_copy_only=False) if at.any() else at
+            return (bits.astype(np.uint64) > v) | (at & won)
+
+        for shard in shards:
+            t = filtered(shard, SCHEMA.names)
+            lab = t["label"].to_numpy().astype(np.int64)
+            bits = confidence_bits(t["confidence"].to_numpy())
+            keep = take_all[lab] | chosen("keep", t, lab, bits)
+            w = np.where(dup[lab], q[lab] + chosen("plus", t, lab, bits), 1).astype(np.int64)
+            t = t.filter(pa.array(keep))
+            w = w[keep]
+            order = pc.sort_indices(t, sort_keys=[("label", "ascending"), ("confidence", "descending"),
+                                                  ("image_id", "ascending")])
+            t, w = t.take(order), w[order.to_numpy()]
+            tally(t, w)
+            emit(t, w)
     if written == 0:
         emit(SCHEMA.empty_table(), np.zeros(0, np.int64))
 
@@ -265,3 +295,27 @@ def topk_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     out_c[rows, cols] = flat_c
     out_p[rows, cols] = flat_p
     return out_c, out_p
+
+
+def _tie_winners(shards: Sequence[Path], filtered: Callable[[Path, list[str]], pa.Table], cut: Any) -> pa.Array:
+    """The ids that win the ties at each class's cut-off confidence: of the rows at exactly that confidence,
+    the ``cut.at_value[c]`` with the smallest ``image_id`` (the reference's tie-break). Only rows at a
+    cut-off are held, one column of ids."""
+    import pyarrow.compute as pc
+
+    from .select import confidence_bits
+
+    parts = []
+    for shard in shards:
+        t = filtered(shard, ["image_id", "label", "confidence"])
+        lab = t["label"].to_numpy().astype(np.int64)
+        at = confidence_bits(t["confidence"].to_numpy()).astype(np.uint64) == cut.value[lab]
+        if at.any():
+            parts.append(t.filter(pa.array(at)).select(["image_id", "label"]))
+    if not parts:
+        return pa.array([], pa.string())
+    t = pa.concat_tables(parts)
+    t = t.take(pc.sort_indices(t, sort_keys=[("label", "ascending"), ("image_id", "ascending")]))
+    lab = t["label"].to_numpy().astype(np.int64)
+    rank = np.arange(len(lab)) - np.searchsorted(lab, lab, side="left")
+    return t["image_id"].filter(pa.array(rank < cut.at_value[lab])).combine_chunks()
