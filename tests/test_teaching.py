@@ -165,3 +165,41 @@ def test_dml_config_errors_name_the_field():
         resolve_method_config({"name": "dml", "peers": ["resnet9000"]}, "method")
     with pytest.raises(ConfigError, match=r"method\.export"):
         resolve_method_config({"name": "dml", "export": "peer3"}, "method")
+
+
+# ---------------------------------------------------------------------------------------------- Ray Train
+
+
+def test_dml_cohort_and_paired_views_on_two_ray_train_workers(world, tmp_path, ray_session):  # noqa: F811
+    from noisystudent.config import RayConfig
+    from pipelines.train_ray import train
+
+    metrics = train(job_with(world, tmp_path / "dml", {"name": "dml", "export": "student"}, epochs=2, steps_per_epoch=3),
+                    RayConfig(workers=2))
+    assert (tmp_path / "dml" / "members" / "peer1" / "model.pt").is_file() and len(metrics["members"]) == 2
+    metrics = train(job_with(world, tmp_path / "fixed", {"name": "hinton"}, {"mode": "fixed"}, epochs=1, steps_per_epoch=3),
+                    RayConfig(workers=2))
+    assert metrics["teaching"] == "fixed" and 0.0 <= metrics["test_fidelity"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------- born-again
+
+
+@pytest.mark.slow  # the whole loop with Ray labeling: ~40 s idle, minutes on busy cores; `make test-all`
+def test_born_again_preset_runs_a_generation_with_its_teacher_online(tmp_path, ray_session, require_fmnist):
+    """The shipped preset with its sizes cut down: an equal-size student learns from the generation-0
+    teacher run online (hinton), on labeled images only."""
+    from noisystudent.config import load_config
+    from pipelines.loop import run_all
+
+    preset = load_config("configs/born_again_fashion_mnist.yaml")
+    assert {m.name for m in preset.student.ladder} == {preset.teacher.name} and preset.student.method["name"] == "hinton"
+    cfg = load_config("configs/born_again_fashion_mnist.yaml", {"data.labels_per_class": 12, "data.unlabeled_limit": 100, "data.test_limit": 200,
+                                "teacher_train.epochs": 1, "teacher_train.total_steps": 4, "teacher_train.warn_below_steps": 0,
+                                "student.train.epochs": 1, "student.train.total_steps": 4,
+                                "student.train.warn_below_steps": 0, "ray.workers": 0, "student.generations": 1})
+    rows = run_all(cfg, tmp_path / "run", progress=False, tracking=None)
+    student = pd.read_json(tmp_path / "run" / "gen-1" / "student" / "metrics.json", typ="series")
+    assert student["method"] == "hinton" and student["pseudo_labeled_images"] == 0
+    assert student["teaching"] == "consistent" and 0.0 <= student["test_fidelity"] <= 1.0
+    assert len(rows) == 2
