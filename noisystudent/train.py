@@ -339,7 +339,11 @@ class StudentStep(torch.nn.Module):
         if labels_only:
             logits = self.student(x)
             ce = F.cross_entropy(logits, batch.y, label_smoothing=self.method.label_smoothing)
-            return ce, {"loss_labeled": ce.detach()}, logits
+            # the method's modules (a regressor, ONE's branches, DML's peers) sit this phase out; a zero
+            # term keeps them in the graph so DDP, which expects a gradient for every parameter, does not stall
+            extra = [p.sum() for p in self.method.parameters() if p.requires_grad]
+            loss = ce + 0.0 * torch.stack(extra).sum() if extra else ce
+            return loss, {"loss_labeled": ce.detach()}, logits
         if stages:
             logits, feats = self.student.forward_intermediates(x, indices=list(stages))
         else:
