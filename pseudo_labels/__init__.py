@@ -9,7 +9,7 @@ from typing import Any
 
 from .schema import COLUMNS, SCHEMA, SCHEMA_VERSION, LabelMetadata, probs_to_table
 from .select import select_pseudo_labels
-from .selection_io import read_selection, read_selection_summary, write_selection
+from .selection_io import read_selection, read_selection_summary, select_folder, write_selection
 from .store import (
     SUCCESS,
     is_complete,
@@ -37,6 +37,7 @@ __all__ = [
     "read_rejected",
     "read_selection",
     "read_selection_summary",
+    "select_folder",
     "select_pseudo_labels",
     "soft_targets",
     "true_labels",
