@@ -26,8 +26,9 @@ help:
 	@echo "make bench-patience  accuracy vs steps for fixed / consistent / function_matching teaching (~1 h)"
 	@echo "make bench-anomaly   STPM anomaly detection per Fashion-MNIST class: synthetic defects with masks and the other"
 	@echo "                     classes, image and pixel AUROC (~1 h on 2 idle cores; python -m bench.anomaly --quick: minutes)"
-	@echo "make bench-scale     label, select and train a student on 10^5 and 10^6 synthetic images: driver and actor memory"
-	@echo "                     and img/s per size, docs/bench-scale.json/.png (~20 min on 2 busy cores; --quick: minutes)"
+	@echo "make bench-scale     label and select 10^5, 10^6 and 3x10^6 synthetic images, student epochs over 10^5 and 10^6:"
+	@echo "                     driver and actor memory, img/s, docs/bench-scale.json/.png (~20 min on 2 busy cores;"
+	@echo "                     python -m bench.scale --quick: minutes)"
 	@echo "make clean           remove what can be rebuilt: the venv, caches, egg-info, bench/results (keeps runs/)"
 	@echo "make clean-runs      delete runs/: every run's results and the cached converged oracle"
 	@echo "make bench-study     a Ray Tune study: supervised / hinton / fitnet at label noise 0 and 0.4, 2 seeds, the"
@@ -91,7 +92,7 @@ bench-anomaly: install
 	$(BIN)/python -m bench.anomaly
 
 bench-scale: install
-	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.scale --sizes 100000,1000000,3000000 --student-sizes 100000,1000000
 
 # Only what `make install` / `make bench` rebuild; experiment results live in runs/ and go with clean-runs.
 clean:

@@ -241,7 +241,7 @@ def student_epoch(labels: Path, selected: Path, max_steps: Optional[int]) -> dic
             opt.step()
             seen += len(x)
             steps += 1
-            loss = float(l)
+            loss = float(l.detach())
             if max_steps and steps >= max_steps:
                 break
     n_rows = len(weights)
@@ -255,7 +255,7 @@ def student_epoch(labels: Path, selected: Path, max_steps: Optional[int]) -> dic
 # output
 
 
-def table(rows: list[dict], bare: float, student: Optional[dict]) -> str:
+def table(rows: list[dict], bare: float, students: list[dict]) -> str:
     head = ["images", "partitions", "label img/s", "label s", "select s", "driver peak RSS MB", "largest actor RSS MB",
             "parquet B/img", "K", "selected (weighted)"]
     body = [[f"{r['images']:,}", str(r["partitions"]), f"{r['label_img_s']:,.0f}", f"{r['label_seconds']:.1f}",
@@ -266,8 +266,7 @@ def table(rows: list[dict], bare: float, student: Optional[dict]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [head] + body]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(f"bare loop (one process, one thread, same images and ResNet-8 forward, no Ray): {bare:,.0f} img/s")
-    if student:
-        s = student
+    for s in students:
         lines.append(f"student epoch over {s['selected_rows']:,} selected rows ({s['epoch_images']:,} with duplicates), "
                      f"{CLASSES} classes, top-{TOPK}: {s['images_seen']:,} images in {s['seconds']:.1f} s "
                      f"({s['img_s']:,.0f} img/s{'' if s['full_epoch'] else ', stopped early'}), driver peak RSS "
@@ -314,10 +313,12 @@ def plot(rows: list[dict], bare: float, path: Path) -> None:
 @click.option("--actors", default=2, show_default=True, type=click.IntRange(1, 256), help="Labeling actors (1 CPU each).")
 @click.option("--student-steps", default=None, type=click.IntRange(1), help="Stop the student epoch after this many steps.")
 @click.option("--no-student", is_flag=True, help="Skip the student epoch.")
+@click.option("--student-sizes", default=None, help="Comma-separated sizes whose labels a student epoch trains on "
+              "(default: the largest).")
 @click.option("--bare-images", default=20_000, show_default=True, type=click.IntRange(1000))
 @click.option("--out", default=str(DOCS_JSON), show_default=True, help="Where the JSON goes (the PNG goes beside it).")
-def main(sizes: str, quick: bool, actors: int, student_steps: Optional[int], no_student: bool, bare_images: int,
-         out: str) -> None:
+def main(sizes: str, quick: bool, actors: int, student_steps: Optional[int], no_student: bool,
+         student_sizes: Optional[str], bare_images: int, out: str) -> None:
     """Memory and throughput of labeling, selection and a student epoch against the number of images."""
     import logging
 
@@ -326,6 +327,9 @@ def main(sizes: str, quick: bool, actors: int, student_steps: Optional[int], no_
     ns = [20_000, 100_000] if quick else [int(float(x)) for x in sizes.split(",") if x.strip()]
     if quick and student_steps is None:
         student_steps = 50
+    student_ns = [int(float(x)) for x in student_sizes.split(",")] if student_sizes else [ns[-1]]
+    if set(student_ns) - set(ns):
+        raise click.BadParameter(f"{student_ns} are not all among the sizes {ns}", param_hint="--student-sizes")
     t0 = time.perf_counter()
     load_before = load_average()
     work = scratch_dir("scale")
@@ -340,23 +344,23 @@ def main(sizes: str, quick: bool, actors: int, student_steps: Optional[int], no_
             "image": f"{IMAGE}x{IMAGE}x1", "teacher": "resnet8 (random init)", "partition_size": PARTITION,
             "batch_size": BATCH, "actors": actors, "bare_loop_img_s": round(bare, 1), "ray_start_s": round(ray_s, 1),
             "environment": environment(), "load_average_before": load_before}
-    student = None
+    students: list[dict] = []
     try:
         for n in ns:
             rows.append(label_and_select(n, ckpt, work, actors))
             print(json.dumps(rows[-1]), flush=True)
-            write_json(out_path, {"meta": meta, "sizes": rows, "student": student})  # what fitted so far
-        if not no_student:
-            student = student_epoch(work / f"labels-{ns[-1]}", work / f"selected-all-{ns[-1]}", student_steps)
-            print(json.dumps(student), flush=True)
+            write_json(out_path, {"meta": meta, "sizes": rows, "students": students})  # what fitted so far
+        for n in [] if no_student else student_ns:
+            students.append({"images": n, **student_epoch(work / f"labels-{n}", work / f"selected-all-{n}", student_steps)})
+            print(json.dumps(students[-1]), flush=True)
     finally:
         meta["load_average_after"] = load_average()
         meta["seconds"] = round(time.perf_counter() - t0, 1)
-        write_json(out_path, {"meta": meta, "sizes": rows, "student": student})
+        write_json(out_path, {"meta": meta, "sizes": rows, "students": students})
         if rows:
             plot(rows, bare, out_path.with_suffix(".png"))
         cleanup()
-    print(table(rows, bare, student))
+    print(table(rows, bare, students))
     print(f"\nwrote {out_path} and {out_path.with_suffix('.png')} ({meta['seconds']:.0f} s; load average "
           f"{load_before[0]} before, {meta['load_average_after'][0]} after)")
 

@@ -328,6 +328,10 @@ def label_images(
 ) -> dict[str, Any]:
     """Label every image of ``source`` with the teacher checkpoint(s) into ``out_dir``; return the summary.
 
+    ``source`` is an in-memory :class:`~noisystudent.data.base.ImageSource` (cut into chunks of
+    ``chunk_size`` indices) or a streaming source (:class:`~noisystudent.data.streaming.StreamSource`, cut
+    into its own partition files; ``chunk_size`` is then unused).
+
     Idempotent and resumable (see the module docstring): a finished folder is returned as is unless
     ``force``; an unfinished one is completed, labeling only the chunks whose shard is missing. Uses
     the running Ray instance (Ray Data starts a local one if none is running).
