@@ -31,19 +31,37 @@ from bench.kd import FULL, QUICK, base_config, run_student, train_teacher
 SETTINGS = ("fixed", "consistent", "function_matching")
 
 
-def curves(root: Path, student: str, seed: int) -> dict[str, pd.DataFrame]:
-    """Per setting: epoch, step, val_acc, test_acc rows of its run's history (evaluated epochs only)."""
-    out = {}
+def curves(root: Path, student: str, seed: int) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Per setting: epoch, val_acc, test_acc rows of its run's history (evaluated epochs only), and the
+    settings whose run has not finished: their curve so far, read from the run's ``last.pt``."""
+    from noisystudent.checkpoint import safe_load
+
+    out, partial = {}, []
     for mode in SETTINGS:
         name = "hinton" if mode == "consistent" else f"hinton@{mode}"
-        path = root / student / name / f"seed{seed}" / "distill" / "history.csv"
-        if not path.is_file():
+        folder = root / student / name / f"seed{seed}" / "distill"
+        if (folder / "history.csv").is_file():
+            h = pd.read_csv(folder / "history.csv")
+        elif (folder / "last.pt").is_file():
+            h = pd.DataFrame(safe_load(folder / "last.pt", what=f"resume state {folder / 'last.pt'}")["history"])
+            partial.append(mode)
+        else:
             continue
-        h = pd.read_csv(path)
         h = h[h["phase"] == "train"] if "phase" in h else h
+        if "test_acc" not in h:
+            continue
         h = h.dropna(subset=["test_acc"]).copy()
         out[mode] = h
-    return out
+    return out, partial
+
+
+def _metric(root: Path, student: str, mode: str, seed: int, key: str):
+    """``key`` of a finished run's metrics.json, None while it has not finished."""
+    import json
+
+    name = "hinton" if mode == "consistent" else f"hinton@{mode}"
+    path = root / student / name / f"seed{seed}" / "distill" / "metrics.json"
+    return json.loads(path.read_text()).get(key) if path.is_file() else None
 
 
 def plot(data: dict[str, pd.DataFrame], steps_per_epoch: int, teacher: dict, path: Path, title: str) -> None:
@@ -67,6 +85,7 @@ def plot(data: dict[str, pd.DataFrame], steps_per_epoch: int, teacher: dict, pat
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=9)
+    ax.set_xlim(left=0)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -86,6 +105,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: table and figure from the runs as they are (unfinished ones up to their last epoch)")
     args = ap.parse_args(argv)
 
     import torch
@@ -104,15 +125,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
         ckpt, tm = train_teacher(cfg, args.cache_dir, progress=not args.quiet)
         cfg.student.train.epochs = epochs
         cfg.student.train.eval_every = 2
-        runs = [run_student(cfg, root, args.student, "hinton" if m == "consistent" else f"hinton@{m}", args.seed, ckpt,
-                            progress=not args.quiet) for m in SETTINGS]
+        runs = [] if args.report_only else [
+            run_student(cfg, root, args.student, "hinton" if m == "consistent" else f"hinton@{m}", args.seed, ckpt,
+                        progress=not args.quiet) for m in SETTINGS]
     except UserError as exc:
         raise SystemExit(f"error: {exc}") from None
     from noisystudent.data import create_data
 
     n_train = len(create_data(cfg.data).labeled)
     steps_per_epoch = max(1, n_train // cfg.student.train.batch_size)
-    data = curves(root, args.student, args.seed)
+    data, partial = curves(root, args.student, args.seed)
     teacher = {"model": tm.get("model"), "test_acc": tm.get("test_acc")}
     rows = []
     for mode, h in data.items():
@@ -120,24 +142,29 @@ def main(argv: Optional[list[str]] = None) -> dict:
         half = h[h["epoch"] <= epochs // 2]
         rows.append({"teaching": mode, "final_test_acc": float(h["test_acc"].iloc[-1]),
                      "test_acc_at_half": float(half["test_acc"].iloc[-1]) if len(half) else None,
+                     "epochs_done": int(h["epoch"].max()), "finished": mode not in partial,
                      "best_val_epoch": int(best["epoch"]), "test_acc_at_best_val": float(best["test_acc"]),
-                     "final_fidelity": next((r["test_fidelity"] for r in runs if r["method"].endswith(mode)
-                                             or (mode == "consistent" and r["method"] == "hinton")), None)})
-    head = f"{'teaching':<18} {'test @ half':>11} {'test @ end':>10} {'best-val epoch':>14} {'test there':>10} {'fidelity':>8}"
+                     "final_fidelity": _metric(root, args.student, mode, args.seed, "test_fidelity")})
+    head = (f"{'teaching':<18} {'epochs':>6} {'test @ half':>11} {'test @ last':>11} {'best-val epoch':>14} "
+            f"{'test there':>10} {'fidelity':>8}")
     print("\n" + head)
     for r in rows:
         half = "-" if r["test_acc_at_half"] is None else f"{100 * r['test_acc_at_half']:.2f}"
         fid = "-" if r["final_fidelity"] is None else f"{100 * r['final_fidelity']:.2f}"
-        print(f"{r['teaching']:<18} {half:>11} {100 * r['final_test_acc']:>10.2f} {r['best_val_epoch']:>14} "
+        done = f"{r['epochs_done']}" + ("" if r["finished"] else "*")
+        print(f"{r['teaching']:<18} {done:>6} {half:>11} {100 * r['final_test_acc']:>11.2f} {r['best_val_epoch']:>14} "
               f"{100 * r['test_acc_at_best_val']:>10.2f} {fid:>8}")
     wall = time.perf_counter() - t0
+    if partial:
+        print(f"* unfinished ({', '.join(partial)}): the curve up to its last finished epoch; rerun to continue")
     print(f"\nteacher {teacher['model']}: {100 * (teacher['test_acc'] or 0):.2f}%; {epochs} epochs x {steps_per_epoch} "
           f"steps; wall time of this call {wall:.0f} s (finished runs are read back)")
     result = {"protocol": "Beyer et al. 2022 patience: one student and teacher, three teaching settings, accuracy "
                           "against steps", "student": args.student, "teacher": teacher, "epochs": epochs,
-              "steps_per_epoch": steps_per_epoch, "labeled_images": n_train, "rows": rows,
+              "steps_per_epoch": steps_per_epoch, "labeled_images": n_train, "rows": rows, "unfinished": partial,
               "curves": {m: h[["epoch", "val_acc", "test_acc"]].to_dict("records") for m, h in data.items()},
-              "train_seconds": {r["method"]: r["train_seconds"] for r in runs}, "wall_seconds_this_call": wall,
+              "train_seconds": {m: _metric(root, args.student, m, args.seed, "train_seconds") for m in SETTINGS},
+              "wall_seconds_this_call": wall,
               "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     from noisystudent.io import write_json
 
