@@ -299,3 +299,34 @@ def test_streaming_config_keys_are_validated(tmp_path, image_world):
     bundle = create_data(replace(cfg, unlabeled_limit=None))
     assert isinstance(bundle.unlabeled, StreamSource) and bundle.unlabeled.num_partitions == 3
     assert "3 partitions" in bundle.describe()
+
+
+def test_student_reads_the_selection_of_a_streaming_source(image_world, tmp_path):
+    """pseudo_set's path for streaming sources: the selected ids of manifest shards / folder partitions open as
+    files (ids in one Arrow array); WebDataset and Parquet-bytes selections are refused naming the field."""
+    from pipelines.steps import selected_source
+    from pseudo_labels.selection_io import read_selection_arrow, topk_arrays
+    from noisystudent.train import PseudoLabeledSet
+
+    w = image_world
+    for fmt, location in (("manifest_shards", w["manifests"]), ("folder_partitions", w["root"])):
+        src = StreamSource(fmt, location, in_chans=1)
+        ids = [i for p in range(src.num_partitions) for batch, _ in src.read_partition(p, 100) for i in batch]
+        probs = np.random.default_rng(0).dirichlet(np.ones(3), size=len(ids)).astype(np.float32)
+        labels = tmp_path / fmt / "labels"
+        labels.mkdir(parents=True)
+        write_shard(labels / "part-00000.parquet", probs_to_table(ids, probs, 2, "t"),
+                    LabelMetadata(class_names=["a", "b", "c"], num_classes=3, topk=2))
+        select_folder(labels, tmp_path / fmt / "sel", threshold=0.0, per_class=20)
+        table = read_selection_arrow(tmp_path / fmt / "sel", ["image_id", "topk_classes", "topk_probs", "weight"])
+        images = selected_source(src, table["image_id"], 1)
+        classes, p = topk_arrays(table)
+        pseudo = PseudoLabeledSet(images, weights=table["weight"].to_numpy(), topk_classes=classes, topk_probs=p,
+                                  num_classes=3)
+        assert len(images) == table.num_rows and int(pseudo.weights.sum()) == 60
+        readable = [i for i in range(len(images)) if images.image_id(i).split("/")[-1] not in
+                    {Path(c).name for c in CORRUPT}]
+        assert all(images.load(i).shape == (16, 16, 1) for i in readable)
+        assert pseudo.dataset_targets().dense(0).sum() == pytest.approx(1.0)
+    with pytest.raises(UserError, match="data.unlabeled_format"):
+        selected_source(StreamSource("webdataset", w["wds"], in_chans=1), pa.array(["a/img_0000.png"]), 1)
