@@ -325,7 +325,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
     stem.parent.mkdir(parents=True, exist_ok=True)
     write_json(stem.with_suffix(".json"), result)
-    title = (f"Fashion-MNIST, {10 * sizes.labels_per_class} labeled images, students {sizes.student_epochs} epochs, "
+    title = (f"Fashion-MNIST, {10 * sizes.labels_per_class} labels (a {cfg.data.val_fraction:g} validation split held out), students {sizes.student_epochs} epochs, "
              f"{seeds} seed(s); teacher {teacher['model']} {100 * (teacher['test_acc'] or 0):.2f}%")
     plot(rows, teacher, stem.with_suffix(".png"), title)
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
