@@ -84,7 +84,7 @@ def plot(data: dict[str, pd.DataFrame], steps_per_epoch: int, teacher: dict, pat
     ax.set_ylabel("test accuracy %")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     ax.set_xlim(left=0)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
     write_json(stem.with_suffix(".json"), result)
     plot(data, steps_per_epoch, teacher, stem.with_suffix(".png"),
-         f"Fashion-MNIST, {n_train} labeled images: {args.student} from {teacher['model']} with hinton; "
+         f"Fashion-MNIST, {n_train} labeled images: {args.student} from {teacher['model']} (hinton); "
          "circles: best validation epoch")
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
     return result
