@@ -31,6 +31,11 @@ from bench.kd import FULL, QUICK, base_config, run_student, train_teacher
 SETTINGS = ("fixed", "consistent", "function_matching")
 
 
+def _variant(mode: str) -> str:
+    """bench-kd's name (and run folder) of hinton under teaching ``mode``; ``consistent`` is plain hinton."""
+    return "hinton" if mode == "consistent" else f"hinton@{mode}"
+
+
 def curves(root: Path, student: str, seed: int) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Per setting: epoch, val_acc, test_acc rows of its run's history (evaluated epochs only), and the
     settings whose run has not finished: their curve so far, read from the run's ``last.pt``."""
@@ -38,7 +43,7 @@ def curves(root: Path, student: str, seed: int) -> tuple[dict[str, pd.DataFrame]
 
     out, partial = {}, []
     for mode in SETTINGS:
-        name = "hinton" if mode == "consistent" else f"hinton@{mode}"
+        name = _variant(mode)
         folder = root / student / name / f"seed{seed}" / "distill"
         if (folder / "history.csv").is_file():
             h = pd.read_csv(folder / "history.csv")
@@ -59,7 +64,7 @@ def _metric(root: Path, student: str, mode: str, seed: int, key: str):
     """``key`` of a finished run's metrics.json, None while it has not finished."""
     import json
 
-    name = "hinton" if mode == "consistent" else f"hinton@{mode}"
+    name = _variant(mode)
     path = root / student / name / f"seed{seed}" / "distill" / "metrics.json"
     return json.loads(path.read_text()).get(key) if path.is_file() else None
 
@@ -125,9 +130,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
         ckpt, tm = train_teacher(cfg, args.cache_dir, progress=not args.quiet)
         cfg.student.train.epochs = epochs
         cfg.student.train.eval_every = 2
-        runs = [] if args.report_only else [
-            run_student(cfg, root, args.student, "hinton" if m == "consistent" else f"hinton@{m}", args.seed, ckpt,
-                        progress=not args.quiet) for m in SETTINGS]
+        if not args.report_only:
+            for m in SETTINGS:  # resumable; what the table shows is read back from the run folders
+                run_student(cfg, root, args.student, _variant(m), args.seed, ckpt, progress=not args.quiet)
     except UserError as exc:
         raise SystemExit(f"error: {exc}") from None
     from noisystudent.data import create_data

@@ -38,14 +38,14 @@ import torch.nn.functional as F
 from noisystudent.config import _range
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
+from noisystudent.distill.methods.hinton import kd_kl
 
 
 def kl_t(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(t/T) || softmax(s/T)), mean over rows, without the T^2 factor (BSS's weighting)."""
-    if student_logits.numel() == 0:
-        return student_logits.float().sum() * 0
-    log_p = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return F.kl_div(log_p, F.softmax(teacher_logits.float() / temperature, dim=-1), reduction="batchmean")
+    """KL(softmax(t/T) || softmax(s/T)), mean over rows, without the T^2 factor (BSS's weighting):
+    hinton's :func:`kd_kl` on the teacher's logits, its T^2 taken back out."""
+    probs = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    return kd_kl(student_logits, probs, temperature) / temperature**2
 
 
 def bss_attack(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int, step_size: float,
