@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -533,6 +534,237 @@ def training(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# 2b. every distillation method, the teaching modes, STPM (what came after the first GPU check)
+
+#: the online methods run against the bare Hinton-KD loop; dml and one have no teacher (peers, branches)
+METHODS = ["hinton", "fitnet", "at", "fsp", "sp", "rkd", "bss", "dml", "one"]
+TEACHING = [("fixed", None), ("independent", None), ("consistent", None), ("function_matching", None),
+            ("function_matching", 32)]
+
+
+def _history(out: Path):
+    import pandas as pd
+
+    return pd.read_csv(out / "history.csv")
+
+
+def _finite_history(out: Path) -> dict[str, list[float]]:
+    """Every loss column of ``history.csv``, asserted finite (a NaN/inf under autocast is the bug to catch)."""
+    hist = _history(out)
+    cols = [c for c in hist.columns if c == "train_loss" or c.startswith("loss")]
+    bad = [c for c in cols if not np.isfinite(hist[c].to_numpy(dtype=float)).all()]
+    assert not bad, f"non-finite {bad} in {out / 'history.csv'}: {hist[bad].to_dict('list')}"
+    return {c: [round(float(v), 4) for v in hist[c]] for c in cols}
+
+
+def methods(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
+    """Each registered method online under the auto dtype (throughput and finite losses) and under fp16 with
+    the GradScaler (finite losses); Beyer et al.'s teaching modes, with a teacher at a larger input size;
+    STPM training and its detector in fp16 against fp32."""
+    from noisystudent.checkpoint import load_checkpoint, save_checkpoint
+    from noisystudent.config import TeachingConfig
+    from noisystudent.distill import list_methods, resolve_method_config
+    from noisystudent.train import resolve_amp, run_training
+
+    auto = resolve_amp("auto", dev)
+    auto_name = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[auto]
+    name, size, ch = TRAIN_MODELS[0]
+    n = sizes.train_batch * sizes.train_steps
+    images = images_for(n, size, ch, seed=6)
+    labels = np.random.default_rng(6).integers(0, len(CLASSES), n)
+    n_test = max(256, sizes.train_batch)
+    test = ArraySource(images_for(n_test, size, ch, seed=7), np.random.default_rng(7).integers(0, len(CLASSES), n_test))
+    spec = spec_of(name, size, ch)
+    teachers: dict[tuple[str, int], str] = {}
+
+    def teacher(arch: str, side: int) -> str:
+        if (arch, side) not in teachers:
+            torch.manual_seed(1)
+            tspec = spec_of(arch, side, ch)
+            path = scratch / f"teacher-{arch}-{side}.pt"
+            save_checkpoint(path, tspec.build(inference=True), tspec, role="teacher")
+            teachers[(arch, side)] = str(path)
+        return teachers[(arch, side)]
+
+    counter = iter(range(10_000))
+    missing = sorted(set(list_methods()) - set(METHODS) - {"supervised", "noisy_student", "stpm"})
+    if missing:
+        print(f"  note: methods not in gpu_check.METHODS: {missing}", flush=True)
+
+    def job(method: Optional[str], amp: str, epochs: int = 2, noise: NoiseConfig = CLEAN, teaching: Any = None,
+            arch: str = "resnet26", side: int = size, params: Optional[dict] = None):
+        out = scratch / f"method-{method}-{amp}-{next(counter)}"
+        extra: dict[str, Any] = {"test": test, "teacher_ckpt": teacher(arch, side)}
+        if method:
+            extra["method"] = resolve_method_config({"name": method, **(params or {})}, "method")
+        if teaching is not None:
+            extra["teaching"] = teaching
+        return out, train_job(out, spec, images, labels, sizes, dev, amp, noise=noise, epochs=epochs, **extra)
+
+    base: dict[str, float] = {}
+
+    @check("bare loops for the method rows (KD with a resnet26 teacher, plain)")
+    def _():
+        t = load_checkpoint(teacher("resnet26", size)).build_model(dev)
+        for prm in t.parameters():
+            prm.requires_grad_(False)
+        base["kd"] = bare_train(spec, images, labels, sizes, dev, auto, noise=CLEAN, teacher=t)
+        base["plain"] = bare_train(spec, images, labels, sizes, dev, auto, noise=CLEAN)
+        base["kd_noised"] = bare_train(spec, images, labels, sizes, dev, auto, noise=TEACHER_NOISE, teacher=t)
+        return {"images_per_s": base}
+
+    for method in METHODS:
+
+        @check(f"method {method} online, amp=auto ({auto_name})")
+        def _():
+            out, j = job(method, "auto")
+            m = run_training(j)
+            losses = _finite_history(out)
+            assert m["method"] == method and m["amp"] == auto_name, (m["method"], m["amp"])
+            assert (out / "model.pt").is_file()
+            exported = load_checkpoint(out / "model.pt").spec.name
+            ours = last_epoch_rate(out)
+            teacherless = method in ("dml", "one")
+            bare = base.get("plain" if teacherless else "kd")
+            add_row("methods", f"{name} <- resnet26, {method} ({auto_name}) vs bare {'loop' if teacherless else 'KD loop'}",
+                    ours, bare, f"exports {exported}")
+            return {"losses": losses, "test_acc": m.get("test_acc"), "test_fidelity": m.get("test_fidelity"),
+                    "exported": exported, "images_per_s": ours}
+
+        @check(f"method {method} online, amp=fp16 (GradScaler)")
+        def _():
+            out, j = job(method, "fp16", epochs=1)
+            m = run_training(j)
+            assert m["amp"] == "fp16", m["amp"]
+            return {"losses": _finite_history(out)}
+
+    for mode, tsize in TEACHING:
+        label = mode + (f", teacher at {tsize}px" if tsize else "")
+
+        @check(f"teaching {label} (hinton, RandAugment)")
+        def _():
+            side = tsize or size
+            out, j = job("hinton", "auto", noise=TEACHER_NOISE, side=side,
+                         teaching=TeachingConfig(mode=mode, teacher_image_size=tsize))
+            m = run_training(j)
+            losses = _finite_history(out)
+            ours = last_epoch_rate(out)
+            add_row("teaching", f"{name} <- resnet26, hinton@{label} ({auto_name}) vs bare KD loop (teacher on the student's view)",
+                    ours, base.get("kd_noised"), "RandAugment n2 m9, flip, crop")
+            return {"losses": losses, "test_fidelity": m.get("test_fidelity"), "images_per_s": ours}
+
+    @check("stpm: train on CUDA, detector fp16 vs fp32 scores")
+    def _():
+        from noisystudent.anomaly.detector import Detector
+
+        out, j = job("stpm", "auto", arch=name)
+        m = run_training(j)
+        losses = _finite_history(out)
+        ours = last_epoch_rate(out)
+        add_row("methods", f"{name} <- {name}, stpm ({auto_name}) vs bare KD loop (resnet26 teacher)", ours, base.get("kd"), "")
+        t_ckpt, s_ckpt = load_checkpoint(teacher(name, size)), load_checkpoint(out / "model.pt")
+        det = Detector(t_ckpt, s_ckpt, stages=[0, 1, 2], device=dev)
+        ref = Detector(t_ckpt, s_ckpt, stages=[0, 1, 2], device="cpu")
+        tf = det.transform()
+        x = torch.stack([tf(im) for im in test.images[:256]])
+        s16, m16 = det.score(x)
+        s32, m32 = ref.score(x)
+        r16, r32 = np.argsort(np.argsort(s16)), np.argsort(np.argsort(s32))
+        spearman = float(np.corrcoef(r16, r32)[0, 1])
+        rel = float(np.abs(s16 - s32).max() / max(np.abs(s32).max(), 1e-12))
+        assert np.isfinite(m16).all() and (m16 >= 0).all(), "fp16 maps not finite or negative"
+        assert spearman > 0.99, f"fp16 detector ranks images differently from fp32 (Spearman {spearman:.4f})"
+        xb = torch.cat([x] * max(1, 4096 // len(x)))
+        det.score(xb)
+        r = rate(lambda: (det.score(xb), len(xb))[1], dev)
+        add_row("methods", f"{name} STPM detector score (fp16 on {dev.type}), maps back to host", r, None, "")
+        return {"losses": losses, "score_spearman_fp16_vs_fp32": spearman, "max_rel_score_diff": rel,
+                "detector_images_per_s": r, "half": det.half}
+
+
+# --------------------------------------------------------------------------------------------------
+# 2c. the labeling worker on a streaming source (what Ray Data runs per partition), shards written
+
+
+def streaming(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from noisystudent.data.streaming import StreamSource, SyntheticStream
+    from pseudo_labels.labeling import Labeler, _write_chunk
+    from pseudo_labels.schema import LabelMetadata
+    from pseudo_labels.sharded import PartitionWorker
+    from pseudo_labels.store import list_shards, read_rejected
+
+    name, size, ch = "resnet26", 28, 1
+    spec = spec_of(name, size, ch)
+    torch.manual_seed(0)
+    ckpt = Checkpoint(spec=spec, state_dict={k: v.detach().clone() for k, v in spec.build(inference=True).state_dict().items()},
+                      checkpoint_id="gpu-check-stream")
+    meta = LabelMetadata(class_names=list(CLASSES), num_classes=len(CLASSES), topk=3, teachers=[ckpt.checkpoint_id])
+    bs = sizes.label_batch
+    n = bs * sizes.label_batches
+
+    def worker(reader, out: Path, threads: int) -> PartitionWorker:
+        out.mkdir(parents=True, exist_ok=True)
+        kwargs = dict(teachers=[ckpt], temperature=1.0, topk=3, device=dev.type, decode_threads=threads)
+        return PartitionWorker(Labeler, kwargs, reader, _write_chunk(out, meta), batch_size=bs)
+
+    def rows_in(out: Path) -> int:
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in list_shards(out))
+
+    @check("streaming labeling worker: SyntheticStream partitions -> Parquet shards")
+    def _():
+        src = SyntheticStream(n, partition_size=max(bs, n // 4), image_size=size, in_chans=ch)
+        parts = np.arange(src.num_partitions)
+        res = {}
+        for threads in (1, 8):
+            out = scratch / f"stream-syn-{threads}"
+            w = worker(src, out, threads)
+            w({"partition": parts[:1]})  # warm-up (cuDNN, threads); rewritten below, atomically
+            t0 = time.perf_counter()
+            got = w({"partition": parts})
+            sync(dev)
+            res[threads] = n / (time.perf_counter() - t0)
+            assert int(got["images"].sum()) == n and rows_in(out) == n, (got, rows_in(out))
+            add_row("streaming", f"{name} {size}px, labeling worker, SyntheticStream, {threads} decode thread(s)",
+                    res[threads], None, "generate+transform+fp16 fwd+shard write")
+        return {"images_per_s": res}
+
+    @check("streaming labeling worker: parquet_bytes PNG shards with one corrupt image")
+    def _():
+        folder = scratch / "pq-bytes"
+        folder.mkdir()
+        imgs = images_for(n, size, ch, seed=8)
+        blobs = []
+        for im in imgs:
+            buf = io.BytesIO()
+            Image.fromarray(im[..., 0]).save(buf, format="PNG")
+            blobs.append(buf.getvalue())
+        blobs[5] = b"not a png"
+        half = n // 2
+        for k, (lo, hi) in enumerate(((0, half), (half, n))):
+            pq.write_table(pa.table({"image_id": [f"img-{i:06d}" for i in range(lo, hi)], "image": blobs[lo:hi]}),
+                           folder / f"part-{k}.parquet")
+        src = StreamSource("parquet_bytes", folder, in_chans=ch)
+        out = scratch / "stream-pq"
+        w = worker(src, out, 8)
+        t0 = time.perf_counter()
+        got = w({"partition": np.arange(src.num_partitions)})
+        sync(dev)
+        r = n / (time.perf_counter() - t0)
+        rejected = [rid for f in list_shards(out) for rid, _ in read_rejected(f)]
+        assert int(got["rejected"].sum()) == 1 and rejected == ["img-000005"], (got, rejected)
+        assert rows_in(out) == n - 1
+        add_row("streaming", f"{name} {size}px, labeling worker, parquet_bytes PNG, 8 decode threads", r, None,
+                "read+PNG decode+transform+fp16 fwd+shard write")
+        return {"images_per_s": r, "rejected": rejected}
+
+
+# --------------------------------------------------------------------------------------------------
 # 3. DDP, world size 1
 
 
@@ -639,7 +871,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke test)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cuda or cpu")
-    p.add_argument("--sections", default="labeling,training,ddp", help="comma-separated: labeling,training,ddp")
+    p.add_argument("--sections", default="labeling,training,methods,streaming,ddp",
+                   help="comma-separated: labeling,training,methods,streaming,ddp")
     p.add_argument("--only", action="append", default=[], help="run only checks whose name contains this (repeatable)")
     p.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json or bench/results/gpu_check.json)")
     args = p.parse_args(argv)
@@ -656,6 +889,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     out_path = Path(args.out) if args.out else (
         Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else ROOT / "bench" / "results" / "gpu_check.json")
 
+    # the budget warnings of these deliberately short jobs, and dml's "no validation data" export note
+    from noisystudent.errors import NoisyStudentWarning
+
+    warnings.filterwarnings("ignore", category=NoisyStudentWarning)
+    warnings.filterwarnings("ignore", message=r".*has no validation data.*")
     env = environment(dev)
     print(json.dumps(env, indent=1), flush=True)
     t0 = time.perf_counter()
@@ -665,6 +903,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             labeling(sizes, dev)
         if "training" in sections:
             training(sizes, dev, scratch)
+        if "methods" in sections:
+            methods(sizes, dev, scratch)
+        if "streaming" in sections:
+            streaming(sizes, dev, scratch)
         if "ddp" in sections:
             ddp(sizes, dev, scratch)
     seconds = time.perf_counter() - t0
