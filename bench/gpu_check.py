@@ -7,7 +7,7 @@ Sections (each check records ``ok`` or its error and the run goes on):
 
 - ``labeling``: :class:`pseudo_labels.labeling.Labeler`, the callable class of the labeling job's
   ``map_batches``, built as the job builds it (``fn_constructor_kwargs``: source, teacher checkpoints,
-  device) and called on ``{"index": ...}`` batches as Ray Data calls it. *ours-call* is the whole actor
+  device) and called through ``process(ids, raws)`` as the partition worker calls it. *ours-call* is the whole actor
   call (decode, transform, fp16 forward, Arrow table); *ours-probs* is its tensor part
   (``Labeler._probs``) on pre-transformed CPU batches, compared with a bare ``model.half()`` loop on the
   same batches (copy to the GPU, forward, softmax, back to numpy). *ceiling* is the model's pure fp16
@@ -195,6 +195,7 @@ def check(name: str):
 
 
 def labeling(sizes: Sizes, dev: torch.device) -> None:
+    from noisystudent.data.streaming import IndexChunks
     from pseudo_labels.labeling import Labeler
 
     cuda = dev.type == "cuda"
@@ -210,9 +211,10 @@ def labeling(sizes: Sizes, dev: torch.device) -> None:
             ckpt = Checkpoint(spec=spec, state_dict={k: v.detach().clone() for k, v in net.state_dict().items()},
                               checkpoint_id=f"gpu-check-{name}")
             images = images_for(n, size, ch)
-            source = ArraySource(images)
-            # as Ray Data builds the actor: Labeler(**fn_constructor_kwargs), device "cuda" when it has a GPU
-            kwargs = dict(source=source, teachers=[ckpt], temperature=1.0, topk=None, device=dev.type)
+            # as the partition worker builds the actor: Labeler(source=<partition reader>, **actor_kwargs),
+            # device "cuda" when it has a GPU; the reader of an in-memory source is its index chunks
+            reader = IndexChunks(ArraySource(images), chunk_size=n)
+            kwargs = dict(source=reader, teachers=[ckpt], temperature=1.0, topk=None, device=dev.type)
             labeler = Labeler(**kwargs, decode_threads=1)
             labeler8 = Labeler(**kwargs, decode_threads=8)
             key, model = labeler.models[0]
@@ -229,7 +231,8 @@ def labeling(sizes: Sizes, dev: torch.device) -> None:
                 def run() -> int:
                     rows = 0
                     for b in batches:
-                        rows += lab({"index": b}).num_rows
+                        ids = [reader.partition_name(0)] * len(b)  # ids are carried, not read
+                        rows += lab.process(ids, b.tolist())[0].num_rows
                     assert rows == n, rows
                     return n
                 return run
@@ -252,7 +255,7 @@ def labeling(sizes: Sizes, dev: torch.device) -> None:
             got = labeler._probs({key: cpu_batches[0]})
             with torch.inference_mode():
                 ref = torch.softmax(fp32(cpu_batches[0].to(dev)).float(), dim=1).cpu().numpy()
-            table = labeler({"index": batches[0]})
+            table = labeler.process([f"i{k}" for k in batches[0]], batches[0].tolist())[0]
             max_diff = float(np.abs(got - ref).max())
             agree = float((got.argmax(1) == ref.argmax(1)).mean())
             labels_ok = table["label"].to_numpy().tolist() == got.argmax(1).tolist()
