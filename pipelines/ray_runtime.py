@@ -12,10 +12,15 @@ Security of the embedded instance (what Ray 2.60 offers, checked with ``ss -ltnp
   the binds to the node IP after 2.60 (ray-project/ray#59852). So the token, not the bind address,
   is what keeps the instance closed; a host firewall is the second line.
 - After a hard kill of the driver, Ray's per-node agents (``ray::DashboardAgent``,
-  ``ray::RuntimeEnvAgent``, ~200 MB) outlive it, parented to init. Every embedded instance started
-  here tags its processes (``NOISYSTUDENT_RAY_TAG`` in their environment) and records itself; the next
-  start (and ``noisystudent doctor``) stops the tagged processes of instances whose driver is dead,
-  never those of a live instance or of another program's Ray.
+  ``ray::RuntimeEnvAgent``, ~200 MB, one of them busy) outlive it, parented to init. Every embedded
+  instance started here tags its processes (``NOISYSTUDENT_RAY_TAG`` in their environment) and records
+  itself with its session folder; the next start (and ``noisystudent doctor``) stops the processes of
+  instances whose driver is dead, never those of a live instance or of another program's Ray. The tag
+  alone does not find the agents: a few seconds after they start, ``setproctitle`` writes their title
+  (``ray::DashboardAgent``) over the memory that ``/proc/PID/environ`` shows, so the tag is gone from it
+  (measured: agents of a driver killed 6 s after start were missed and ran on). What they keep is their
+  open log files in the instance's session folder, which no other Ray instance writes; a process is the
+  instance's when it carries the tag or holds a file under that folder.
 """
 
 from __future__ import annotations
@@ -98,7 +103,7 @@ def _start_embedded(num_cpus: Optional[int], kwargs: dict) -> None:
     # no dashboard, hence no State API: see quiet_worker_logs
     ray.init(num_cpus=num_cpus, runtime_env={"worker_process_setup_hook": "pipelines.ray_runtime.quiet_worker_logs"},
              **kwargs)
-    _record(tag)
+    _record(tag, _session_dir())
 
 
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
@@ -136,7 +141,20 @@ def _proc_start_time(pid: int) -> Optional[str]:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks since boot
 
 
-def _record(tag: str) -> None:
+def _session_dir() -> Optional[str]:
+    """The running instance's session folder (``/tmp/ray/session_...``), where its processes write their logs.
+
+    Ray has no public accessor for it; the node object has had this method for years. None if that changes
+    (the tag then still finds every process that has not retitled itself)."""
+    try:
+        import ray
+
+        return str(ray._private.worker._global_node.get_session_dir_path())
+    except Exception:  # noqa: BLE001 - a private API: degrade, never fail a start
+        return None
+
+
+def _record(tag: str, session_dir: Optional[str] = None) -> None:
     from noisystudent.io import write_json
 
     try:
@@ -144,7 +162,7 @@ def _record(tag: str) -> None:
         d.mkdir(parents=True, exist_ok=True)
         rec = d / f"{tag}.json"
         write_json(rec, {"tag": tag, "driver_pid": os.getpid(), "driver_start": _proc_start_time(os.getpid()),
-                         "started": time.time()})
+                         "session_dir": session_dir, "started": time.time()})
         atexit.register(lambda: rec.unlink(missing_ok=True))  # a clean exit leaves nothing to reap
     except OSError as exc:  # a read-only home must not stop a run
         log.warning("could not record the embedded Ray instance for later cleanup: %s", exc)
@@ -163,20 +181,41 @@ def _running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def tagged_processes(tag: str) -> list[int]:
-    """PIDs of Ray processes (``ray::*`` or a Ray binary) whose environment carries ``tag``."""
+def _holds_file_under(entry: Path, folder: str) -> bool:
+    """Whether process ``entry`` (a ``/proc/PID`` path) has a file open under ``folder``."""
+    prefix = folder.rstrip("/") + "/"
+    try:
+        fds = os.listdir(entry / "fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(entry / "fd" / fd).startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def tagged_processes(tag: str, session_dir: Optional[str] = None) -> list[int]:
+    """PIDs of the running Ray processes (``ray::*`` or a Ray binary) of the embedded instance ``tag``:
+    those whose environment carries the tag, or that hold a file open under its ``session_dir``
+    (Ray's agents, whose retitling wipes the environment that ``/proc`` shows). Zombies are left out."""
     needle = f"{TAG_ENV}={tag}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle not in (entry / "environ").read_bytes().split(b"\0"):
-                continue
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            if not (cmd.startswith(b"ray::") or b"/ray/" in cmd):
+                continue
+            ours = needle in (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cmd.startswith(b"ray::") or b"/ray/" in cmd:
+        if not ours and session_dir:
+            ours = _holds_file_under(entry, session_dir)
+        if ours and _running(int(entry.name)):
             found.append(int(entry.name))
     return found
 
@@ -201,7 +240,7 @@ def reap_orphans(grace_s: float = 3.0) -> list[int]:
             continue
         if _alive(pid, rec.get("driver_start")):
             continue
-        pids = tagged_processes(tag)
+        pids = tagged_processes(tag, rec.get("session_dir"))
         killed.extend(pids)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for p in pids:

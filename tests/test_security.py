@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -152,20 +153,26 @@ def test_unreachable_address_fails_fast_naming_it():
 
 
 def _agents(pids: list[int]) -> list[int]:
-    """The Ray per-node agents among ``pids`` (what outlives a hard-killed driver)."""
+    """The Ray per-node agents among ``pids`` once they have retitled themselves (``ray::DashboardAgent``,
+    ``ray::RuntimeEnvAgent``): what outlives a hard-killed driver."""
     out = []
     for p in pids:
         try:
-            if b"Agent" in Path(f"/proc/{p}/cmdline").read_bytes():
-                out.append(p)
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes()
         except OSError:
-            pass
+            continue
+        if cmd.startswith(b"ray::") and b"Agent" in cmd:
+            out.append(p)
     return out
 
 
 def test_hard_killed_driver_leaves_nothing_behind(ray_session, tmp_path):
     """kill -9 of a driver with an embedded instance orphans Ray's agents; the next start reaps them,
-    and only them: the session's own Ray instance keeps running."""
+    and only them: the session's own Ray instance keeps running.
+
+    The driver is killed after its agents have retitled themselves, as in a real run killed minutes in:
+    by then ``setproctitle`` has wiped the environment that ``/proc/PID/environ`` shows, so the tag alone
+    misses them (it did: they ran on); the session folder recorded at start finds them."""
     from pipelines.ray_runtime import reap_orphans, registry_dir, tagged_processes
 
     state = tmp_path / "state"
@@ -187,16 +194,20 @@ def test_hard_killed_driver_leaves_nothing_behind(ray_session, tmp_path):
             if line.startswith("TAG"):
                 tag = line.split()[1]
         assert tag, "the driver did not start Ray"
+        record = json.loads((state / "embedded-ray" / f"{tag}.json").read_text())
+        session = record["session_dir"]
+        assert session and Path(session).is_dir(), record
         deadline = time.time() + 120  # the raylet starts its agents after ray.init returns; wait for them
-        while time.time() < deadline and not _agents(tagged_processes(tag)):
+        while time.time() < deadline and len(_agents(tagged_processes(tag, session))) < 2:
             time.sleep(0.5)
-        assert _agents(tagged_processes(tag)), "the embedded instance's agents never came up"
+        agents = _agents(tagged_processes(tag, session))
+        assert len(agents) >= 2, "the embedded instance's agents never came up"
     finally:
         proc.kill()
         proc.wait()
     time.sleep(3)
-    orphans = tagged_processes(tag)
-    assert orphans, "expected Ray's agents to outlive a kill -9 of the driver (Ray changed? then this is moot)"
+    orphans = tagged_processes(tag, session)
+    assert set(agents) <= set(orphans), "expected Ray's agents to outlive a kill -9 of the driver (Ray changed? then this is moot)"
     os.environ["NOISYSTUDENT_STATE_DIR"] = str(state)
     try:
         assert registry_dir() == state / "embedded-ray"
@@ -204,7 +215,10 @@ def test_hard_killed_driver_leaves_nothing_behind(ray_session, tmp_path):
     finally:
         del os.environ["NOISYSTUDENT_STATE_DIR"]
     assert set(orphans) <= set(reaped)
-    assert tagged_processes(tag) == []
+    assert tagged_processes(tag, session) == []
+    for p in agents:  # gone, or a zombie waiting for init
+        stat = Path(f"/proc/{p}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"), p
     assert not list((state / "embedded-ray").glob("*.json"))
     assert ray_session.is_initialized() and ray_session.cluster_resources().get("CPU")
 
