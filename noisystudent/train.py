@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import ModelSpec, checkpoint_id, load_checkpoint, safe_load, save_checkpoint, to_plain
+from .checkpoint import Checkpoint, ModelSpec, checkpoint_id, load_checkpoint, safe_load, save_checkpoint, to_plain
 from .config import ModelConfig, StudentConfig, TrainConfig
 from .data import ImageSource
 from .data.torch_dataset import SourceDataset, collate_skip_none
@@ -663,6 +663,21 @@ def run_training(job: TrainJob, hooks: Optional[TrainHooks] = None) -> dict[str,
     return _finish(lp, history, time.perf_counter() - t_job)
 
 
+def _teacher_eval_transform(lp: _Loop, teacher: Checkpoint) -> Optional[Callable]:
+    """The clean view the teacher is compared on for fidelity (None: the student's own).
+
+    An online teacher saw the student's normalisation at its teaching size (``teacher_image_size``, by
+    default its checkpoint's); an offline one labeled the images with its own eval transform."""
+    s = lp.job.spec
+    if lp.teacher is not None:
+        size = lp.teaching.teacher_size
+        return None if size == s.image_size else create_transform(size, s.in_chans, s.mean, s.std, None)
+    t = teacher.spec
+    if (t.image_size, t.in_chans, list(t.mean), list(t.std)) == (s.image_size, s.in_chans, list(s.mean), list(s.std)):
+        return None
+    return create_transform(t.image_size, t.in_chans, t.mean, t.std, None)
+
+
 def _finish(lp: _Loop, history: list[dict], seconds: float) -> dict[str, Any]:
     """Final evaluation (accuracy and fidelity to the teacher) and the job's artifacts, ``model.pt`` last."""
     job, device, spec = lp.job, lp.device, lp.job.spec
@@ -698,7 +713,8 @@ def _finish(lp: _Loop, history: list[dict], seconds: float) -> dict[str, Any]:
                 from .distill.fidelity import fidelity
 
                 teacher = lp.teacher.checkpoint if lp.teacher is not None else load_checkpoint(job.teacher_ckpt)
-                metrics.update(fidelity(final, teacher, job.test, lp.eval_tf, device=device))
+                metrics.update(fidelity(final, teacher, job.test, lp.eval_tf, device=device,
+                                        teacher_transform=_teacher_eval_transform(lp, teacher)))
         metrics["checkpoint_id"] = checkpoint_id(final, job.generation, job.role)
         if spec.name != job.spec.name:
             metrics["model"] = spec.name  # the method exported another model (a cohort member, an ensemble)

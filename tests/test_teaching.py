@@ -98,6 +98,28 @@ def test_teacher_at_another_resolution_gets_its_own_side():
     assert batch.x_labeled.shape[-1] == 24 and t.teacher_input(batch).shape[-1] == 32
 
 
+def test_fidelity_compares_the_teacher_on_the_view_it_was_taught_with(world, tmp_path):  # noqa: F811
+    """A teacher taught at 32 px (``teacher_image_size``) is compared with the 28 px student on 32 px
+    images, not on the student's: the reported fidelity and teacher accuracy are recomputed by hand."""
+    from noisystudent.evaluate import predict_probs
+
+    _, data, teacher_path, _ = world
+    job = job_with(world, tmp_path, {"name": "hinton"}, {"mode": "consistent", "teacher_image_size": 32},
+                   epochs=1, steps_per_epoch=3)
+    metrics = run_training(job)
+    s = job.spec
+    student = load_checkpoint(tmp_path / "model.pt").build_model()
+    teacher = load_checkpoint(teacher_path).build_model()
+    s_idx, s_p = predict_probs(student, data.test, create_transform(28, 1, s.mean, s.std, None), progress=False)
+    t_idx, t_p = predict_probs(teacher, data.test, create_transform(32, 1, s.mean, s.std, None), progress=False)
+    assert np.array_equal(s_idx, t_idx)
+    assert metrics["test_fidelity"] == pytest.approx(float((s_p.argmax(1) == t_p.argmax(1)).mean()))
+    t_acc = float((t_p.argmax(1) == np.asarray(data.test.labels)[t_idx]).mean())
+    assert metrics["teacher_test_acc"] == pytest.approx(t_acc)
+    _, t28 = predict_probs(teacher, data.test, create_transform(28, 1, s.mean, s.std, None), progress=False)
+    assert not np.array_equal(t28.argmax(1), t_p.argmax(1)), "the two views should not agree everywhere"
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_every_teaching_setting_trains_and_lowers_its_loss(world, tmp_path, mode):  # noqa: F811
     metrics = run_training(job_with(world, tmp_path, {"name": "hinton"}, {"mode": mode}))

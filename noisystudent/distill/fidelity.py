@@ -8,7 +8,7 @@ beside accuracy, so a method's effect on matching the teacher is visible.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -19,11 +19,17 @@ from noisystudent.evaluate import predict_probs
 
 
 def fidelity(student: torch.nn.Module, teacher: Checkpoint, source: ImageSource, transform: Callable,
-             device: str | torch.device = "cpu", batch_size: int = 256) -> dict[str, float]:
-    """``{"test_fidelity": agreement, "teacher_test_acc": the teacher's accuracy on the same images}``."""
+             device: str | torch.device = "cpu", batch_size: int = 256,
+             teacher_transform: Optional[Callable] = None) -> dict[str, float]:
+    """``{"test_fidelity": agreement, "teacher_test_acc": the teacher's accuracy on the same images}``.
+
+    ``transform`` is the student's eval transform; ``teacher_transform`` the teacher's (None: the same),
+    which differs when the teacher takes another input size than the student: it is compared on the
+    view it was taught with, not on the student's (a 32 px teacher shown 28 px images agrees less)."""
     t_model = teacher.build_model(device)
     s_idx, s_probs = predict_probs(student, source, transform, batch_size=batch_size, device=device, progress=False)
-    t_idx, t_probs = predict_probs(t_model, source, transform, batch_size=batch_size, device=device, progress=False)
+    t_idx, t_probs = predict_probs(t_model, source, teacher_transform or transform, batch_size=batch_size,
+                                   device=device, progress=False)
     common, si, ti = np.intersect1d(s_idx, t_idx, return_indices=True)
     if len(common) == 0:
         return {"test_fidelity": float("nan")}
