@@ -199,23 +199,44 @@ class SyntheticImages(ImageSource):
         self.index = self.index[idx]
 
 
-def student_epoch(labels: Path, selected: Path, max_steps: Optional[int]) -> dict[str, Any]:
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def student_epoch(labels: Path, selected: Path, max_steps: Optional[int], sampler: str = "engine") -> dict[str, Any]:
+    """One student epoch in a fresh process (spawned), so its peak RSS is the student's alone; ``sampler``:
+    ``engine`` (the training engine's loader, :class:`~noisystudent.data.samplers.ShuffleSampler`) or
+    ``torch`` (``DataLoader(shuffle=True)``: ``RandomSampler``, for comparison)."""
+    import multiprocessing as mp
+
+    from pseudo_labels.selection_io import select_folder
+
+    with Stopwatch() as sel_sw:
+        # every pseudo-label kept (threshold 0, no balancing): the random teacher uses few of the 1,000 classes,
+        # so the balanced selection of the table is far smaller than N; this one is N rows of 1,000-class top-5
+        if not (selected / "_SUCCESS").exists():
+            select_folder(labels, selected, threshold=0.0, per_class=None)
+    with mp.get_context("spawn").Pool(1) as pool:
+        out = pool.apply(_student_epoch, (selected, max_steps, sampler))
+    return {"sampler": sampler, "select_all_seconds": round(sel_sw.seconds, 2), **out}
+
+
+def _student_epoch(selected: Path, max_steps: Optional[int], sampler: str) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
     from noisystudent.data.torch_dataset import RepeatedDataset, SourceDataset, TopKTargets, collate_skip_none
     from pseudo_labels import read_metadata
+    from noisystudent.train import _loader
     from pseudo_labels.selection_io import read_selection_arrow, topk_arrays
 
-    from pseudo_labels.selection_io import select_folder
-
     torch.set_num_threads(1)
-    # every pseudo-label kept (threshold 0, no balancing): the random teacher uses few of the 1,000 classes,
-    # so the balanced selection of the table is far smaller than N; this one is N rows of 1,000-class top-5
-    with Stopwatch() as sel_sw:
-        select_folder(labels, selected, threshold=0.0, per_class=None)
-    with MemorySampler() as mem, Stopwatch() as sw:
+    baseline = _status_mb("VmRSS")  # the interpreter, torch and pyarrow, before any row is read
+    with Stopwatch() as sw:
         meta = read_metadata(selected)
         table = read_selection_arrow(selected, ["image_id", "topk_classes", "topk_probs", "weight"])
         classes, probs = topk_arrays(table)
@@ -224,10 +245,13 @@ def student_epoch(labels: Path, selected: Path, max_steps: Optional[int]) -> dic
         src = SyntheticImages(table["image_id"])
         del table
         ds = RepeatedDataset(SourceDataset(src, None, targets=targets), weights)
-        g = torch.Generator()
-        g.manual_seed(0)
-        loader = DataLoader(ds, batch_size=BATCH, shuffle=True, collate_fn=collate_skip_none, generator=g,
-                            num_workers=0, drop_last=True)
+        if sampler == "engine":
+            loader = _loader(ds, BATCH, num_workers=0, seed=0)
+        else:
+            g = torch.Generator()
+            g.manual_seed(0)
+            loader = DataLoader(ds, batch_size=BATCH, shuffle=True, collate_fn=collate_skip_none, generator=g,
+                                num_workers=0, drop_last=True)
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(IMAGE * IMAGE, meta.num_classes))
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -245,9 +269,11 @@ def student_epoch(labels: Path, selected: Path, max_steps: Optional[int]) -> dic
             if max_steps and steps >= max_steps:
                 break
     n_rows = len(weights)
-    return {"select_all_seconds": round(sel_sw.seconds, 2), "selected_rows": n_rows, "epoch_images": int(weights.sum()), "images_seen": seen, "steps": steps,
+    peak = _status_mb("VmHWM")
+    return {"baseline_rss_mb": round(baseline, 1), "peak_rss_mb": round(peak, 1),
+            "peak_bytes_per_row": round((peak - baseline) * 2**20 / max(n_rows, 1), 1), "selected_rows": n_rows, "epoch_images": int(weights.sum()), "images_seen": seen, "steps": steps,
             "full_epoch": not max_steps or seen >= int(weights.sum()) - BATCH, "seconds": round(sw.seconds, 2),
-            "img_s": round(seen / sw.seconds, 1), "driver_peak_rss_mb": round(mem.driver, 1), "last_loss": round(loss, 4),
+            "img_s": round(seen / sw.seconds, 1), "last_loss": round(loss, 4),
             "targets_mb": round(targets.nbytes / 2**20, 1), "dense_targets_would_be_mb": round(n_rows * CLASSES * 4 / 2**20, 1)}
 
 
@@ -269,8 +295,9 @@ def table(rows: list[dict], bare: float, students: list[dict]) -> str:
     for s in students:
         lines.append(f"student epoch over {s['selected_rows']:,} selected rows ({s['epoch_images']:,} with duplicates), "
                      f"{CLASSES} classes, top-{TOPK}: {s['images_seen']:,} images in {s['seconds']:.1f} s "
-                     f"({s['img_s']:,.0f} img/s{'' if s['full_epoch'] else ', stopped early'}), driver peak RSS "
-                     f"{s['driver_peak_rss_mb']:.0f} MB; top-k targets {s['targets_mb']:.0f} MB where dense (N, C) "
+                     f"({s['img_s']:,.0f} img/s{'' if s['full_epoch'] else ', stopped early'}), {s['sampler']} sampler, "
+                     f"peak RSS {s['peak_rss_mb']:.0f} MB over a {s['baseline_rss_mb']:.0f} MB process "
+                     f"({s['peak_bytes_per_row']:.0f} B/row); top-k targets {s['targets_mb']:.0f} MB where dense (N, C) "
                      f"float32 would be {s['dense_targets_would_be_mb']:,.0f} MB")
     return "\n".join(lines)
 
@@ -315,10 +342,12 @@ def plot(rows: list[dict], bare: float, path: Path) -> None:
 @click.option("--no-student", is_flag=True, help="Skip the student epoch.")
 @click.option("--student-sizes", default=None, help="Comma-separated sizes whose labels a student epoch trains on "
               "(default: the largest).")
+@click.option("--student-samplers", default="engine", show_default=True,
+              help="Comma-separated: engine (the training loader's ShuffleSampler) and/or torch (RandomSampler).")
 @click.option("--bare-images", default=20_000, show_default=True, type=click.IntRange(1000))
 @click.option("--out", default=str(DOCS_JSON), show_default=True, help="Where the JSON goes (the PNG goes beside it).")
 def main(sizes: str, quick: bool, actors: int, student_steps: Optional[int], no_student: bool,
-         student_sizes: Optional[str], bare_images: int, out: str) -> None:
+         student_sizes: Optional[str], student_samplers: str, bare_images: int, out: str) -> None:
     """Memory and throughput of labeling, selection and a student epoch against the number of images."""
     import logging
 
@@ -351,8 +380,11 @@ def main(sizes: str, quick: bool, actors: int, student_steps: Optional[int], no_
             print(json.dumps(rows[-1]), flush=True)
             write_json(out_path, {"meta": meta, "sizes": rows, "students": students})  # what fitted so far
         for n in [] if no_student else student_ns:
-            students.append({"images": n, **student_epoch(work / f"labels-{n}", work / f"selected-all-{n}", student_steps)})
-            print(json.dumps(students[-1]), flush=True)
+            for smp in [x.strip() for x in student_samplers.split(",") if x.strip()]:
+                students.append({"images": n, **student_epoch(work / f"labels-{n}", work / f"selected-all-{n}",
+                                                              student_steps, smp)})
+                print(json.dumps(students[-1]), flush=True)
+                write_json(out_path, {"meta": meta, "sizes": rows, "students": students})
     finally:
         meta["load_average_after"] = load_average()
         meta["seconds"] = round(time.perf_counter() - t0, 1)

@@ -50,6 +50,8 @@ class TrainConfig:
     weight_decay: float = field(default=5e-4, metadata=_range(0, 1))
     warmup_epochs: float = field(default=0.0, metadata=_range(0, 1000))
     label_smoothing: float = field(default=0.0, metadata=_range(0, 1, hi_open=True))
+    # exponential moving average of the weights, evaluated and exported instead of the last ones; it covers
+    # the method's modules too (ONE's branches and gate, DML's peers), so what is exported stays one model
     ema_decay: Optional[float] = field(default=None, metadata=_range(0, 1, hi_open=True))
     num_workers: int = field(default=0, metadata=_range(0, 256))
     steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))

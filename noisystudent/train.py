@@ -85,6 +85,7 @@ class TrainHooks:
     prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
     prepare_loader: Callable[[DataLoader], DataLoader] = lambda dl: dl
     is_main: bool = True
+    rank: int = 0  # this worker's place among world_size: the loaders shard the data by it
     world_size: int = 1
     # called after each epoch with (epoch_metrics, state_bytes); return nothing
     report: Optional[Callable[[dict, bytes], None]] = None
@@ -163,23 +164,22 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
-def _loader(dataset, batch_size: int, num_workers: int, seed: int, indices: Optional[np.ndarray] = None) -> DataLoader:
-    """A shuffling loader; ``indices`` (with repeats) lets duplicated pseudo-labels appear several times.
+def _loader(dataset, batch_size: int, num_workers: int, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A shuffling loader over this rank's share of ``dataset``
+    (:class:`~noisystudent.data.samplers.ShuffleSampler`: 4 bytes an image where ``RandomSampler`` and
+    ``DistributedSampler`` hold a Python int per image; duplicated pseudo-labels are positions of a
+    :class:`~noisystudent.data.torch_dataset.RepeatedDataset`, not repeated indices)."""
+    from .data.samplers import ShuffleSampler
 
-    The repetition is a ``Subset`` of the dataset rather than a custom sampler so that Ray Train's
-    ``prepare_data_loader`` can swap in a ``DistributedSampler`` and each worker sees its own share.
-    """
-    if indices is not None:
-        dataset = torch.utils.data.Subset(dataset, indices.tolist())
     g = torch.Generator()
-    g.manual_seed(seed)
+    g.manual_seed(seed)  # the loader workers' seeds
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=True,
+        sampler=ShuffleSampler(len(dataset), seed=seed, rank=rank, world_size=world_size),
         num_workers=num_workers,
         collate_fn=collate_skip_none,
-        drop_last=len(dataset) > batch_size,
+        drop_last=len(dataset) > batch_size * world_size,
         generator=g,
         worker_init_fn=_worker_init,
         persistent_workers=num_workers > 0,
@@ -409,8 +409,14 @@ class _Loop:
         return self.core.student
 
     @property
+    def final_core(self) -> StudentStep:
+        """The student and the method's modules as evaluated and exported: their EMA when ``ema_decay``
+        is set (both averaged, so an ensemble of a shared trunk and its branches stays one model)."""
+        return self.ema.module if self.ema is not None else self.core
+
+    @property
     def final_model(self) -> torch.nn.Module:
-        return self.ema.module if self.ema is not None else self.core.student
+        return self.final_core.student
 
 
 def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
@@ -474,11 +480,11 @@ def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
         unl_ds = SourceDataset(pseudo.source, train_tf, targets=pseudo.dataset_targets())
         # duplicates by binary search over cumulative weights, not an expanded list of indices (issue 17)
         expanded = RepeatedDataset(unl_ds, pseudo.weights)
-        unl_loader = hooks.prepare_loader(_loader(expanded, unl_bs, cfg.num_workers, job.seed + 1))
+        unl_loader = hooks.prepare_loader(_loader(expanded, unl_bs, cfg.num_workers, job.seed + 1, hooks.rank, hooks.world_size))
         n_pseudo = int(pseudo.weights.sum())
     # each DDP worker sees 1/world_size of the data per epoch
     plan = plan_steps(job, hooks.world_size)
-    lab_loader = hooks.prepare_loader(_loader(labeled_ds, lab_bs, cfg.num_workers, job.seed))
+    lab_loader = hooks.prepare_loader(_loader(labeled_ds, lab_bs, cfg.num_workers, job.seed, hooks.rank, hooks.world_size))
     finetune_epochs = student_cfg.finetune_epochs if (student_cfg is not None and use_pseudo) else 0
 
     lr = cfg.lr * (hooks.world_size if cfg.scale_lr_with_workers else 1)
@@ -488,7 +494,9 @@ def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
     if cfg.ema_decay:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        ema = AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        # over the student *and* the method's modules: ONE's branches share the trunk, DML's peers are
+        # exported beside the student, and an EMA trunk with raw branches is a model nobody trained
+        ema = AveragedModel(core, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     # mixed precision: autocast around forward + loss; fp16 needs loss scaling, bf16 does not
     amp_dtype = resolve_amp(cfg.amp, device)
     return _Loop(job=job, hooks=hooks, device=device, model=model, core=core, method_cfg=method_cfg, teacher=teacher,
@@ -513,7 +521,13 @@ def _resume(lp: _Loop, state_bytes: bytes, path: Path) -> tuple[int, list[dict]]
     lp.opt.load_state_dict(state["optimizer"])
     lp.sched.load_state_dict(state["scheduler"])
     if lp.ema is not None and state.get("ema") is not None:
-        lp.ema.load_state_dict(state["ema"])
+        ema_state = state["ema"]
+        if any(k.startswith("module.") and not k.startswith(("module.student.", "module.method.")) for k in ema_state):
+            # a last.pt from before the EMA covered the method's modules: its average is the student's
+            ema_state = {("module.student." + k[len("module."):] if k.startswith("module.") else k): v
+                         for k, v in ema_state.items()}
+            ema_state.update({k: v for k, v in lp.ema.state_dict().items() if k.startswith("module.method.")})
+        lp.ema.load_state_dict(ema_state)
     torch.set_rng_state(state["rng"].cpu())  # map_location put it on the GPU; the CPU generator needs it back
     return state["epoch"] + 1, list(state["history"])
 
@@ -579,7 +593,7 @@ def _train_epoch(lp: _Loop, epoch: int, labeled_iter) -> dict:
         if not finetune:
             lp.sched.step()
         if lp.ema is not None:
-            lp.ema.update_parameters(lp.student)
+            lp.ema.update_parameters(lp.core)
         n = batch.n_labeled + (0 if batch.x_unlabeled is None else len(batch.x_unlabeled))
         n_images += n
         loss_sum += loss.detach().float() * n
@@ -742,7 +756,7 @@ def _export(lp: _Loop, metrics: dict) -> tuple[torch.nn.Module, ModelSpec]:
     The other full models a method trained (a DML cohort: :meth:`DistillMethod.members`) are evaluated
     and written first, each as ``members/<label>/model.pt`` with its ``metrics.json``, so every member is
     kept whichever one the job exports; ``metrics['members']`` lists them."""
-    job, method = lp.job, lp.core.method
+    job, method = lp.job, lp.final_core.method  # with EMA: the averaged members, branches, gate
     student, spec = lp.final_model, job.spec
     members = method.members()
     member_metrics = None

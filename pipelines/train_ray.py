@@ -80,8 +80,10 @@ def _train_loop(config: dict) -> None:
 
     hooks = TrainHooks(
         prepare_model=ray.train.torch.prepare_model,
-        prepare_loader=lambda dl: ray.train.torch.prepare_data_loader(dl, move_to_device=False),
+        # the loaders shard by rank themselves (ShuffleSampler): no DistributedSampler swapped in
+        prepare_loader=lambda dl: ray.train.torch.prepare_data_loader(dl, add_dist_sampler=False, move_to_device=False),
         is_main=rank == 0,
+        rank=rank,
         world_size=world,
         report=report,
         resume_state=resume,

@@ -24,17 +24,21 @@ def job_for(tmp, epochs=5, steps=None):
 
 @pytest.fixture(scope="module")
 def one_and_two(tmp_path_factory, require_fmnist, ray_session):
-    one = train(job_for(tmp_path_factory.mktemp("w1")), RayConfig(workers=1))
+    # the same 10 optimizer steps an epoch: 2 workers take twice the images a step (each its own 40)
+    one = train(job_for(tmp_path_factory.mktemp("w1"), steps=10), RayConfig(workers=1))
     two_dir = tmp_path_factory.mktemp("w2")
-    two = train(job_for(two_dir), RayConfig(workers=2))
+    two = train(job_for(two_dir, steps=10), RayConfig(workers=2))
     return one, two, two_dir
 
 
 def test_two_gloo_workers_reach_the_accuracy_of_one(one_and_two):
+    """At equal steps, 2 workers (disjoint shares, gradients averaged) learn at least as well as one.
+
+    Measured, seeds 0-2: one worker 0.542-0.550, two 0.602-0.624. (Equal *epochs* are no test: two
+    workers then take half the steps, and 25 steps give 0.30-0.41 against 0.49-0.54, seed by seed.)"""
     one, two, _ = one_and_two
     assert one["test_acc"] > 0.35 and two["test_acc"] > 0.35, (one["test_acc"], two["test_acc"])
-    # same data and epochs; 2 workers take half the steps with twice the global batch
-    assert abs(one["test_acc"] - two["test_acc"]) < 0.12, (one["test_acc"], two["test_acc"])
+    assert two["test_acc"] > one["test_acc"] - 0.05, (one["test_acc"], two["test_acc"])
 
 
 def test_two_workers_split_the_epoch(one_and_two):

@@ -199,6 +199,51 @@ def test_one_resumes_with_its_branches_and_exports_branch_and_ensemble(world, tm
         torch.testing.assert_close(load_checkpoint(tmp_path / "branch.pt").build_model()(x), branch_logits[0])
 
 
+def test_one_ensemble_with_ema_averages_its_branches_with_the_trunk(world, tmp_path):  # noqa: F811
+    """With ``ema_decay`` the exported ensemble is the EMA of the trunk *and* of the branches and gate (an
+    EMA trunk under raw branches is a model nobody trained), and the EMA survives a kill and resume."""
+    blobs: list[bytes] = []
+    hooks = lambda: TrainHooks(fail_at_epoch=1, report=lambda row, blob: blobs.append(blob))
+    job = lambda: student_job(world, tmp_path, {"name": "one", "export": "ensemble"}, epochs=2, steps_per_epoch=3,
+                              ema_decay=0.5)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_training(job(), hooks())
+    run_training(job(), hooks())
+    state = safe_load(io.BytesIO(blobs[-1]), what="the last epoch's state")
+    ema = state["ema"]
+    assert int(ema["n_averaged"]) == 6  # every step of both epochs, across the kill
+    raw_branch, ema_branch = state["method"]["branches.1.head.fc.weight"], ema["module.method.branches.1.head.fc.weight"]
+    assert not torch.equal(raw_branch, ema_branch), "the branches' EMA should differ from their last weights"
+
+    ens = load_checkpoint(tmp_path / "model.pt")
+    spec = dataclasses.replace(ens.spec, name="resnet8")
+    student = spec.build(inference=False)
+    student.load_state_dict({k[len("module.student."):]: v for k, v in ema.items() if k.startswith("module.student.")})
+    method = create_method({"name": "one", "export": "ensemble"}, student_info=info("resnet8"), teacher_info=None,
+                           num_classes=10, student_spec=spec)
+    method.load_state_dict({k[len("module.method."):]: v for k, v in ema.items() if k.startswith("module.method.")})
+    student.eval(), method.eval()
+    x = _images(world, 8)[0]
+    with torch.no_grad():
+        logits, feats = student.forward_intermediates(x, indices=list(method.student_stages))
+        torch.testing.assert_close(ens.build_model()(x), method.outputs(logits, feats[0])[1])
+
+
+def test_a_last_pt_whose_ema_covered_the_student_only_still_resumes(world, tmp_path):  # noqa: F811
+    """``last.pt`` files written before the EMA covered the method's modules hold ``module.<student key>``:
+    they resume, the student's average restored, the branches' average starting from their weights."""
+    job = lambda: student_job(world, tmp_path, {"name": "one"}, epochs=2, steps_per_epoch=3, ema_decay=0.5)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_training(job(), TrainHooks(fail_at_epoch=1))
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    old = {("module." + k[len("module.student."):] if k.startswith("module.student.") else k): v
+           for k, v in state["ema"].items() if not k.startswith("module.method.")}
+    state["ema"] = old
+    torch.save(state, tmp_path / "last.pt")
+    metrics = run_training(job(), TrainHooks(fail_at_epoch=1))
+    assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1, 2] and metrics["method"] == "one"
+
+
 @pytest.mark.slow  # ~85 s each on 2 busy cores: a Ray Train run with a failure and a restart
 @pytest.mark.parametrize("name", ["one", "bss"])
 def test_two_ray_train_workers_kill_and_resume(world, tmp_path, ray_session, name):  # noqa: F811
