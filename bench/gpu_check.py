@@ -22,7 +22,7 @@ Sections (each check records ``ok`` or its error and the run goes on):
   after an injected failure.
 - ``ddp``: single-process DDP (world size 1, NCCL on CUDA, gloo on CPU, ``tcp://127.0.0.1``) wrapping
   the model of ``run_training`` through :class:`~noisystudent.train.TrainHooks`, as Ray Train's
-  ``prepare_model``/``prepare_data_loader`` do, plus an ``all_reduce``.
+  ``prepare_model`` does (the loaders shard by rank themselves), plus an ``all_reduce``.
 
 Output: a table on stdout and JSON to ``$OUT/gpu_check.json`` when ``$OUT`` is set, else
 ``bench/results/gpu_check.json`` (``--out`` overrides).
@@ -780,7 +780,6 @@ def _free_port() -> int:
 def ddp(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
-    from torch.utils.data import DataLoader, DistributedSampler
 
     from noisystudent.train import TrainHooks, run_training
 
@@ -802,14 +801,9 @@ def ddp(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
             def prepare_model(m: torch.nn.Module) -> torch.nn.Module:
                 return DDP(m, device_ids=[dev.index or 0] if dev.type == "cuda" else None)
 
-            def prepare_loader(dl: DataLoader) -> DataLoader:
-                # what ray.train.torch.prepare_data_loader(move_to_device=False) does: a DistributedSampler
-                sampler = DistributedSampler(dl.dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
-                return DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler, num_workers=dl.num_workers,
-                                  collate_fn=dl.collate_fn, drop_last=dl.drop_last, worker_init_fn=dl.worker_init_fn,
-                                  persistent_workers=dl.persistent_workers)
-
-            hooks = lambda: TrainHooks(prepare_model=prepare_model, prepare_loader=prepare_loader, world_size=1)  # noqa: E731
+            # as pipelines.train_ray builds them: the loaders shard by rank themselves (ShuffleSampler), so
+            # prepare_data_loader(add_dist_sampler=False) leaves them as they are
+            hooks = lambda: TrainHooks(prepare_model=prepare_model, rank=0, world_size=1)  # noqa: E731
             rates: dict[str, list[float]] = {"ddp": [], "plain": []}
             metrics: dict[str, Any] = {}
             for r in range(sizes.repeats):
