@@ -40,6 +40,8 @@ from typing import Optional
 
 import numpy as np
 
+from bench.common import pyplot, save_figure
+
 FMNIST = "/usr/share/datasets/fashion-mnist"
 REFERENCE = ("MVTec AD, a different data set: STPM paper mean pixel AUROC 0.970, image AUROC 0.955; anomalib STFPM "
              "(ResNet-18) image 0.893, pixel 0.951")
@@ -213,10 +215,7 @@ def format_table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], example: Optional[dict], path: Path, title: str) -> None:
     """AUROC bars per class (defects, other classes, pixels) and, below, maps over the first class's images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from pipelines.anomaly.report import overlay
 
@@ -244,9 +243,7 @@ def plot(rows: list[dict], example: Optional[dict], path: Path, title: str) -> N
         overlay(a, example["images"][j], example["maps"][j], example["scale"], example["masks"][j])
         a.set_title(example["titles"][j], fontsize=7, color="#c00" if "FLAG" in example["titles"][j] else "black")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def example_maps(row: dict, source_masks, per_group: int = 3) -> dict:

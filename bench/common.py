@@ -205,6 +205,28 @@ def environment() -> dict[str, Any]:
     }
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend: these machines have no display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as a PNG to ``path`` (a temporary name, then renamed, like every artifact) and close it."""
+    from noisystudent.io import atomic_path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
 def write_results(rows: Sequence[Row], meta: dict[str, Any], path: Path = RESULTS_FILE) -> Path:
     """``bench/results/bench.json``: every row with its raw samples, plus the run's metadata."""
     from noisystudent.io import write_json

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from bench.common import pyplot, save_figure
+
 CONFIG = "configs/distill_fashion_mnist.yaml"
 METHODS = ("supervised", "hinton", "fitnet", "at", "fsp", "sp", "rkd")
 # online methods and teaching settings: a row "method@mode" is the method under distill.teaching.mode
@@ -209,10 +211,7 @@ def format_table(rows: list[dict], teacher: dict) -> str:
 def plot(rows: list[dict], teacher: dict, path: Path, title: str) -> None:
     """Two panels, test accuracy and fidelity, one bar group per method (mean, error bar = std over seeds);
     dashed: each student's ``supervised`` mean, dotted: the teacher."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in rows if r["test_acc"] is not None]
     students = sorted({r["student"] for r in rows})
@@ -243,9 +242,7 @@ def plot(rows: list[dict], teacher: dict, path: Path, title: str) -> None:
     axes[0].legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: Optional[list[str]] = None) -> dict:

@@ -26,6 +26,7 @@ from typing import Optional
 
 import pandas as pd
 
+from bench.common import pyplot, save_figure
 from bench.kd import FULL, QUICK, base_config, run_student, train_teacher
 
 SETTINGS = ("fixed", "consistent", "function_matching")
@@ -70,10 +71,7 @@ def _metric(root: Path, student: str, mode: str, seed: int, key: str):
 
 
 def plot(data: dict[str, pd.DataFrame], steps_per_epoch: int, teacher: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for k, (mode, h) in enumerate(data.items()):
@@ -92,9 +90,7 @@ def plot(data: dict[str, pd.DataFrame], steps_per_epoch: int, teacher: dict, pat
     ax.set_title(title, fontsize=8)
     ax.set_xlim(left=0)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: Optional[list[str]] = None) -> dict:

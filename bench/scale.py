@@ -206,10 +206,13 @@ def _status_mb(key: str) -> float:
     return float("nan")
 
 
-def student_epoch(labels: Path, selected: Path, max_steps: Optional[int], sampler: str = "engine") -> dict[str, Any]:
+def student_epoch(labels: Path, selected: Path, max_steps: Optional[int], sampler: str = "engine",
+                  reader: str = "shards") -> dict[str, Any]:
     """One student epoch in a fresh process (spawned), so its peak RSS is the student's alone; ``sampler``:
     ``engine`` (the training engine's loader, :class:`~noisystudent.data.samplers.ShuffleSampler`) or
-    ``torch`` (``DataLoader(shuffle=True)``: ``RandomSampler``, for comparison)."""
+    ``torch`` (``DataLoader(shuffle=True)``: ``RandomSampler``, for comparison); ``reader``: ``shards``
+    (:func:`~pseudo_labels.selection_io.read_selection_targets`, the pipeline's) or ``table`` (one Arrow
+    table of the whole selection, converted after: the pipeline before, for comparison)."""
     import multiprocessing as mp
 
     from pseudo_labels.selection_io import select_folder
@@ -220,11 +223,11 @@ def student_epoch(labels: Path, selected: Path, max_steps: Optional[int], sample
         if not (selected / "_SUCCESS").exists():
             select_folder(labels, selected, threshold=0.0, per_class=None)
     with mp.get_context("spawn").Pool(1) as pool:
-        out = pool.apply(_student_epoch, (selected, max_steps, sampler))
-    return {"sampler": sampler, "select_all_seconds": round(sel_sw.seconds, 2), **out}
+        out = pool.apply(_student_epoch, (selected, max_steps, sampler, reader))
+    return {"sampler": sampler, "reader": reader, "select_all_seconds": round(sel_sw.seconds, 2), **out}
 
 
-def _student_epoch(selected: Path, max_steps: Optional[int], sampler: str) -> dict[str, Any]:
+def _student_epoch(selected: Path, max_steps: Optional[int], sampler: str, reader: str) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
@@ -232,18 +235,22 @@ def _student_epoch(selected: Path, max_steps: Optional[int], sampler: str) -> di
     from noisystudent.data.torch_dataset import RepeatedDataset, SourceDataset, TopKTargets, collate_skip_none
     from pseudo_labels import read_metadata
     from noisystudent.train import _loader
-    from pseudo_labels.selection_io import read_selection_arrow, topk_arrays
+    from pseudo_labels.selection_io import read_selection_arrow, read_selection_targets, topk_arrays
 
     torch.set_num_threads(1)
     baseline = _status_mb("VmRSS")  # the interpreter, torch and pyarrow, before any row is read
     with Stopwatch() as sw:
         meta = read_metadata(selected)
-        table = read_selection_arrow(selected, ["image_id", "topk_classes", "topk_probs", "weight"])
-        classes, probs = topk_arrays(table)
+        if reader == "shards":  # what the pipeline does (pipelines.steps.pseudo_set)
+            ids, classes, probs, weights = read_selection_targets(selected, meta)
+        else:  # the whole selection as one Arrow table, then converted (the pipeline before)
+            table = read_selection_arrow(selected, ["image_id", "topk_classes", "topk_probs", "weight"])
+            classes, probs = topk_arrays(table)
+            weights, ids = table["weight"].to_numpy().astype(np.int64), table["image_id"]
+            del table
         targets = TopKTargets(classes, probs, meta.num_classes)
-        weights = table["weight"].to_numpy().astype(np.int64)
-        src = SyntheticImages(table["image_id"])
-        del table
+        src = SyntheticImages(ids)
+        del ids
         ds = RepeatedDataset(SourceDataset(src, None, targets=targets), weights)
         if sampler == "engine":
             loader = _loader(ds, BATCH, num_workers=0, seed=0)
@@ -295,7 +302,7 @@ def table(rows: list[dict], bare: float, students: list[dict]) -> str:
     for s in students:
         lines.append(f"student epoch over {s['selected_rows']:,} selected rows ({s['epoch_images']:,} with duplicates), "
                      f"{CLASSES} classes, top-{TOPK}: {s['images_seen']:,} images in {s['seconds']:.1f} s "
-                     f"({s['img_s']:,.0f} img/s{'' if s['full_epoch'] else ', stopped early'}), {s['sampler']} sampler, "
+                     f"({s['img_s']:,.0f} img/s{'' if s['full_epoch'] else ', stopped early'}), {s['sampler']} sampler, {s.get('reader', 'table')} read, "
                      f"peak RSS {s['peak_rss_mb']:.0f} MB over a {s['baseline_rss_mb']:.0f} MB process "
                      f"({s['peak_bytes_per_row']:.0f} B/row); top-k targets {s['targets_mb']:.0f} MB where dense (N, C) "
                      f"float32 would be {s['dense_targets_would_be_mb']:,.0f} MB")
@@ -344,10 +351,12 @@ def plot(rows: list[dict], bare: float, path: Path) -> None:
               "(default: the largest).")
 @click.option("--student-samplers", default="engine", show_default=True,
               help="Comma-separated: engine (the training loader's ShuffleSampler) and/or torch (RandomSampler).")
+@click.option("--student-readers", default="shards", show_default=True,
+              help="Comma-separated: shards (the pipeline's shard-by-shard read) and/or table (one whole table).")
 @click.option("--bare-images", default=20_000, show_default=True, type=click.IntRange(1000))
 @click.option("--out", default=str(DOCS_JSON), show_default=True, help="Where the JSON goes (the PNG goes beside it).")
 def main(sizes: str, quick: bool, actors: int, student_steps: Optional[int], no_student: bool,
-         student_sizes: Optional[str], student_samplers: str, bare_images: int, out: str) -> None:
+         student_sizes: Optional[str], student_samplers: str, student_readers: str, bare_images: int, out: str) -> None:
     """Memory and throughput of labeling, selection and a student epoch against the number of images."""
     import logging
 
@@ -380,9 +389,10 @@ def main(sizes: str, quick: bool, actors: int, student_steps: Optional[int], no_
             print(json.dumps(rows[-1]), flush=True)
             write_json(out_path, {"meta": meta, "sizes": rows, "students": students})  # what fitted so far
         for n in [] if no_student else student_ns:
-            for smp in [x.strip() for x in student_samplers.split(",") if x.strip()]:
+            for smp, rdr in [(a.strip(), b.strip()) for a in student_samplers.split(",") if a.strip()
+                             for b in student_readers.split(",") if b.strip()]:
                 students.append({"images": n, **student_epoch(work / f"labels-{n}", work / f"selected-all-{n}",
-                                                              student_steps, smp)})
+                                                              student_steps, smp, rdr)})
                 print(json.dumps(students[-1]), flush=True)
                 write_json(out_path, {"meta": meta, "sizes": rows, "students": students})
     finally:

@@ -326,16 +326,15 @@ def pseudo_set(run: RunDir, cfg: ExperimentConfig, g: int) -> PseudoLabeledSet:
     stored (expanded to dense rows a batch at a time by the loader) and the duplicate counts, read from
     Parquet as Arrow columns (no dense ``(N, C)`` matrix, no frame of rows)."""
     from pseudo_labels import read_metadata
-    from pseudo_labels.selection_io import read_selection_arrow, topk_arrays
+    from pseudo_labels.selection_io import read_selection_targets
 
     data = load_data(cfg)
     folder = run.selected_dir(g)
     meta = read_metadata(folder)
-    table = read_selection_arrow(folder, ["image_id", "topk_classes", "topk_probs", "weight"])
-    src = selected_source(data.unlabeled, table["image_id"], g)
-    classes, probs = topk_arrays(table)
+    ids, classes, probs, weights = read_selection_targets(folder, meta)  # shard by shard: no whole-table peak
+    src = selected_source(data.unlabeled, ids, g)
     return PseudoLabeledSet(source=src, topk_classes=classes, topk_probs=probs, num_classes=meta.num_classes,
-                            hard=not cfg.pseudo_labels.soft, weights=table["weight"].to_numpy().astype(np.int64))
+                            hard=not cfg.pseudo_labels.soft, weights=weights)
 
 
 def selected_source(unlabeled, image_ids, g: int):

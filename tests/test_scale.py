@@ -279,6 +279,25 @@ def test_topk_targets_expand_to_the_dense_rows_of_soft_targets(fmnist_labels, tm
     assert [rep[int(j)] for j in probe] == expanded[probe].tolist()
 
 
+def test_selection_targets_read_shard_by_shard_equal_the_whole_table_read(fmnist_labels, tmp_path):
+    """The student's read (per shard, into arrays allocated once) gives exactly the whole-table read."""
+    from pseudo_labels import read_metadata
+    from pseudo_labels.selection_io import read_selection_arrow, read_selection_targets, topk_arrays
+    from pseudo_labels.store import list_shards
+
+    labels_dir, _ = fmnist_labels
+    select_folder(labels_dir, tmp_path / "sel", threshold=0.3, per_class=2000)
+    assert len(list_shards(tmp_path / "sel")) > 1, "the check needs several shards"
+    ids, classes, probs, weights = read_selection_targets(tmp_path / "sel", read_metadata(tmp_path / "sel"))
+    table = read_selection_arrow(tmp_path / "sel", ["image_id", "topk_classes", "topk_probs", "weight"])
+    ref_c, ref_p = topk_arrays(table)
+    assert ids.to_pylist() == table["image_id"].to_pylist()
+    np.testing.assert_array_equal(classes, ref_c)
+    np.testing.assert_array_equal(probs, ref_p)
+    np.testing.assert_array_equal(weights, table["weight"].to_numpy())
+    assert classes.dtype == np.int32 and probs.dtype == np.float32 and weights.dtype == np.int64
+
+
 def test_streaming_config_keys_are_validated(tmp_path, image_world):
     from noisystudent.config import config_from_dict
     from noisystudent.data import create_data
