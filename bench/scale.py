@@ -309,23 +309,34 @@ def table(rows: list[dict], bare: float, students: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], bare: float, path: Path) -> None:
-    import matplotlib
+def student_slopes(students: list[dict]) -> list[dict]:
+    """Per (sampler, reader): the student's peak RSS at each N and the bytes a row it grows by between the
+    smallest and largest N (a fixed cost of the process cancels out; one N alone says nothing)."""
+    out = []
+    for key in dict.fromkeys((s["sampler"], s.get("reader", "table")) for s in students):
+        pts = sorted((s["selected_rows"], s["peak_rss_mb"]) for s in students if (s["sampler"], s.get("reader", "table")) == key)
+        slope = None
+        if len(pts) > 1 and pts[-1][0] > pts[0][0]:
+            slope = round((pts[-1][1] - pts[0][1]) * 2**20 / (pts[-1][0] - pts[0][0]), 1)
+        out.append({"sampler": key[0], "reader": key[1], "rows": [p[0] for p in pts], "peak_rss_mb": [p[1] for p in pts],
+                    "bytes_per_row": slope})
+    return out
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    from noisystudent.io import atomic_path
+def plot(rows: list[dict], bare: float, path: Path, students: Optional[list[dict]] = None) -> None:
+    from bench.common import pyplot, save_figure
 
+    plt = pyplot()
+    slopes = [s for s in student_slopes(students or []) if s["bytes_per_row"] is not None]
     n = [r["images"] for r in rows]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    fig, ax = plt.subplots(1, 3 if slopes else 2, figsize=(15 if slopes else 10, 4))
     ax[0].loglog(n, [r["driver_peak_rss_mb"] for r in rows], "o-", label="driver peak RSS")
     ax[0].loglog(n, [r["label_worker_rss_mb"] for r in rows], "s-", label="largest actor RSS")
     ax[0].loglog(n, [rows[0]["driver_peak_rss_mb"] * x / n[0] for x in n], ":", color="gray",
                  label="linear in N (for scale)")
     ax[0].set_xlabel("unlabeled images N")
     ax[0].set_ylabel("MB")
-    ax[0].set_title("memory (flat = scales)")
+    ax[0].set_title("labeling and selection memory (flat = scales)")
     ax[0].legend(fontsize=8)
     ax[1].loglog(n, [r["label_img_s"] for r in rows], "o-", label="labeling (Ray Data actors)")
     ax[1].loglog(n, [r["select_img_s"] for r in rows], "s-", label="selection (streamed)")
@@ -334,11 +345,19 @@ def plot(rows: list[dict], bare: float, path: Path) -> None:
     ax[1].set_ylabel("images / s")
     ax[1].set_title("throughput")
     ax[1].legend(fontsize=8)
+    if slopes:
+        names = [f"{s['sampler']} sampler\n{s['reader']} read" for s in slopes]
+        vals = [s["bytes_per_row"] for s in slopes]
+        ax[2].bar(range(len(vals)), vals, color=[f"C{k}" for k in range(len(vals))])
+        for k, v in enumerate(vals):
+            ax[2].text(k, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
+        ax[2].set_xticks(range(len(vals)), names, fontsize=8)
+        ax[2].set_ylabel("peak RSS growth, bytes per selected row")
+        ax[2].set_title(f"student: growth {slopes[0]['rows'][0]:,} -> {slopes[0]['rows'][-1]:,} rows\n"
+                        f"(dense (N, {CLASSES:,}) targets alone: {4 * CLASSES:,} B/row)", fontsize=9)
     fig.suptitle("python -m bench.scale: synthetic 8x8 images, ResNet-8, 1,000 classes, top-5", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -399,8 +418,11 @@ def main(sizes: str, quick: bool, actors: int, student_steps: Optional[int], no_
         meta["load_average_after"] = load_average()
         meta["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(out_path, {"meta": meta, "sizes": rows, "students": students})
+        if students:
+            meta["student_bytes_per_row"] = student_slopes(students)
+            write_json(out_path, {"meta": meta, "sizes": rows, "students": students})
         if rows:
-            plot(rows, bare, out_path.with_suffix(".png"))
+            plot(rows, bare, out_path.with_suffix(".png"), students)
         cleanup()
     print(table(rows, bare, students))
     print(f"\nwrote {out_path} and {out_path.with_suffix('.png')} ({meta['seconds']:.0f} s; load average "
