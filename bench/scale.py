@@ -54,11 +54,12 @@ CLASSES, TOPK, IMAGE, PARTITION, BATCH = 1000, 5, 8, 10_000, 1024
 # memory: sampled from /proc (no psutil here)
 
 
-def _rss_mb(pid: str | int) -> Optional[float]:
+def _rss_mb(pid: str | int, key: str = "VmRSS") -> Optional[float]:
+    """``key`` of ``/proc/<pid>/status`` in MB: ``VmRSS`` (resident now) or ``VmHWM`` (its peak)."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         return None
@@ -199,13 +200,6 @@ class SyntheticImages(ImageSource):
         self.index = self.index[idx]
 
 
-def _status_mb(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def student_epoch(labels: Path, selected: Path, max_steps: Optional[int], sampler: str = "engine",
                   reader: str = "shards") -> dict[str, Any]:
     """One student epoch in a fresh process (spawned), so its peak RSS is the student's alone; ``sampler``:
@@ -238,7 +232,7 @@ def _student_epoch(selected: Path, max_steps: Optional[int], sampler: str, reade
     from pseudo_labels.selection_io import read_selection_arrow, read_selection_targets, topk_arrays
 
     torch.set_num_threads(1)
-    baseline = _status_mb("VmRSS")  # the interpreter, torch and pyarrow, before any row is read
+    baseline = _rss_mb("self")  # the interpreter, torch and pyarrow, before any row is read
     with Stopwatch() as sw:
         meta = read_metadata(selected)
         if reader == "shards":  # what the pipeline does (pipelines.steps.pseudo_set)
@@ -276,7 +270,7 @@ def _student_epoch(selected: Path, max_steps: Optional[int], sampler: str, reade
             if max_steps and steps >= max_steps:
                 break
     n_rows = len(weights)
-    peak = _status_mb("VmHWM")
+    peak = _rss_mb("self", "VmHWM")
     return {"baseline_rss_mb": round(baseline, 1), "peak_rss_mb": round(peak, 1),
             "peak_bytes_per_row": round((peak - baseline) * 2**20 / max(n_rows, 1), 1), "selected_rows": n_rows, "epoch_images": int(weights.sum()), "images_seen": seen, "steps": steps,
             "full_epoch": not max_steps or seen >= int(weights.sum()) - BATCH, "seconds": round(sw.seconds, 2),
