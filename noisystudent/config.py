@@ -217,6 +217,9 @@ class StudentConfig:
     # its validation accuracy is at least its teacher's, else that teacher again (the student is kept
     # and reported). Without validation data if_better promotes the student and says so
     promote: Literal["always", "if_better"] = "if_better"
+    # below 1: if_better refuses a student below its teacher only when it is significantly worse (one-sided
+    # exact McNemar test on the same validation images, p < promote_alpha); 1 refuses every such student
+    promote_alpha: float = field(default=1.0, metadata=_range(0, 1))
     # distillation method of every rung ({name, ...params}; `noisystudent methods` lists them). null: the
     # Noisy Student loss of `loss`, `temperature`, `alpha`, `unlabeled_weight` above (older configs)
     method: Optional[dict] = field(default=None, metadata={"method": True})

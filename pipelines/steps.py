@@ -482,6 +482,31 @@ def _val_acc(cfg: ExperimentConfig, ckpt: Path) -> tuple[Optional[float], int]:
     return float(evaluate(ck.build_model(), data.val, tf, classes=spec.classes, progress=False)["top1"]), len(data.val)
 
 
+def _val_discordance(cfg: ExperimentConfig, student_ckpt: Path, teacher_ckpt: Path) -> Optional[tuple[int, int]]:
+    """(validation images only the teacher gets right, images only the student gets right), each model on its
+    own eval view; ``None`` without validation images. What :func:`pipelines.promotion.mcnemar_p` tests."""
+    data = load_data(cfg)
+    if data.val is None or len(data.val) == 0:
+        return None
+    import numpy as np
+
+    from noisystudent.evaluate import predict_probs
+    from noisystudent.transforms import create_transform
+
+    labels = np.asarray(data.val.labels)
+    right = []
+    for ckpt in (teacher_ckpt, student_ckpt):
+        ck = load_checkpoint(ckpt, expected_classes=data.classes)
+        spec = ck.spec
+        tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
+        idx, probs = predict_probs(ck.build_model(), data.val, tf, progress=False, desc="validate")
+        ok = np.zeros(len(data.val), dtype=bool)  # an image that does not decode counts as wrong for both
+        ok[idx] = probs.argmax(1) == labels[idx]
+        right.append(ok)
+    teacher_ok, student_ok = right
+    return int((teacher_ok & ~student_ok).sum()), int((student_ok & ~teacher_ok).sum())
+
+
 def promote(run: RunDir, g: int, cfg: Optional[ExperimentConfig] = None) -> dict:
     """Decide which model teaches generation ``g + 1`` (``student.promote``, see :mod:`pipelines.promotion`)
     and record it: ``state.json`` (``teachers``, ``promotions``) and ``gen-g/metrics.json``. Returns the record."""
@@ -499,7 +524,12 @@ def promote(run: RunDir, g: int, cfg: Optional[ExperimentConfig] = None) -> dict
     teacher = run.teacher_of(g)
     student_val, n_val = _val_acc(cfg, ckpt)
     teacher_val, _ = _val_acc(cfg, teacher) if cfg.student.promote == "if_better" else (None, 0)
-    rec = decide(cfg.student.promote, g, student_val, teacher_val, n_val, _model_name(run, teacher)[1])
+    discordant = None
+    if (cfg.student.promote == "if_better" and student_val is not None and teacher_val is not None
+            and student_val < teacher_val):  # what a refusal rests on, recorded whatever promote_alpha says
+        discordant = _val_discordance(cfg, ckpt, teacher)
+    rec = decide(cfg.student.promote, g, student_val, teacher_val, n_val, _model_name(run, teacher)[1],
+                 discordant=discordant, alpha=cfg.student.promote_alpha)
     chosen = ckpt if rec["promoted"] == "student" else teacher
     rec["next_teacher"] = str(chosen.parent.relative_to(run.root)) if _model_name(run, chosen)[0] is not None else str(chosen)
     run.promote(g, chosen, rec)

@@ -129,6 +129,9 @@ def test_if_better_keeps_the_teacher_when_the_student_is_worse(fmnist_folder, tm
     rec = run.state()["promotions"]["1"]
     assert rec["student_val_acc"] < rec["teacher_val_acc"], rec  # the teacher trained 60 steps, the student 1
     assert rec["promoted"] == "teacher" and rec["signal"] == "validation" and rec["val_images"] == 20
+    # the paired comparison it rested on is recorded (the default promote_alpha 1 refuses whatever p says)
+    assert rec["alpha"] == 1.0 and rec["teacher_only"] > rec["student_only"] and 0 < rec["p_value"] < 1, rec
+    assert "only the teacher got right" in rec["reason"]
     assert run.teacher_of(2) == run_dir / "gen-0" / "teacher" / "model.pt"
     assert (run_dir / "gen-1" / "student" / "model.pt").is_file()  # kept and reported
     assert any(issubclass(w.category, PromotionWarning) for w in caught)
@@ -257,6 +260,30 @@ def test_promotion_decisions():
     blind = decide("if_better", 1, None, None, 0, "t")
     assert blind["promoted"] == "student" and blind["signal"] == "none" and "unchecked" in blind["reason"]
     assert near_chance(0.15, 10) and not near_chance(0.25, 10) and not near_chance(None, 10)
+
+
+def test_if_better_refuses_only_a_significantly_worse_student():
+    """With promote_alpha 0.05, 11 images lost against 6 won is noise and the student teaches; a collapsed
+    student (8 lost, none won) is refused; promote_alpha 1 (the default) is the strict rule."""
+    from scipy.stats import binomtest
+
+    from pipelines.promotion import decide, mcnemar_p
+
+    for b, c in [(8, 0), (11, 6), (12, 5), (3, 3), (0, 4), (40, 22)]:
+        ref = binomtest(b, b + c, 0.5, alternative="greater").pvalue
+        assert abs(mcnemar_p(b, c) - ref) < 1e-12, (b, c)
+    assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(8, 0) == 1 / 256
+
+    noise = decide("if_better", 1, 0.83, 0.88, 100, "generation 0 teacher", discordant=(11, 6), alpha=0.05)
+    assert noise["promoted"] == "student" and abs(noise["p_value"] - 0.1662) < 1e-3
+    assert "not significantly worse" in noise["reason"] and "11 images only the teacher" in noise["reason"]
+    assert (noise["teacher_only"], noise["student_only"], noise["alpha"]) == (11, 6, 0.05)
+    collapsed = decide("if_better", 1, 0.05, 0.45, 20, "t", discordant=(8, 0), alpha=0.05)
+    assert collapsed["promoted"] == "teacher" and "significantly worse" in collapsed["reason"]
+    strict = decide("if_better", 1, 0.83, 0.84, 100, "t", discordant=(6, 5), alpha=1.0)
+    assert strict["promoted"] == "teacher" and strict["p_value"] < 1
+    # without the per-image comparison (promote_alpha 1 skips it) every student below is refused
+    assert decide("if_better", 1, 0.83, 0.84, 100, "t")["promoted"] == "teacher"
 
 
 def test_rungs_inherit_the_teachers_noise_unless_they_set_it():

@@ -132,6 +132,7 @@ PROMOTION_COLUMNS = (
     ("signal", "decided on"),
     ("student_val_acc", "student val acc"),
     ("teacher_val_acc", "teacher val acc"),
+    ("p_value", "McNemar p"),
     ("promoted", "teaches next"),
     ("reason", "why"),
 )
@@ -153,10 +154,12 @@ def promotion_table(run: RunData) -> Optional[Table]:
                                           "policy": fmt(d.get("policy")), "signal": signal,
                                           "student_val_acc": fmt(d.get("student_val_acc")),
                                           "teacher_val_acc": fmt(d.get("teacher_val_acc")),
+                                          "p_value": fmt(d.get("p_value")),
                                           "promoted": fmt(d.get("promoted")), "reason": fmt(d.get("reason"))}))
-    return Table(PROMOTION_COLUMNS, rows, numeric=frozenset({"student_val_acc", "teacher_val_acc"}),
-                 caption="Promotion decisions (state.json 'promotions'): if_better promotes a student only when its "
-                         "validation accuracy is at least its teacher's; test accuracy is reported, never decided on.")
+    return Table(PROMOTION_COLUMNS, rows, numeric=frozenset({"student_val_acc", "teacher_val_acc", "p_value"}),
+                 caption="Promotion decisions (state.json 'promotions'): if_better refuses a student only when it is "
+                         "below its teacher on validation and significantly so (one-sided exact McNemar test on the "
+                         "same images, p < student.promote_alpha); test accuracy is reported, never decided on.")
 
 
 def _step_order(name: str) -> tuple:
