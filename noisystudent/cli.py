@@ -600,14 +600,17 @@ def study() -> None:
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @click.option("--study-dir", required=True, type=click.Path(file_okay=False), help="The study folder (resumable: run again to continue).")
 @click.option("--max-trials", type=click.IntRange(1), default=None, help="Run at most this many unfinished trials now.")
+@click.option("--teacher", default=None, type=click.Path(),
+              help="Teacher checkpoint every trial distills from (overrides the study's teacher:; no teacher stage).")
 @address_option
 @quiet_option
 @_user_errors
-def study_run(study_file, study_dir, max_trials, ray_address, quiet):
+def study_run(study_file, study_dir, max_trials, teacher, ray_address, quiet):
     """Run (or resume) the study STUDY_FILE in DIR and print its summary over seeds."""
     from pipelines.study import format_summary, run_study, summary
 
-    out = run_study(study_file, study_dir, ray_address=ray_address, max_trials=max_trials, quiet=quiet)
+    out = run_study(study_file, study_dir, ray_address=ray_address, max_trials=max_trials, quiet=quiet,
+                    teacher=teacher)
     click.echo(format_summary(summary(out["rows"])))
     for tid, err in out["errors"].items():
         click.echo(f"failed: {tid}: {err}", err=True)

@@ -270,14 +270,20 @@ def _fit(study: Study, study_dir: Path, stage: str, jobs: list[dict]) -> dict[st
 
 
 def run_study(study_file: str | Path, study_dir: str | Path, ray_address: Optional[str] = None,
-              max_trials: Optional[int] = None, quiet: bool = True) -> dict:
+              max_trials: Optional[int] = None, quiet: bool = True, teacher: Optional[str | Path] = None) -> dict:
     """Run (or resume) a study; return ``{"rows": [...], "errors": {...}}``.
 
     ``max_trials`` runs at most that many of the unfinished trials this time (a partial study, resumed by
-    the next call)."""
+    the next call). ``teacher`` (a checkpoint or a run's model folder) overrides the study file's
+    ``teacher:``: every trial distills from it and no teacher stage runs."""
     from .ray_runtime import init_ray
 
     study = load_study(study_file)
+    if teacher is not None:
+        t = Path(teacher).resolve()
+        if not (t.is_file() or (t / "model.pt").is_file()):
+            raise UserError(f"--teacher {teacher}: no checkpoint there (a model.pt, or a folder holding one)")
+        study.teacher = str(t)
     study_dir = Path(study_dir).resolve()
     study_dir.mkdir(parents=True, exist_ok=True)
     write_json(study_dir / "study.json", {"name": study.name, "grid": study.grid, "resources": study.resources,

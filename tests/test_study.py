@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -145,6 +147,37 @@ def test_study_cli_status(tmp_path, require_fmnist):
 
     r = CliRunner().invoke(main, ["study", "status", str(tmp_path)])
     assert r.exit_code == 2 and "not a study folder" in r.output
+
+
+def test_study_teacher_flag(tmp_path, require_fmnist, ray_session):
+    """``study --teacher CKPT``: no teacher stage, every trial distills from CKPT (its fidelity is measured
+    against it); a path without a checkpoint exits 2 naming the flag before Ray is touched."""
+    import yaml
+    from click.testing import CliRunner
+
+    from noisystudent.cli import main
+    from pipelines.study import run_study
+
+    path = tmp_path / "study.yaml"
+    text = STUDY.format(root=require_fmnist)
+    path.write_text(text)
+    r = CliRunner().invoke(main, ["study", str(path), "--study-dir", str(tmp_path / "s0"), "--teacher",
+                                  str(tmp_path / "nothing")])
+    assert r.exit_code == 2 and "--teacher" in r.output and "no checkpoint" in r.output, r.output
+
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(yaml.safe_load(text)["base"]))
+    r = CliRunner().invoke(main, ["teacher", str(base), "--run-dir", str(tmp_path / "t")])
+    assert r.exit_code == 0, r.output
+    ckpt = tmp_path / "t" / "gen-0" / "teacher" / "model.pt"
+    d = tmp_path / "study"
+    out = run_study(path, d, max_trials=1, teacher=ckpt.parent)
+    assert out["errors"] == {} and not (d / "teachers").exists()  # no teacher stage
+    (row,) = [r for r in out["rows"] if r.get("status") == "done"]
+    frozen = yaml.safe_load((d / "trials" / row["trial"] / "config.yaml").read_text())
+    assert frozen["distill"]["teacher"] == str(ckpt.parent.resolve())
+    m = json.loads(next((d / "trials" / row["trial"]).rglob("metrics.json")).read_text())
+    assert m["teacher_test_acc"] == json.loads((ckpt.parent / "metrics.json").read_text())["test_acc"]
 
 
 @pytest.mark.slow
