@@ -714,14 +714,15 @@ def _finish(lp: _Loop, history: list[dict], seconds: float) -> dict[str, Any]:
         "teaching": lp.teaching.mode if lp.teacher is not None else None,
     }
     if lp.hooks.is_main:
-        final, spec = _export(lp, metrics)
+        final, spec, done = _export(lp, metrics)  # done: the exported model's evaluations, when _export made them
         if job.val is not None:
-            val_metrics = evaluate(final, job.val, lp.eval_tf, batch_size=256, device=device, classes=spec.classes,
-                                   progress=False)
+            val_metrics = done.get("val_acc") or evaluate(final, job.val, lp.eval_tf, batch_size=256, device=device,
+                                                          classes=spec.classes, progress=False)
             metrics.update({"val_acc": val_metrics["top1"], "val_images": len(job.val)})
         if job.test is not None:
-            test_metrics = evaluate(final, job.test, lp.eval_tf, batch_size=256, device=device, classes=spec.classes,
-                                    progress=job.progress and job.step_bars)
+            test_metrics = done.get("test_acc") or evaluate(final, job.test, lp.eval_tf, batch_size=256, device=device,
+                                                            classes=spec.classes,
+                                                            progress=job.progress and job.step_bars)
             metrics.update({f"test_{k}" if k != "top1" else "test_acc": v for k, v in test_metrics.items()})
             if job.teacher_ckpt:
                 from .distill.fidelity import fidelity
@@ -740,18 +741,20 @@ def _finish(lp: _Loop, history: list[dict], seconds: float) -> dict[str, Any]:
     return metrics
 
 
-def _evaluate_model(lp: _Loop, model: torch.nn.Module, spec: ModelSpec) -> dict:
-    """Validation and test accuracy of one model of the job (a cohort member, the student)."""
+def _evaluate_model(lp: _Loop, model: torch.nn.Module, spec: ModelSpec) -> dict[str, dict]:
+    """Validation and test evaluations of one model of the job (a cohort member, the student), keyed
+    ``val_acc`` / ``test_acc`` (each :func:`evaluate`'s whole result; ``top1`` is the accuracy)."""
     out, job = {}, lp.job
     for key, src in (("val_acc", job.val), ("test_acc", job.test)):
         if src is not None:
             out[key] = evaluate(model, src, lp.eval_tf, batch_size=256, device=lp.device, classes=spec.classes,
-                                progress=False)["top1"]
+                                progress=False)
     return out
 
 
-def _export(lp: _Loop, metrics: dict) -> tuple[torch.nn.Module, ModelSpec]:
-    """The model the job writes as ``model.pt``: the method's choice (:meth:`DistillMethod.export_model`).
+def _export(lp: _Loop, metrics: dict) -> tuple[torch.nn.Module, ModelSpec, dict[str, dict]]:
+    """The model the job writes as ``model.pt``: the method's choice (:meth:`DistillMethod.export_model`),
+    its spec, and its evaluations when they were made here (so :func:`_finish` does not repeat them).
 
     The other full models a method trained (a DML cohort: :meth:`DistillMethod.members`) are evaluated
     and written first, each as ``members/<label>/model.pt`` with its ``metrics.json``, so every member is
@@ -759,14 +762,17 @@ def _export(lp: _Loop, metrics: dict) -> tuple[torch.nn.Module, ModelSpec]:
     job, method = lp.job, lp.final_core.method  # with EMA: the averaged members, branches, gate
     student, spec = lp.final_model, job.spec
     members = method.members()
-    member_metrics = None
+    member_metrics, evals = None, {}
     if members:
         import dataclasses
 
-        member_metrics = [{"label": "student", "model": spec.name, **_evaluate_model(lp, student, spec)}]
+        evals[id(student)] = _evaluate_model(lp, student, spec)
+        member_metrics = [{"label": "student", "model": spec.name,
+                           **{k: v["top1"] for k, v in evals[id(student)].items()}}]
         for label, model, name in members:
             m_spec = dataclasses.replace(spec, name=name)
-            m = {"label": label, "model": name, **_evaluate_model(lp, model, m_spec)}
+            evals[id(model)] = _evaluate_model(lp, model, m_spec)
+            m = {"label": label, "model": name, **{k: v["top1"] for k, v in evals[id(model)].items()}}
             member_metrics.append(m)
             d = Path(job.out_dir) / "members" / label
             write_json(d / "metrics.json", {**m, "role": job.role, "generation": job.generation})
@@ -776,7 +782,7 @@ def _export(lp: _Loop, metrics: dict) -> tuple[torch.nn.Module, ModelSpec]:
     model, out_spec = method.export_model(student, spec, member_metrics)
     if model is not student:
         metrics["exported"] = out_spec.name
-    return model, out_spec
+    return model, out_spec, evals.get(id(model), {})
 
 
 def spec_for(model_cfg: ModelConfig, data_cfg, classes: list[str]) -> ModelSpec:

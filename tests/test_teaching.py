@@ -149,6 +149,8 @@ def test_dml_cohort_trains_keeps_every_member_and_exports_the_named_one(world, t
     assert exported.spec.name == "resnet14" and metrics["exported"] == "resnet14"
     assert [m["label"] for m in metrics["members"]] == ["student", "peer1"]
     assert all("test_acc" in m for m in metrics["members"])
+    # the exported member's figures are the ones measured for it (evaluated once, not twice)
+    assert metrics["test_acc"] == metrics["members"][1]["test_acc"] and "test_confusion_matrix" in metrics
 
 
 def test_dml_best_val_exports_the_member_best_on_validation_never_test(world, tmp_path):  # noqa: F811
