@@ -11,8 +11,10 @@ few minutes (20 labels a class, 1 epoch of a few steps, 500 test images) into ``
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
@@ -22,14 +24,92 @@ QUICK_SET = {"data.labels_per_class": 20, "data.test_limit": 500, "teacher.name"
              "student.train.epochs": 1, "student.train.total_steps": 4, "student.train.warn_below_steps": 0}
 
 
+def teachers(study_dir: Path) -> list[dict]:
+    """One row per data condition's teacher: its label-noise rate and test accuracy."""
+    out = []
+    for d in sorted((study_dir / "teachers").glob("*")):
+        m, cond = d / "gen-0" / "teacher" / "metrics.json", d / "data_conditions.json"
+        if m.is_file():
+            noise = json.loads(cond.read_text()).get("label_noise", {}) if cond.is_file() else {}
+            out.append({"key": d.name, "label_noise": noise.get("rate", 0.0), "flipped": noise.get("flipped", 0),
+                        "model": json.loads(m.read_text()).get("model"),
+                        "test_acc": json.loads(m.read_text()).get("test_acc")})
+    return out
+
+
+def gains(table) -> list[dict]:
+    """Each method's mean gain over ``supervised`` at the same label noise, and whether it exceeds both
+    seed spreads (the bench-kd criterion)."""
+    noise, method = "data.label_noise.rate", "distill.method.name"
+    out = []
+    if table.empty or method not in table.columns or noise not in table.columns:
+        return out
+    for _, r in table.iterrows():
+        base = table[(table[noise] == r[noise]) & (table[method] == "supervised")]
+        if r[method] == "supervised" or base.empty:
+            continue
+        b = base.iloc[0]
+        gain = r["test_acc_mean"] - b["test_acc_mean"]
+        out.append({"label_noise": float(r[noise]), "method": r[method], "gain": float(gain),
+                    "beyond_spread": bool(abs(gain) > max(r["test_acc_std"], b["test_acc_std"]) and gain > 0)})
+    return out
+
+
+def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_stem: Path) -> dict:
+    """``<out_stem>.json`` (trials, the summary over seeds, gains over supervised, teachers) and
+    ``<out_stem>.png`` (test accuracy per method and label noise, seeds as points, teachers dashed)."""
+    from bench.common import environment, pyplot, save_figure
+    from noisystudent.io import write_json
+    from pipelines.study import summary
+
+    table = summary(rows)
+    doc = {"study": str(study_dir), "wall_seconds": wall_s, "environment": environment(),
+           "teachers": teachers(study_dir), "summary": table.to_dict(orient="records"), "gains": gains(table),
+           "trials": [{k: v for k, v in r.items() if k != "error" or v} for r in rows]}
+    write_json(out_stem.with_suffix(".json"), doc)
+    plt = pyplot()
+    done = [r for r in rows if r.get("status") == "done"]
+    methods = list(dict.fromkeys(r["distill.method.name"] for r in done))
+    levels = sorted({float(r["data.label_noise.rate"]) for r in done})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(len(methods), 1)
+    for i, m in enumerate(methods):
+        for j, lv in enumerate(levels):
+            accs = [100 * r["test_acc"] for r in done if r["distill.method.name"] == m
+                    and float(r["data.label_noise.rate"]) == lv]
+            x = j + (i - (len(methods) - 1) / 2) * width
+            ax.bar(x, sum(accs) / len(accs), width * 0.9, color=f"C{i}", label=m if j == 0 else None, alpha=0.8)
+            ax.plot([x] * len(accs), accs, "k.", ms=4)
+    for j, lv in enumerate(levels):
+        t = [100 * t["test_acc"] for t in doc["teachers"] if float(t["label_noise"]) == lv and t["test_acc"]]
+        if t:
+            ax.hlines(t[0], j - 0.45, j + 0.45, colors="gray", linestyles="--",
+                      label="teacher (same noisy labels)" if j == 0 else None)
+    ax.set_xticks(range(len(levels)), [f"label noise {lv:g}" for lv in levels])
+    lo = min([100 * r["test_acc"] for r in done] + [100 * t["test_acc"] for t in doc["teachers"]]) - 2
+    hi = max([100 * r["test_acc"] for r in done] + [100 * t["test_acc"] for t in doc["teachers"]]) + 1
+    ax.set_ylim(lo, hi)
+    ax.set_ylabel("test accuracy % (bars: mean; dots: seeds)")
+    ax.set_title("bench-study: ResNet-8 students on Fashion-MNIST (5,000 labels) under symmetric label noise")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8, loc="lower left")
+    save_figure(fig, out_stem.with_suffix(".png"))
+    return doc
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
     ap.add_argument("--ray-address", default=None)
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the JSON, figure and table from the study folder's finished trials; run nothing")
+    ap.add_argument("--out", default=None, help="JSON and figure stem (default: docs/bench-study, "
+                                                "bench/results/bench-study-quick with --quick)")
     args = ap.parse_args(argv)
-    from pipelines.study import format_summary, run_study, summary
+    from pipelines.study import collect, format_summary, run_study, summary
 
     study_file, study_dir = STUDY, Path("runs/bench_study")
+    out_stem = Path(args.out or ("bench/results/bench-study-quick" if args.quick else "docs/bench-study"))
     if args.quick:
         spec = yaml.safe_load(STUDY.read_text())
         spec["base"] = str(STUDY.parent.resolve() / spec["base"])
@@ -38,12 +118,27 @@ def main(argv=None) -> None:
         study_dir.mkdir(parents=True, exist_ok=True)
         study_file = study_dir / "study.yaml"
         study_file.write_text(yaml.safe_dump(spec, sort_keys=False))
-    t0 = time.perf_counter()
-    out = run_study(study_file, study_dir, ray_address=args.ray_address)
-    print(format_summary(summary(out["rows"])))
-    for tid, err in out["errors"].items():
+    wall = None
+    if args.report_only:
+        rows, errors = collect(study_dir), {}
+        prev = out_stem.with_suffix(".json")
+        wall = json.loads(prev.read_text()).get("wall_seconds") if prev.is_file() else None
+    else:
+        t0 = time.perf_counter()
+        out = run_study(study_file, study_dir, ray_address=args.ray_address)
+        rows, errors, wall = out["rows"], out["errors"], time.perf_counter() - t0
+    table = summary(rows)
+    print(format_summary(table))
+    for t in teachers(study_dir):
+        print(f"teacher ({t['model']}, label noise {t['label_noise']:g}): test_acc {t['test_acc']:.4f}")
+    for g in gains(table):
+        print(f"{g['method']} at label noise {g['label_noise']}: {100 * g['gain']:+.2f} points over supervised"
+              f"{' (beyond both seed spreads)' if g['beyond_spread'] else ''}")
+    for tid, err in errors.items():
         print(f"failed: {tid}: {err}")
-    print(f"{len(out['rows'])} trials in {time.perf_counter() - t0:,.0f} s -> {study_dir / 'results.parquet'}")
+    write_docs(study_dir, rows, wall, out_stem)
+    wall_txt = f" in {wall:,.0f} s" if wall is not None else ""
+    print(f"{len(rows)} trials{wall_txt} -> {study_dir / 'results.parquet'}, {out_stem}.json, {out_stem}.png")
 
 
 if __name__ == "__main__":

@@ -253,3 +253,21 @@ def test_summary_and_report_from_rows(tmp_path):
     assert "0.8550 ± 0.0071" in format_summary(table)
     page = write_report(tmp_path, rows).read_text()
     assert "<b>0.8550 ± 0.0071</b>" in page and "boom" in page and (tmp_path / "report" / "heatmap.png").is_file()
+
+
+def test_bench_study_gains_over_supervised():
+    """bench-study's verdict per method and noise level: the gain over supervised, and "beyond spread" only
+    when it is positive and larger than both seed spreads."""
+    from bench.study import gains
+    from pipelines.study import summary
+
+    rows = [{"trial": f"{m}-{n}-{s}", "status": "done", "distill.method.name": m, "data.label_noise.rate": n,
+             "seed": s, "test_acc": acc + 0.001 * s, "fidelity": 0.9, "teacher_test_acc": 0.8, "seconds": 1.0,
+             "error": None}
+            for m, n, acc in [("supervised", 0.0, 0.80), ("hinton", 0.0, 0.79), ("supervised", 0.4, 0.70),
+                              ("hinton", 0.4, 0.72), ("fitnet", 0.4, 0.7005)] for s in (0, 1)]
+    g = {(r["method"], float(r["label_noise"])): r for r in gains(summary(rows))}
+    assert set(g) == {("hinton", 0.0), ("hinton", 0.4), ("fitnet", 0.4)}
+    assert abs(g[("hinton", 0.4)]["gain"] - 0.02) < 1e-9 and g[("hinton", 0.4)]["beyond_spread"]
+    assert not g[("hinton", 0.0)]["beyond_spread"]  # a loss is never "beyond spread"
+    assert not g[("fitnet", 0.4)]["beyond_spread"]  # +0.0005 against a spread of 0.0007
