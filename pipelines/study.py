@@ -43,6 +43,7 @@ import copy
 import hashlib
 import itertools
 import json
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ from .state import RunDir
 
 TEACHER_STEP = "gen-0/teacher"
 TRIAL_STEP = "distill/student"
+# data fields holding paths: relative ones are resolved against the driver's working directory when the
+# study is loaded, because Tune runs each trial in its own working directory
+DATA_PATH_FIELDS = ("root", "labeled", "unlabeled", "test", "val")
 STUDY_KEYS = {"base", "set", "name", "grid", "random", "resources", "max_concurrent", "max_failures", "teacher"}
 
 
@@ -183,6 +187,10 @@ def load_study(path: str | Path) -> Study:
         except UserError as exc:
             raise UserError(f"study trial {overrides}: {exc}") from None
         cfg.distill.teacher = None
+        for name in DATA_PATH_FIELDS:  # a trial runs in its own working directory (and maybe on another node)
+            value = getattr(cfg.data, name)
+            if value and not Path(value).is_absolute():
+                setattr(cfg.data, name, os.path.abspath(value))
         if resources.get("gpu", 0) == 0 and cfg.device == "auto":
             cfg.device = "cpu"
         return to_dict(cfg)

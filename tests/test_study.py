@@ -111,6 +111,18 @@ def test_study_expands_grid_and_shares_teachers(tmp_path, require_fmnist):
     assert "temperature" not in sup.cfg["distill"]["method"]  # the base method's params are dropped
 
 
+def test_study_resolves_relative_data_paths_on_the_driver(tmp_path, require_fmnist, monkeypatch):
+    """A trial runs in Tune's working directory, so ``data.root: fm`` (relative to where the study was
+    started) reaches every trial as an absolute path."""
+    from pipelines.study import load_study
+
+    (tmp_path / "fm").symlink_to(require_fmnist)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.yaml").write_text(STUDY.format(root="fm"))
+    s = load_study(tmp_path / "study.yaml")
+    assert {t.cfg["data"]["root"] for t in s.trials} == {str(tmp_path / "fm")}
+
+
 @pytest.mark.slow
 def test_study_runs_on_tune_and_resumes_without_repeating(tmp_path, require_fmnist, ray_session):
     import pandas as pd
