@@ -25,7 +25,7 @@ help:
 	@echo "make bench-kd-online dml, one, bss and hinton under the four teaching settings, same protocol (~1 h)"
 	@echo "make bench-patience  accuracy vs steps for fixed / consistent / function_matching teaching (~1 h)"
 	@echo "make bench-anomaly   STPM anomaly detection per Fashion-MNIST class: synthetic defects with masks and the other"
-	@echo "                     classes, image and pixel AUROC (~1 h on 2 idle cores; python -m bench.anomaly --quick: minutes)"
+	@echo "                     classes, image and pixel AUROC (39 min on 2 cores; python -m bench.anomaly --quick: minutes)"
 	@echo "make bench-scale     label and select 10^5, 10^6 and 3x10^6 synthetic images, student epochs over 10^5 and 10^6:"
 	@echo "                     driver and actor memory, img/s, docs/bench-scale.json/.png (~20 min on 2 busy cores;"
 	@echo "                     python -m bench.scale --quick: minutes)"
