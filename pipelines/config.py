@@ -37,6 +37,7 @@ from noisystudent.errors import ConfigError
 __all__ = ["ExperimentConfig", "PseudoLabelConfig", "RayConfig", "StudentConfig", "config_from_dict", "dump_config",
            "load_config", "to_dict"]
 
+
 @dataclass
 class PseudoLabelConfig:
     """How the teacher labels unlabeled images and which labels the student sees.
