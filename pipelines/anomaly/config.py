@@ -139,7 +139,7 @@ def _check(cfg: AnomalyConfig) -> AnomalyConfig:
     if d.kind == "folder" and not d.train:
         raise ConfigError("data.train", "is required when data.kind is folder (a folder of normal images)")
     if d.kind == "fashion_mnist":
-        from ..data.fashion_mnist import CLASSES
+        from noisystudent.data.fashion_mnist import CLASSES
 
         if d.normal_class not in CLASSES:
             raise ConfigError("data.normal_class", f"must name a Fashion-MNIST class ({', '.join(CLASSES)}); "
@@ -154,7 +154,7 @@ def _check(cfg: AnomalyConfig) -> AnomalyConfig:
                           "give exactly one of teacher.checkpoint (a model.pt of this project) and teacher.weights "
                           "(a torchvision state dict file)")
     if t.weights:
-        from ..models import is_model, list_models
+        from noisystudent.models import is_model, list_models
 
         if not t.model:
             raise ConfigError("teacher.model", "names the architecture of teacher.weights (e.g. resnet18)")
