@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-
 CONVERGED = "oracle-converged"
 
 
@@ -137,8 +136,8 @@ def main() -> None:
     run_dir = Path(args.run_dir)
     t0 = time.perf_counter()
 
-    from noisystudent.config import load_config
     from noisystudent.errors import UserError
+    from pipelines.config import load_config
     from pipelines.loop import converged_oracle, converged_oracle_dir, run_all, train_converged_oracle
     from pipelines.state import RunDir
 

@@ -64,7 +64,7 @@ QUICK = Sizes("quick", "resnet8", 1, 1200, (0, 1), 2, 2000, 30)
 
 
 def teacher_config(sizes: Sizes, device: str, root: str):
-    from noisystudent.config import config_from_dict
+    from pipelines.config import config_from_dict
 
     return config_from_dict({
         "name": "bench_anomaly_teacher", "device": device, "seed": 0,
@@ -94,8 +94,8 @@ def train_teacher(sizes: Sizes, device: str, root: str, cache: Path, progress: b
 
 
 def detector_config(sizes: Sizes, c: int, teacher: Path, device: str, root: str):
-    from noisystudent.anomaly import anomaly_config_from_dict
     from noisystudent.data.fashion_mnist import CLASSES
+    from pipelines.anomaly.config import anomaly_config_from_dict
 
     return anomaly_config_from_dict({
         "name": f"fmnist-{c}", "device": device, "seed": 0,

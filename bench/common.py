@@ -153,8 +153,8 @@ def fashion_mnist(labels_per_class: int):
     ``labels_per_class`` x 10 labeled images and *all* the rest (60,000 minus those) unlabeled."""
     import yaml
 
-    from noisystudent.config import config_from_dict
     from noisystudent.data import create_data
+    from pipelines.config import config_from_dict
 
     data = yaml.safe_load(CONFIG_FILE.read_text(encoding="utf-8"))
     data["data"]["labels_per_class"] = labels_per_class

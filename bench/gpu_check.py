@@ -55,8 +55,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from noisystudent.checkpoint import Checkpoint, ModelSpec  # noqa: E402
-from noisystudent.config import ModelConfig, NoiseConfig, StudentConfig, TrainConfig  # noqa: E402
+from noisystudent.config import ModelConfig, NoiseConfig, TrainConfig
 from noisystudent.data.base import ImageSource  # noqa: E402
+from pipelines.config import StudentConfig  # noqa: E402
 
 CLASSES = [f"class{i}" for i in range(10)]
 #: (model, image size, channels) for the labeling rows
@@ -661,7 +662,7 @@ def methods(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
         from noisystudent.anomaly.detector import Detector
 
         out, j = job("stpm", "auto", arch=name)
-        m = run_training(j)
+        run_training(j)
         losses = _finite_history(out)
         ours = last_epoch_rate(out)
         add_row("methods", f"{name} <- {name}, stpm ({auto_name}) vs bare KD loop (resnet26 teacher)", ours, base.get("kd"), "")

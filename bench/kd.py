@@ -71,7 +71,7 @@ QUICK = Sizes(labels_per_class=100, teacher_epochs=3, student_epochs=2, seeds=1,
 
 def base_config(sizes: Sizes, teacher_model: str = "resnet26", device: str = "auto"):
     """The benchmark's config: the shipped distillation config at the benchmark's sizes, trained in-process."""
-    from noisystudent.config import load_config
+    from pipelines.config import load_config
 
     return load_config(CONFIG, {
         "name": "bench_kd", "device": device,
@@ -128,7 +128,8 @@ def train_teacher(cfg, cache_root: str | Path, progress: bool = True) -> tuple[P
 def student_config(cfg, student: str, method: str, seed: int, teacher_ckpt: Path):
     """``cfg`` for one student run: its model, method (``name`` or ``name@teaching``) and seed; the teacher
     always given (fidelity)."""
-    from noisystudent.config import config_from_dict, to_dict
+    from noisystudent.config import to_dict
+    from pipelines.config import config_from_dict
 
     d = to_dict(cfg)
     rung = dict(d["student"]["ladder"][0], name=student)

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-
 EXAMPLE = Path(__file__).resolve().parent.parent / "configs" / "imagefolder_example.yaml"
 FMNIST = Path(os.environ.get("NOISYSTUDENT_FMNIST", "/usr/share/datasets/fashion-mnist"))
 PATH_FIELDS = ("labeled", "unlabeled", "test")
@@ -71,7 +70,7 @@ def export_fashion_mnist_folder(out: str | Path, root: str | Path = FMNIST, labe
 
 def example_config(paths: dict[str, str], sets: Optional[dict] = None):
     """``configs/imagefolder_example.yaml`` with only its data paths replaced (and ``sets``, for tests)."""
-    from noisystudent.config import load_config
+    from pipelines.config import load_config
 
     return load_config(EXAMPLE, {**{f"data.{k}": v for k, v in paths.items()}, **(sets or {})})
 

@@ -176,7 +176,7 @@ def bench_workers(cfg: Any, bundle: Any, sizes: Sizes, threads: int, worker_coun
     """
     import ray
 
-    from noisystudent.config import RayConfig
+    from pipelines.config import RayConfig
     from pipelines.train_ray import train
 
     images = bundle.labeled.load_all()

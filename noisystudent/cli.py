@@ -49,7 +49,7 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _load(config: str, sets: tuple[str, ...] = (), **flags: Any):
-    from .config import load_config
+    from pipelines.config import load_config
 
     overrides = _parse_sets(sets)
     overrides.update({k: v for k, v in flags.items() if v is not None})
@@ -473,7 +473,7 @@ def anomaly() -> None:
 @_user_errors
 def anomaly_train(config, run_dir, force, sets, ray_address, workers, gpus_per_worker, quiet):
     """Train an STPM detector from CONFIG (an anomaly config file) into RUN_DIR; run again to resume."""
-    from .anomaly.config import load_anomaly_config
+    from pipelines.anomaly.config import load_anomaly_config
 
     overrides = _parse_sets(sets)
     overrides.update({k: v for k, v in {"ray.address": ray_address, "ray.workers": workers,
@@ -561,9 +561,9 @@ def doctor() -> None:
     found = (root / "train-images-idx3-ubyte.gz").is_file()
     line("fashion-mnist", f"{root} ({'found' if found else 'missing: apt-get install dataset-fashion-mnist'})")
     try:
-        from pipelines.ray_runtime import init_ray, reap_orphans
-
         import ray
+
+        from pipelines.ray_runtime import init_ray, reap_orphans
 
         reaped = reap_orphans()
         if reaped:

@@ -1,9 +1,14 @@
-"""Experiment configuration: one YAML file validated into dataclasses.
+"""Configuration of the core: data, models, noise, training jobs and distillation, and the validator.
 
 Why dataclasses and a hand-written validator instead of a schema library: the stack is fixed by the
 user (no pydantic), and the rules are few: every key must be known, every value must have the declared
 type, numbers must lie in their range. Errors raise :class:`ConfigError` naming the dotted field
 (``student.ladder[1].drop_path_rate``), which the CLI prints as one line with exit code 2.
+
+The sections here are what one training job needs. The experiment file a user writes (one YAML: these
+sections plus the generation loop's ``student`` ladder and promotion, ``pseudo_labels`` and ``ray``) is
+:class:`pipelines.config.ExperimentConfig`, validated by the same :func:`_build`: the core knows no
+generations and no Ray.
 
 CLI flags override the file (``apply_overrides``), never the reverse; the resolved config is frozen into
 the run folder as ``config.yaml`` at the first step.
@@ -157,25 +162,6 @@ class DataConfig:
     imbalance: Optional[ImbalanceConfig] = None
 
 
-@dataclass
-class PseudoLabelConfig:
-    """How the teacher labels unlabeled images and which labels the student sees.
-
-    ``per_class``: the paper's balancing K; classes with fewer than K selected images are duplicated up
-    to K, classes with more keep their K most confident. ``None`` keeps the filtered set unbalanced;
-    ``0`` means auto: K = number of selected images / number of classes.
-    """
-
-    temperature: float = field(default=1.0, metadata=_range(0, 100, lo_open=True))
-    topk: Optional[int] = field(default=None, metadata=_range(1))
-    soft: bool = True
-    threshold: float = field(default=0.0, metadata=_range(0, 1))
-    per_class: Optional[int] = field(default=0, metadata=_range(0))
-    batch_size: int = field(default=512, metadata=_range(1))
-    num_actors: int = field(default=1, metadata=_range(1, 1024))
-    num_gpus_per_actor: float = field(default=0.0, metadata=_range(0, 8))
-    num_cpus_per_actor: float = field(default=1.0, metadata=_range(0, 256))
-
 
 @dataclass
 class TeachingConfig:
@@ -199,57 +185,6 @@ class TeachingConfig:
     teacher_image_size: Optional[int] = field(default=None, metadata=_range(8, 4096))
 
 
-@dataclass
-class StudentConfig:
-    """The noised student and the generation loop."""
-
-    generations: int = field(default=3, metadata=_range(0, 100))
-    ladder: list[ModelConfig] = field(default_factory=lambda: [ModelConfig(name="resnet20", drop_rate=0.3, drop_path_rate=0.1)])
-    train: TrainConfig = field(default_factory=TrainConfig)
-    ratio: float = field(default=3.0, metadata=_range(0, 1000))
-    loss: Literal["soft", "hard", "hinton"] = "soft"
-    temperature: float = field(default=1.0, metadata=_range(0, 100, lo_open=True))
-    alpha: float = field(default=0.5, metadata=_range(0, 1))
-    unlabeled_weight: float = field(default=1.0, metadata=_range(0, 1000))
-    finetune_epochs: int = field(default=0, metadata=_range(0, 10_000))
-    finetune_lr: float = field(default=0.01, metadata=_range(0, 10, lo_open=True))
-    # which model teaches generation g + 1: `always` the student of g; `if_better` the student only when
-    # its validation accuracy is at least its teacher's, else that teacher again (the student is kept
-    # and reported). Without validation data if_better promotes the student and says so
-    promote: Literal["always", "if_better"] = "if_better"
-    # below 1: if_better refuses a student below its teacher only when it is significantly worse (one-sided
-    # exact McNemar test on the same validation images, p < promote_alpha); 1 refuses every such student
-    promote_alpha: float = field(default=1.0, metadata=_range(0, 1))
-    # distillation method of every rung ({name, ...params}; `noisystudent methods` lists them). null: the
-    # Noisy Student loss of `loss`, `temperature`, `alpha`, `unlabeled_weight` above (older configs)
-    method: Optional[dict] = field(default=None, metadata={"method": True})
-    # what an online teacher sees (methods with an online teacher only; offline labels are `fixed`)
-    teaching: TeachingConfig = field(default_factory=TeachingConfig)
-
-    def method_for(self, rung: "ModelConfig") -> dict:
-        """The resolved method of a ladder rung: its own, else this section's, else ``noisy_student``."""
-        from .distill import resolve_method_config
-
-        if rung.method is not None:
-            return rung.method
-        if self.method is not None:
-            return self.method
-        return resolve_method_config({"name": "noisy_student", "mode": self.loss, "temperature": self.temperature,
-                                      "alpha": self.alpha, "unlabeled_weight": self.unlabeled_weight}, "student.method")
-
-
-@dataclass
-class RayConfig:
-    address: Optional[str] = None
-    num_cpus: Optional[int] = field(default=None, metadata=_range(1))
-    # 0 trains in the driver process; N >= 1 trains on Ray Train with N workers (DDP when N > 1)
-    workers: int = field(default=1, metadata=_range(0, 4096))
-    gpus_per_worker: float = field(default=0.0, metadata=_range(0, 8))
-    max_failures: int = field(default=1, metadata=_range(-1, 1000))
-    # torch threads of each Ray Train worker (torch.set_num_threads); null: Ray's OMP_NUM_THREADS, the
-    # worker's CPUs. 1: on 2 cores with another job running, 2 threads collapse in OpenMP barriers
-    torch_threads: Optional[int] = field(default=1, metadata=_range(1, 1024))
-
 
 @dataclass
 class DistillConfig:
@@ -263,30 +198,6 @@ class DistillConfig:
     # what the online teacher sees: fixed, independent, consistent (default) or function_matching
     teaching: TeachingConfig = field(default_factory=TeachingConfig)
 
-
-@dataclass
-class ExperimentConfig:
-    name: str = "experiment"
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    data: DataConfig = field(default_factory=DataConfig)
-    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(name="resnet14"))
-    teacher_train: TrainConfig = field(default_factory=TrainConfig)
-    pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    # the all-labels oracle sees ~60x more images per epoch than the teacher; it gets its own budget
-    oracle_epochs: int = field(default=5, metadata=_range(1, 10_000))
-    # the converged oracle of the accuracy benchmark: the same model and labels, trained to convergence
-    oracle_converged_epochs: int = field(default=30, metadata=_range(1, 10_000))
-
-    def student_model(self, generation: int) -> ModelConfig:
-        """The ladder's model for ``generation`` (1-based); the last rung repeats for later generations."""
-        if generation < 1:
-            raise ValueError("students start at generation 1")
-        ladder = self.student.ladder
-        return ladder[min(generation, len(ladder)) - 1]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,7 +219,9 @@ def _convert(value: Any, tp: Any, name: str, meta: dict) -> Any:
     if value is None:
         raise ConfigError(name, f"must be {_type_name(tp)}, got null")
     if meta.get("method"):
-        from .distill import resolve_method_config  # local import: the registry imports torch
+        from .distill import (
+            resolve_method_config,  # local import: the registry imports torch
+        )
 
         return resolve_method_config(value, name)
     if origin is Literal:
@@ -363,93 +276,49 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _check(cfg: ExperimentConfig) -> ExperimentConfig:
-    d = cfg.data
+
+def check_data(d: DataConfig, prefix: str = "data") -> None:
+    """Cross-field rules of a data section (one message naming the field)."""
     n = d.in_chans
     if len(d.mean) != n:
-        raise ConfigError("data.mean", f"needs {n} value(s) for in_chans={n}, got {len(d.mean)}")
+        raise ConfigError(f"{prefix}.mean", f"needs {n} value(s) for in_chans={n}, got {len(d.mean)}")
     if len(d.std) != n:
-        raise ConfigError("data.std", f"needs {n} value(s) for in_chans={n}, got {len(d.std)}")
+        raise ConfigError(f"{prefix}.std", f"needs {n} value(s) for in_chans={n}, got {len(d.std)}")
     if any(s <= 0 for s in d.std):
-        raise ConfigError("data.std", "values must be > 0")
+        raise ConfigError(f"{prefix}.std", "values must be > 0")
     if d.kind in ("folder", "manifest"):
         for key in ("labeled", "test"):
             if not getattr(d, key):
-                raise ConfigError(f"data.{key}", f"is required when data.kind is {d.kind}")
+                raise ConfigError(f"{prefix}.{key}", f"is required when data.kind is {d.kind}")
     if d.kind == "fashion_mnist" and d.val:
-        raise ConfigError("data.val", "fashion_mnist holds out data.val_fraction of labels_per_class; "
-                                      "a val folder or manifest needs kind folder or manifest")
+        raise ConfigError(f"{prefix}.val", "fashion_mnist holds out data.val_fraction of labels_per_class; "
+                                           "a val folder or manifest needs kind folder or manifest")
     if d.kind == "fashion_mnist" and d.labels_per_class is None:
-        raise ConfigError("data.labels_per_class", "is required for fashion_mnist (use 6000 for all labels)")
-    if not cfg.student.ladder:
-        raise ConfigError("student.ladder", "needs at least one model")
-    for where, t in (("teacher_train", cfg.teacher_train), ("student.train", cfg.student.train)):
-        if t.total_steps is not None and t.total_steps < t.epochs:
-            raise ConfigError(f"{where}.total_steps", f"is split into {where}.epochs={t.epochs} rounds and must be "
-                                                      f">= it, got {t.total_steps}")
-    from .models import is_model, list_families, list_models  # local import: models import torch
-
-    for name, mc in [("teacher.name", cfg.teacher)] + [
-        (f"student.ladder[{i}].name", m) for i, m in enumerate(cfg.student.ladder)
-    ]:
-        if not is_model(mc.name):
-            fams = ", ".join(list_families())
-            raise ConfigError(name, f"unknown model {mc.name!r}; known: {', '.join(list_models())}"
-                              + (f" (and the families {fams})" if fams else ""))
-    from .distill import resolve_method_config
-
-    cfg.distill.method = resolve_method_config(cfg.distill.method, "distill.method")  # defaults filled in
-    pl_t = cfg.pseudo_labels.temperature
-    methods = [("student.method", cfg.student.method), ("distill.method", cfg.distill.method)] + [
-        (f"student.ladder[{i}].method", m.method) for i, m in enumerate(cfg.student.ladder)]
-    for where, m in methods:
-        if m and m.get("name") == "hinton" and m.get("source") == "offline" and m["temperature"] != pl_t:
-            raise ConfigError(f"{where}.temperature", f"offline hinton reads probabilities stored at "
-                              f"pseudo_labels.temperature={pl_t:g}; set both to the same value, got {m['temperature']:g}")
-    return cfg
+        raise ConfigError(f"{prefix}.labels_per_class", "is required for fashion_mnist (use 6000 for all labels)")
 
 
-def _inherit_teacher_noise(data: dict) -> dict:
-    """Ladder rungs start from the teacher's noise: every ``noise`` field a rung does not set is the
-    teacher's (as resolved: the teacher's own fields over the defaults), so a rung never re-enables what
-    the user turned off for the teacher (``hflip: false`` on images that are not mirror-symmetric).
-
-    The default ladder (no ``student.ladder`` given) inherits the same way. Works on the raw mapping,
-    before validation, because only there is it known which fields a rung set."""
-    teacher = data.get("teacher") if isinstance(data.get("teacher"), dict) else {}
-    noise = teacher.get("noise", {}) if teacher.get("noise") is not None else {}
-    student = data.get("student") if isinstance(data.get("student"), dict) else None
-    if not isinstance(noise, dict):
-        return data  # validation names teacher.noise
-    base = dataclasses.asdict(_build(NoiseConfig, noise, "teacher.noise"))
-    data = dict(data)
-    if student is None or "ladder" not in student:
-        ladder = [{**dataclasses.asdict(m), "noise": None} for m in StudentConfig().ladder]
-    else:
-        ladder = student["ladder"]
-    if not isinstance(ladder, list):
-        return data  # validation names student.ladder
-    rungs = []
-    for rung in ladder:
-        if isinstance(rung, dict) and (rung.get("noise") is None or isinstance(rung.get("noise"), dict)):
-            rung = {**rung, "noise": {**base, **(rung.get("noise") or {})}}
-        rungs.append(rung)
-    data["student"] = {**(student or {}), "ladder": rungs}
-    return data
+def check_train(t: TrainConfig, where: str) -> None:
+    if t.total_steps is not None and t.total_steps < t.epochs:
+        raise ConfigError(f"{where}.total_steps", f"is split into {where}.epochs={t.epochs} rounds and must be "
+                                                  f">= it, got {t.total_steps}")
 
 
-def config_from_dict(data: dict) -> ExperimentConfig:
-    """Validate a config mapping (a loaded YAML file) into an :class:`ExperimentConfig`.
+def check_model(mc: ModelConfig, where: str) -> None:
+    """``where`` (e.g. ``teacher.name``) names a model :func:`noisystudent.models.create_model` builds."""
+    from .models import (  # local import: models import torch
+        is_model,
+        list_families,
+        list_models,
+    )
 
-    Ladder rungs inherit the teacher's noise fields they do not set (:func:`_inherit_teacher_noise`)."""
-    data = data or {}
-    if isinstance(data, dict):
-        data = _inherit_teacher_noise(data)
-    return _check(_build(ExperimentConfig, data, ""))
+    if not is_model(mc.name):
+        fams = ", ".join(list_families())
+        raise ConfigError(where, f"unknown model {mc.name!r}; known: {', '.join(list_models())}"
+                          + (f" (and the families {fams})" if fams else ""))
 
 
-def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> ExperimentConfig:
-    """Read, override and validate a config file. Raises :class:`UserError` on any problem."""
+def read_mapping(path: str | Path) -> dict:
+    """A YAML file that must hold a mapping; :class:`UserError` naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
@@ -459,8 +328,7 @@ def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) ->
         raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError("<root>", f"{path} must hold a mapping")
-    data = apply_overrides(data, overrides or {})
-    return config_from_dict(data)
+    return data
 
 
 def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
@@ -482,9 +350,10 @@ def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
     return data
 
 
-def to_dict(cfg: ExperimentConfig) -> dict:
+def to_dict(cfg: Any) -> dict:
+    """A config dataclass as plain data (what ``config.yaml`` holds)."""
     return dataclasses.asdict(cfg)
 
 
-def dump_config(cfg: ExperimentConfig) -> str:
+def dump_config(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

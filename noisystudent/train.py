@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 import pandas as pd
@@ -27,14 +27,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoint, ModelSpec, checkpoint_id, load_checkpoint, safe_load, save_checkpoint, to_plain
-from .config import ModelConfig, StudentConfig, TrainConfig
+from .config import ModelConfig, TrainConfig
 from .data import ImageSource
 from .data.torch_dataset import SourceDataset, collate_skip_none
-from .evaluate import evaluate
 from .distill.base import Batch, DistillMethod, Outputs
 from .distill.teacher import OnlineTeacher
 from .distill.teaching import Teaching
 from .errors import BudgetWarning, PseudoLabelWarning, UserError
+from .evaluate import evaluate
 from .io import atomic_path, write_json, write_text
 from .transforms import create_transform
 
@@ -98,6 +98,18 @@ class TrainHooks:
     warn_budget: bool = True
 
 
+class StudentMix(Protocol):
+    """What a student job reads of the experiment's ``student`` section (:class:`pipelines.config.StudentConfig`):
+    how many pseudo-labeled images join each labeled one, the optional labeled fine-tune, and the method of
+    a model. A protocol, so that the core knows these knobs and not the generation loop they sit in."""
+
+    ratio: float
+    finetune_epochs: int
+    finetune_lr: float
+
+    def method_for(self, rung: ModelConfig) -> dict: ...
+
+
 @dataclass
 class TrainJob:
     """Inputs of one training job."""
@@ -109,7 +121,7 @@ class TrainJob:
     out_dir: Path
     test: Optional[ImageSource] = None
     pseudo: Optional[PseudoLabeledSet] = None
-    student: Optional[StudentConfig] = None
+    student: Optional[StudentMix] = None  # the student section when pseudo-labels are mixed in
     seed: int = 0
     device: str = "auto"
     generation: int = 0

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from noisystudent.config import ExperimentConfig
+from pipelines.config import ExperimentConfig
 
 from . import steps
 from .state import RunDir, step_name
@@ -136,7 +136,8 @@ def converged_oracle_config(cfg: ExperimentConfig) -> ExperimentConfig:
     image (Fashion-MNIST: all 60,000), trained ``oracle_converged_epochs`` with ``teacher_train``'s
     optimizer and warmup + cosine schedule. Fields that do not shape this model stay at their defaults, so
     any run of the same benchmark finds the same oracle."""
-    from noisystudent.config import StudentConfig, TrainConfig, config_from_dict, to_dict
+    from noisystudent.config import TrainConfig, to_dict
+    from pipelines.config import StudentConfig, config_from_dict
 
     model = cfg.student.ladder[-1]
     epochs = cfg.oracle_converged_epochs

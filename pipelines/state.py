@@ -19,9 +19,10 @@ from typing import Any, Optional
 
 import yaml
 
-from noisystudent.config import ExperimentConfig, config_from_dict, dump_config, to_dict
+from noisystudent.config import dump_config, to_dict
 from noisystudent.errors import UserError
 from noisystudent.io import read_json, sha256_file, write_json, write_text
+from pipelines.config import ExperimentConfig, config_from_dict
 
 # Fields that may change between calls on the same run: where Ray runs, how many generations to go, and
 # the converged oracle's epochs (that oracle is cached outside the run, under a name that carries them).

@@ -52,9 +52,10 @@ from typing import Any, Optional
 
 import yaml
 
-from noisystudent.config import ExperimentConfig, config_from_dict, to_dict
+from noisystudent.config import to_dict
 from noisystudent.errors import ConfigError, UserError
 from noisystudent.io import read_json, write_json
+from pipelines.config import ExperimentConfig, config_from_dict
 
 from .state import RunDir
 

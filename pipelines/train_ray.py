@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from noisystudent.config import RayConfig
 from noisystudent.errors import UserError
 from noisystudent.io import read_json
 from noisystudent.train import TrainHooks, TrainJob, run_training, warn_budget
+from pipelines.config import RayConfig
 
 
 class _QuietRayTrainInfo(logging.Filter):

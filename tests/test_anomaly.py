@@ -21,13 +21,11 @@ from PIL import Image
 from noisystudent.anomaly import (
     Detector,
     add_defect,
-    anomaly_config_from_dict,
     auroc,
     choose_threshold,
     combine_maps,
     decode_map,
     encode_map,
-    load_anomaly_config,
     pixel_auroc,
     roc_curve,
     score_source,
@@ -38,6 +36,7 @@ from noisystudent.data.array import ArraySource
 from noisystudent.distill.methods.stpm import stpm_loss, stpm_stage_maps
 from noisystudent.errors import ConfigError, UserError
 from noisystudent.models import create_model
+from pipelines.anomaly.config import anomaly_config_from_dict, load_anomaly_config
 from pipelines.anomaly.score import read_scores, score_images
 from pipelines.anomaly.train import load_detector, train_detector
 

@@ -9,8 +9,9 @@ import yaml
 from click.testing import CliRunner
 
 from noisystudent.cli import main
-from noisystudent.config import ExperimentConfig, apply_overrides, config_from_dict, load_config
+from noisystudent.config import apply_overrides
 from noisystudent.errors import ConfigError, UserError
+from pipelines.config import ExperimentConfig, config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from noisystudent.config import RayConfig, config_from_dict
 from noisystudent.data import create_data
 from noisystudent.train import TrainJob, spec_for
+from pipelines.config import RayConfig, config_from_dict
 from pipelines.train_ray import train
 
 

@@ -249,7 +249,7 @@ def test_a_last_pt_whose_ema_covered_the_student_only_still_resumes(world, tmp_p
 def test_two_ray_train_workers_kill_and_resume(world, tmp_path, ray_session, name):  # noqa: F811
     """Under DDP: ONE's branches and gate are synchronised with the student (each used every step), BSS's
     workers append their own numbers of adversarial rows; a worker failure resumes from the checkpoint."""
-    from noisystudent.config import RayConfig
+    from pipelines.config import RayConfig
     from pipelines.train_ray import train
 
     method = {"name": name, "export": "ensemble"} if name == "one" else {"name": name}

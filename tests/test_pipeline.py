@@ -15,12 +15,12 @@ import yaml
 from click.testing import CliRunner
 
 from noisystudent.cli import main
-from noisystudent.config import config_from_dict
 from noisystudent.errors import UserError
 from pipelines import steps
-from pseudo_labels import read_labels
+from pipelines.config import config_from_dict
 from pipelines.loop import converged_oracle, converged_oracle_dir, run_all, train_converged_oracle
 from pipelines.state import RunDir, step_name
+from pseudo_labels import read_labels
 
 
 def tiny(**over) -> dict:
@@ -290,7 +290,7 @@ def test_ray_train_worker_applies_torch_threads(monkeypatch):
 
     import pipelines.ray_runtime
     import pipelines.train_ray as tr
-    from noisystudent.config import RayConfig
+    from pipelines.config import RayConfig
 
     seen = {}
 

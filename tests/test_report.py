@@ -49,7 +49,7 @@ def real_run(tmp_path_factory, ray_session, fmnist_available) -> Path:
     """A finished one-generation run made by ``pipelines.loop.run_all`` (about 15 s on 2 cores)."""
     if not fmnist_available:
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    from noisystudent.config import config_from_dict
+    from pipelines.config import config_from_dict
     from pipelines.loop import run_all
 
     root = tmp_path_factory.mktemp("report") / "run"

@@ -4,7 +4,6 @@ selection and per-batch targets, on real PNGs, real tar and Parquet shards, real
 from __future__ import annotations
 
 import io
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -13,13 +12,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_png_folder
 
 from noisystudent.data.streaming import StreamSource
 from noisystudent.errors import ConfigError, ImageDecodeError, UserError
 from pseudo_labels import LabelMetadata, probs_to_table, read_labels, read_selection, write_shard
 from pseudo_labels.select import select_pseudo_labels
 from pseudo_labels.selection_io import select_folder
-from conftest import write_png_folder
 
 CORRUPT = {"a/zz_garbage.png": b"this is not a png at all", "b/zz_empty.png": b""}
 
@@ -299,8 +298,8 @@ def test_selection_targets_read_shard_by_shard_equal_the_whole_table_read(fmnist
 
 
 def test_streaming_config_keys_are_validated(tmp_path, image_world):
-    from noisystudent.config import config_from_dict
     from noisystudent.data import create_data
+    from pipelines.config import config_from_dict
 
     with pytest.raises(ConfigError, match="data.unlabeled_format"):
         config_from_dict({"data": {"unlabeled_format": "tfrecord"}})
@@ -323,9 +322,9 @@ def test_streaming_config_keys_are_validated(tmp_path, image_world):
 def test_student_reads_the_selection_of_a_streaming_source(image_world, tmp_path):
     """pseudo_set's path for streaming sources: the selected ids of manifest shards / folder partitions open as
     files (ids in one Arrow array); WebDataset and Parquet-bytes selections are refused naming the field."""
+    from noisystudent.train import PseudoLabeledSet
     from pipelines.steps import selected_source
     from pseudo_labels.selection_io import read_selection_arrow, topk_arrays
-    from noisystudent.train import PseudoLabeledSet
 
     w = image_world
     for fmt, location in (("manifest_shards", w["manifests"]), ("folder_partitions", w["root"])):

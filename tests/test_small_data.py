@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from noisystudent.config import DataConfig, TrainConfig, config_from_dict, load_config, to_dict
+from noisystudent.config import DataConfig, TrainConfig, to_dict
 from noisystudent.errors import BudgetWarning, ConfigError, PromotionWarning, PseudoLabelWarning
+from pipelines.config import config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,9 +59,8 @@ def _folder_job(cfg, role="teacher"):
 
 def test_example_config_reads_the_folder_and_plans_enough_steps(fmnist_folder):
     """The shipped example, paths only changed: 8 training + 2 validation images a class, 600 teacher steps."""
-    from noisystudent.train import budget_warning, plan_steps
-
     from bench.small import example_config
+    from noisystudent.train import budget_warning, plan_steps
 
     cfg = example_config(fmnist_folder)
     job, data = _folder_job(cfg)
@@ -82,9 +82,8 @@ def test_example_config_reads_the_folder_and_plans_enough_steps(fmnist_folder):
 
 def test_under_budget_job_warns_before_it_starts(fmnist_folder, tmp_path, one_thread):
     """A real (2-step) teacher job on the folder warns before its first epoch, and once."""
-    from noisystudent.train import TrainHooks, run_training
-
     from bench.small import example_config
+    from noisystudent.train import TrainHooks, run_training
 
     cfg = example_config(fmnist_folder, {"teacher_train.min_steps": 0, "teacher_train.epochs": 2, "teacher.name": "resnet8",
                                          "data.image_size": 16})
@@ -108,12 +107,11 @@ def test_if_better_keeps_the_teacher_when_the_student_is_worse(fmnist_folder, tm
     which model taught each generation and why."""
     from click.testing import CliRunner
 
+    from bench.small import example_config
     from noisystudent.cli import main
     from pipelines.loop import run_all, status_rows
     from pipelines.report import build_report
     from pipelines.state import RunDir
-
-    from bench.small import example_config
 
     cfg = example_config(fmnist_folder, {
         "data.image_size": 16, "teacher.name": "resnet8", "teacher_train.min_steps": 60, "teacher_train.epochs": 2,

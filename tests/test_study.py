@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from noisystudent.config import config_from_dict
 from noisystudent.data import create_data
 from noisystudent.data.conditions import FASHION_MNIST_ASYMMETRIC, flip_labels, long_tail_counts, long_tail_keep
+from pipelines.config import config_from_dict
 
 
 @pytest.mark.parametrize("kind", ["symmetric", "asymmetric"])

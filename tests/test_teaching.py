@@ -9,16 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_distill import DATA, student_job, world  # noqa: F401  (the module-scoped teacher fixture)
 
 from noisystudent.checkpoint import load_checkpoint
 from noisystudent.distill.base import Batch
 from noisystudent.distill.teaching import PairTransform, Teaching, mix, mixup_plan
 from noisystudent.errors import ConfigError
-from noisystudent.config import config_from_dict
 from noisystudent.train import TrainHooks, _resume, _setup, run_training
 from noisystudent.transforms import create_transform
-
-from test_distill import DATA, student_job, world  # noqa: F401  (the module-scoped teacher fixture)
+from pipelines.config import config_from_dict
 
 MODES = ["fixed", "independent", "consistent", "function_matching"]
 
@@ -195,7 +194,7 @@ def test_dml_config_errors_name_the_field():
 
 
 def test_dml_cohort_and_paired_views_on_two_ray_train_workers(world, tmp_path, ray_session):  # noqa: F811
-    from noisystudent.config import RayConfig
+    from pipelines.config import RayConfig
     from pipelines.train_ray import train
 
     metrics = train(job_with(world, tmp_path / "dml", {"name": "dml", "export": "student"}, epochs=2, steps_per_epoch=3),
@@ -213,7 +212,7 @@ def test_dml_cohort_and_paired_views_on_two_ray_train_workers(world, tmp_path, r
 def test_born_again_preset_runs_a_generation_with_its_teacher_online(tmp_path, ray_session, require_fmnist):
     """The shipped preset with its sizes cut down: an equal-size student learns from the generation-0
     teacher run online (hinton), on labeled images only."""
-    from noisystudent.config import load_config
+    from pipelines.config import load_config
     from pipelines.loop import run_all
 
     preset = load_config("configs/born_again_fashion_mnist.yaml")

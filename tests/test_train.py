@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from noisystudent.checkpoint import load_checkpoint, save_checkpoint
-from noisystudent.config import config_from_dict
 from noisystudent.data import create_data
 from noisystudent.errors import UserError
 from noisystudent.train import PseudoLabeledSet, TrainJob, run_training, spec_for
+from pipelines.config import config_from_dict
 
 
 def small_cfg(**over):

@@ -6,29 +6,26 @@ L2-normalised stage features through the distillation engine (method ``stpm``,
 :mod:`noisystudent.distill.methods.stpm`). Where the two disagree on a new image is the anomaly: a map per
 pixel and a score per image (:class:`Detector`).
 
-The library core, without Ray: config (:mod:`.config`), maps, scores and the threshold (:mod:`.detector`),
+The library core, without Ray: maps, scores and the threshold (:mod:`.detector`),
 ROC/AUROC (:mod:`.metrics`), synthetic defects with masks (:mod:`.defects`), torchvision weights
-(:mod:`.weights`). Training a detector into a run folder, scoring folders on Ray Data into Parquet shards
-and the report are in :mod:`pipelines.anomaly`; the commands are ``noisystudent anomaly train|score|report``.
+(:mod:`.weights`). The detector's config (:mod:`pipelines.anomaly.config`: it has a ``ray`` section),
+training a detector into a run folder, scoring folders on Ray Data into Parquet shards and the report are
+in :mod:`pipelines.anomaly`; the commands are ``noisystudent anomaly train|score|report``.
 """
 
-from .config import AnomalyConfig, anomaly_config_from_dict, load_anomaly_config
 from .defects import DEFECT_KINDS, add_defect, make_defects
 from .detector import Detector, choose_threshold, combine_maps, decode_map, encode_map, score_source
 from .metrics import auroc, pixel_auroc, roc_curve, tpr_at
 
 __all__ = [
     "DEFECT_KINDS",
-    "AnomalyConfig",
     "Detector",
     "add_defect",
-    "anomaly_config_from_dict",
     "auroc",
     "choose_threshold",
     "combine_maps",
     "decode_map",
     "encode_map",
-    "load_anomaly_config",
     "make_defects",
     "pixel_auroc",
     "roc_curve",

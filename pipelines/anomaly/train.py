@@ -34,10 +34,10 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from noisystudent.anomaly.config import RUNTIME_FIELDS, AnomalyConfig, anomaly_config_from_dict, dump_config, to_dict
 from noisystudent.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_checkpoint
 from noisystudent.errors import UserError
 from noisystudent.io import atomic_path, read_json, sha256_file, write_bytes, write_json, write_text
+from pipelines.anomaly.config import RUNTIME_FIELDS, AnomalyConfig, anomaly_config_from_dict, dump_config, to_dict
 
 DETECTOR_FILE = "detector.json"
 FORMAT_VERSION = 1
@@ -190,7 +190,6 @@ def train_student(run: DetectorRun, cfg: AnomalyConfig, teacher: Checkpoint, tra
     """The student (the teacher's architecture, random init) trained with method stpm; resumes from last.pt."""
     from noisystudent.config import ModelConfig
     from noisystudent.train import TrainJob
-
     from pipelines.train_ray import train as train_job
 
     spec = ModelSpec(**{**teacher.spec.__dict__, "drop_rate": 0.0, "drop_path_rate": 0.0})

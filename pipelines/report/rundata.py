@@ -19,8 +19,8 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from noisystudent.config import ExperimentConfig
 from noisystudent.errors import UserError
+from pipelines.config import ExperimentConfig
 
 from ..state import RunDir, step_name
 

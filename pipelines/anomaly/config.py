@@ -1,8 +1,9 @@
 """The anomaly detector's config: one small YAML file, validated like the experiment config.
 
-A separate file from :class:`~noisystudent.config.ExperimentConfig` because a detector shares nothing with
+A separate file from :class:`~pipelines.config.ExperimentConfig` because a detector shares nothing with
 a Noisy Student run but the training settings (:class:`~noisystudent.config.TrainConfig`) and where Ray
-runs (:class:`~noisystudent.config.RayConfig`), which it reuses. Validation is the same validator
+runs (:class:`~pipelines.config.RayConfig`), which it reuses; it lives beside the code that runs it, out
+of the core, because of that ``ray`` section. Validation is the same validator
 (:func:`noisystudent.config._build`): an unknown key, a wrong type or a value out of range raises
 :class:`~noisystudent.errors.ConfigError` naming the dotted field (``train.lr``, ``teacher.weights``).
 
@@ -25,8 +26,16 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from ..config import NoiseConfig, RayConfig, TrainConfig, _build, _range, apply_overrides
-from ..errors import ConfigError, UserError
+from noisystudent.config import (
+    NoiseConfig,
+    TrainConfig,
+    _build,
+    _range,
+    apply_overrides,
+)
+from noisystudent.errors import ConfigError, UserError
+
+from ..config import RayConfig
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -130,7 +139,7 @@ def _check(cfg: AnomalyConfig) -> AnomalyConfig:
     if d.kind == "folder" and not d.train:
         raise ConfigError("data.train", "is required when data.kind is folder (a folder of normal images)")
     if d.kind == "fashion_mnist":
-        from ..data.fashion_mnist import CLASSES
+        from noisystudent.data.fashion_mnist import CLASSES
 
         if d.normal_class not in CLASSES:
             raise ConfigError("data.normal_class", f"must name a Fashion-MNIST class ({', '.join(CLASSES)}); "
@@ -145,7 +154,7 @@ def _check(cfg: AnomalyConfig) -> AnomalyConfig:
                           "give exactly one of teacher.checkpoint (a model.pt of this project) and teacher.weights "
                           "(a torchvision state dict file)")
     if t.weights:
-        from ..models import is_model, list_models
+        from noisystudent.models import is_model, list_models
 
         if not t.model:
             raise ConfigError("teacher.model", "names the architecture of teacher.weights (e.g. resnet18)")

@@ -1,0 +1,207 @@
+"""The experiment file: the core's sections plus the generation loop's, validated into dataclasses.
+
+One YAML file per experiment (``configs/*.yaml``). The sections a single training job needs (``data``,
+``teacher``, ``teacher_train``, ``student.train``, noise, ``distill``) are the core's
+(:mod:`noisystudent.config`); the ones only the loop and the Ray layer read live here: the student
+``ladder`` and ``generations``, promotion, ``pseudo_labels`` (the labeling job and selection) and
+``ray``. Validation is the core's validator (:func:`noisystudent.config._build`: every key known, every
+value typed and in range, errors naming the dotted field), so the YAML a user writes is one tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from noisystudent.config import (
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    NoiseConfig,
+    TeachingConfig,
+    TrainConfig,
+    _build,
+    _range,
+    apply_overrides,
+    check_data,
+    check_model,
+    check_train,
+    dump_config,
+    read_mapping,
+    to_dict,
+)
+from noisystudent.errors import ConfigError
+
+__all__ = ["ExperimentConfig", "PseudoLabelConfig", "RayConfig", "StudentConfig", "config_from_dict", "dump_config",
+           "load_config", "to_dict"]
+
+
+@dataclass
+class PseudoLabelConfig:
+    """How the teacher labels unlabeled images and which labels the student sees.
+
+    ``per_class``: the paper's balancing K; classes with fewer than K selected images are duplicated up
+    to K, classes with more keep their K most confident. ``None`` keeps the filtered set unbalanced;
+    ``0`` means auto: K = number of selected images / number of classes.
+    """
+
+    temperature: float = field(default=1.0, metadata=_range(0, 100, lo_open=True))
+    topk: Optional[int] = field(default=None, metadata=_range(1))
+    soft: bool = True
+    threshold: float = field(default=0.0, metadata=_range(0, 1))
+    per_class: Optional[int] = field(default=0, metadata=_range(0))
+    batch_size: int = field(default=512, metadata=_range(1))
+    num_actors: int = field(default=1, metadata=_range(1, 1024))
+    num_gpus_per_actor: float = field(default=0.0, metadata=_range(0, 8))
+    num_cpus_per_actor: float = field(default=1.0, metadata=_range(0, 256))
+
+
+
+@dataclass
+class StudentConfig:
+    """The noised student and the generation loop."""
+
+    generations: int = field(default=3, metadata=_range(0, 100))
+    ladder: list[ModelConfig] = field(default_factory=lambda: [ModelConfig(name="resnet20", drop_rate=0.3, drop_path_rate=0.1)])
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ratio: float = field(default=3.0, metadata=_range(0, 1000))
+    loss: Literal["soft", "hard", "hinton"] = "soft"
+    temperature: float = field(default=1.0, metadata=_range(0, 100, lo_open=True))
+    alpha: float = field(default=0.5, metadata=_range(0, 1))
+    unlabeled_weight: float = field(default=1.0, metadata=_range(0, 1000))
+    finetune_epochs: int = field(default=0, metadata=_range(0, 10_000))
+    finetune_lr: float = field(default=0.01, metadata=_range(0, 10, lo_open=True))
+    # which model teaches generation g + 1: `always` the student of g; `if_better` the student only when
+    # its validation accuracy is at least its teacher's, else that teacher again (the student is kept
+    # and reported). Without validation data if_better promotes the student and says so
+    promote: Literal["always", "if_better"] = "if_better"
+    # below 1: if_better refuses a student below its teacher only when it is significantly worse (one-sided
+    # exact McNemar test on the same validation images, p < promote_alpha); 1 refuses every such student
+    promote_alpha: float = field(default=1.0, metadata=_range(0, 1))
+    # distillation method of every rung ({name, ...params}; `noisystudent methods` lists them). null: the
+    # Noisy Student loss of `loss`, `temperature`, `alpha`, `unlabeled_weight` above (older configs)
+    method: Optional[dict] = field(default=None, metadata={"method": True})
+    # what an online teacher sees (methods with an online teacher only; offline labels are `fixed`)
+    teaching: TeachingConfig = field(default_factory=TeachingConfig)
+
+    def method_for(self, rung: "ModelConfig") -> dict:
+        """The resolved method of a ladder rung: its own, else this section's, else ``noisy_student``."""
+        from noisystudent.distill import resolve_method_config
+
+        if rung.method is not None:
+            return rung.method
+        if self.method is not None:
+            return self.method
+        return resolve_method_config({"name": "noisy_student", "mode": self.loss, "temperature": self.temperature,
+                                      "alpha": self.alpha, "unlabeled_weight": self.unlabeled_weight}, "student.method")
+
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None
+    num_cpus: Optional[int] = field(default=None, metadata=_range(1))
+    # 0 trains in the driver process; N >= 1 trains on Ray Train with N workers (DDP when N > 1)
+    workers: int = field(default=1, metadata=_range(0, 4096))
+    gpus_per_worker: float = field(default=0.0, metadata=_range(0, 8))
+    max_failures: int = field(default=1, metadata=_range(-1, 1000))
+    # torch threads of each Ray Train worker (torch.set_num_threads); null: Ray's OMP_NUM_THREADS, the
+    # worker's CPUs. 1: on 2 cores with another job running, 2 threads collapse in OpenMP barriers
+    torch_threads: Optional[int] = field(default=1, metadata=_range(1, 1024))
+
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(name="resnet14"))
+    teacher_train: TrainConfig = field(default_factory=TrainConfig)
+    pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    # the all-labels oracle sees ~60x more images per epoch than the teacher; it gets its own budget
+    oracle_epochs: int = field(default=5, metadata=_range(1, 10_000))
+    # the converged oracle of the accuracy benchmark: the same model and labels, trained to convergence
+    oracle_converged_epochs: int = field(default=30, metadata=_range(1, 10_000))
+
+    def student_model(self, generation: int) -> ModelConfig:
+        """The ladder's model for ``generation`` (1-based); the last rung repeats for later generations."""
+        if generation < 1:
+            raise ValueError("students start at generation 1")
+        ladder = self.student.ladder
+        return ladder[min(generation, len(ladder)) - 1]
+
+
+
+def _check(cfg: ExperimentConfig) -> ExperimentConfig:
+    check_data(cfg.data)
+    if not cfg.student.ladder:
+        raise ConfigError("student.ladder", "needs at least one model")
+    for where, t in (("teacher_train", cfg.teacher_train), ("student.train", cfg.student.train)):
+        check_train(t, where)
+    for where, mc in [("teacher.name", cfg.teacher)] + [
+        (f"student.ladder[{i}].name", m) for i, m in enumerate(cfg.student.ladder)
+    ]:
+        check_model(mc, where)
+    from noisystudent.distill import resolve_method_config
+
+    cfg.distill.method = resolve_method_config(cfg.distill.method, "distill.method")  # defaults filled in
+    pl_t = cfg.pseudo_labels.temperature
+    methods = [("student.method", cfg.student.method), ("distill.method", cfg.distill.method)] + [
+        (f"student.ladder[{i}].method", m.method) for i, m in enumerate(cfg.student.ladder)]
+    for where, m in methods:
+        if m and m.get("name") == "hinton" and m.get("source") == "offline" and m["temperature"] != pl_t:
+            raise ConfigError(f"{where}.temperature", f"offline hinton reads probabilities stored at "
+                              f"pseudo_labels.temperature={pl_t:g}; set both to the same value, got {m['temperature']:g}")
+    return cfg
+
+
+def _inherit_teacher_noise(data: dict) -> dict:
+    """Ladder rungs start from the teacher's noise: every ``noise`` field a rung does not set is the
+    teacher's (as resolved: the teacher's own fields over the defaults), so a rung never re-enables what
+    the user turned off for the teacher (``hflip: false`` on images that are not mirror-symmetric).
+
+    The default ladder (no ``student.ladder`` given) inherits the same way. Works on the raw mapping,
+    before validation, because only there is it known which fields a rung set."""
+    teacher = data.get("teacher") if isinstance(data.get("teacher"), dict) else {}
+    noise = teacher.get("noise", {}) if teacher.get("noise") is not None else {}
+    student = data.get("student") if isinstance(data.get("student"), dict) else None
+    if not isinstance(noise, dict):
+        return data  # validation names teacher.noise
+    base = dataclasses.asdict(_build(NoiseConfig, noise, "teacher.noise"))
+    data = dict(data)
+    if student is None or "ladder" not in student:
+        ladder = [{**dataclasses.asdict(m), "noise": None} for m in StudentConfig().ladder]
+    else:
+        ladder = student["ladder"]
+    if not isinstance(ladder, list):
+        return data  # validation names student.ladder
+    rungs = []
+    for rung in ladder:
+        if isinstance(rung, dict) and (rung.get("noise") is None or isinstance(rung.get("noise"), dict)):
+            rung = {**rung, "noise": {**base, **(rung.get("noise") or {})}}
+        rungs.append(rung)
+    data["student"] = {**(student or {}), "ladder": rungs}
+    return data
+
+
+def config_from_dict(data: dict) -> ExperimentConfig:
+    """Validate a config mapping (a loaded YAML file) into an :class:`ExperimentConfig`.
+
+    Ladder rungs inherit the teacher's noise fields they do not set (:func:`_inherit_teacher_noise`)."""
+    data = data or {}
+    if isinstance(data, dict):
+        data = _inherit_teacher_noise(data)
+    return _check(_build(ExperimentConfig, data, ""))
+
+
+def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> ExperimentConfig:
+    """Read, override and validate a config file. Raises :class:`UserError` on any problem."""
+    data = apply_overrides(read_mapping(path), overrides or {})
+    return config_from_dict(data)
