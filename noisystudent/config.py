@@ -317,17 +317,18 @@ def check_model(mc: ModelConfig, where: str) -> None:
                           + (f" (and the families {fams})" if fams else ""))
 
 
-def read_mapping(path: str | Path) -> dict:
-    """A YAML file that must hold a mapping; :class:`UserError` naming the file otherwise."""
+def read_mapping(path: str | Path, what: str = "config file", field: str = "<root>") -> dict:
+    """A YAML file (``what``: how messages name it) that must hold a mapping; :class:`UserError` naming
+    the file otherwise (:class:`ConfigError` on ``field`` when it holds something else)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+        raise UserError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ConfigError("<root>", f"{path} must hold a mapping")
+        raise ConfigError(field, f"{path} must hold a mapping")
     return data
 
 

@@ -52,7 +52,7 @@ from typing import Any, Optional
 
 import yaml
 
-from noisystudent.config import to_dict
+from noisystudent.config import read_mapping, to_dict
 from noisystudent.errors import ConfigError, UserError
 from noisystudent.io import read_json, write_json
 from pipelines.config import ExperimentConfig, config_from_dict
@@ -137,14 +137,7 @@ def _slug(overrides: dict) -> str:
 def load_study(path: str | Path) -> Study:
     """Read and validate a study file; every trial's config is validated now, naming the trial's field."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"study file not found: {path}")
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"study file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(spec, dict):
-        raise ConfigError("<study>", f"{path} must hold a mapping")
+    spec = read_mapping(path, "study file", "<study>")
     unknown = sorted(set(spec) - STUDY_KEYS)
     if unknown:
         raise ConfigError(f"study.{unknown[0]}", f"unknown key; known: {', '.join(sorted(STUDY_KEYS))}")

@@ -19,12 +19,9 @@ Example (``configs/anomaly/``)::
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
-
-import yaml
 
 from noisystudent.config import (
     NoiseConfig,
@@ -32,8 +29,11 @@ from noisystudent.config import (
     _build,
     _range,
     apply_overrides,
+    dump_config,
+    read_mapping,
+    to_dict,
 )
-from noisystudent.errors import ConfigError, UserError
+from noisystudent.errors import ConfigError
 
 from ..config import RayConfig
 
@@ -182,21 +182,7 @@ def anomaly_config_from_dict(data: Any) -> AnomalyConfig:
 
 def load_anomaly_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> AnomalyConfig:
     """Read, override (``--set a.b=v``; flags win over the file) and validate an anomaly config file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError("<root>", f"{path} must hold a mapping")
-    return anomaly_config_from_dict(apply_overrides(data, overrides or {}))
+    return anomaly_config_from_dict(apply_overrides(read_mapping(path), overrides or {}))
 
 
-def to_dict(cfg: AnomalyConfig) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def dump_config(cfg: AnomalyConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+__all__ = ["AnomalyConfig", "anomaly_config_from_dict", "dump_config", "load_anomaly_config", "to_dict"]
