@@ -463,6 +463,19 @@ def promotion_fields(rec: Optional[dict]) -> dict:
             "promotion_reason": rec["reason"]}
 
 
+def _val_correct(data: DataBundle, ckpt: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, right)``: the validation images that decoded and whether ``ckpt``'s top-1 is right on each,
+    the model seeing its own eval view. What validation accuracy and the paired comparison are made of."""
+    from noisystudent.evaluate import predict_probs
+    from noisystudent.transforms import create_transform
+
+    ck = load_checkpoint(ckpt, expected_classes=data.classes)
+    spec = ck.spec
+    tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
+    idx, probs = predict_probs(ck.build_model(), data.val, tf, progress=False, desc="validate")
+    return idx, probs.argmax(1) == np.asarray(data.val.labels)[idx]
+
+
 def _val_acc(cfg: ExperimentConfig, ckpt: Path) -> tuple[Optional[float], int]:
     """Validation accuracy of a checkpoint and the number of validation images: from its metrics.json,
     else measured now (a model trained before validation was recorded); ``(None, 0)`` without validation."""
@@ -473,13 +486,8 @@ def _val_acc(cfg: ExperimentConfig, ckpt: Path) -> tuple[Optional[float], int]:
     data = load_data(cfg)
     if data.val is None:
         return None, 0
-    from noisystudent.evaluate import evaluate
-    from noisystudent.transforms import create_transform
-
-    ck = load_checkpoint(ckpt, expected_classes=data.classes)
-    spec = ck.spec
-    tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
-    return float(evaluate(ck.build_model(), data.val, tf, classes=spec.classes, progress=False)["top1"]), len(data.val)
+    _, right = _val_correct(data, ckpt)
+    return (float(right.mean()) if len(right) else 0.0), len(data.val)
 
 
 def _val_discordance(cfg: ExperimentConfig, student_ckpt: Path, teacher_ckpt: Path) -> Optional[tuple[int, int]]:
@@ -488,22 +496,13 @@ def _val_discordance(cfg: ExperimentConfig, student_ckpt: Path, teacher_ckpt: Pa
     data = load_data(cfg)
     if data.val is None or len(data.val) == 0:
         return None
-    import numpy as np
-
-    from noisystudent.evaluate import predict_probs
-    from noisystudent.transforms import create_transform
-
-    labels = np.asarray(data.val.labels)
-    right = []
+    ok = []
     for ckpt in (teacher_ckpt, student_ckpt):
-        ck = load_checkpoint(ckpt, expected_classes=data.classes)
-        spec = ck.spec
-        tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
-        idx, probs = predict_probs(ck.build_model(), data.val, tf, progress=False, desc="validate")
-        ok = np.zeros(len(data.val), dtype=bool)  # an image that does not decode counts as wrong for both
-        ok[idx] = probs.argmax(1) == labels[idx]
-        right.append(ok)
-    teacher_ok, student_ok = right
+        idx, right = _val_correct(data, ckpt)
+        full = np.zeros(len(data.val), dtype=bool)  # an image that does not decode counts as wrong for both
+        full[idx] = right
+        ok.append(full)
+    teacher_ok, student_ok = ok
     return int((teacher_ok & ~student_ok).sum()), int((student_ok & ~teacher_ok).sum())
 
 

@@ -282,10 +282,13 @@ def run_study(study_file: str | Path, study_dir: str | Path, ray_address: Option
 
     study = load_study(study_file)
     if teacher is not None:
-        t = Path(teacher).resolve()
-        if not (t.is_file() or (t / "model.pt").is_file()):
-            raise UserError(f"--teacher {teacher}: no checkpoint there (a model.pt, or a folder holding one)")
-        study.teacher = str(t)
+        from noisystudent.checkpoint import load_checkpoint
+
+        try:  # the checkpoint's own rules (a model.pt, or a folder holding one; a real checkpoint) before Ray starts
+            load_checkpoint(teacher)
+        except UserError as exc:
+            raise UserError(f"--teacher {teacher}: no checkpoint there ({exc})") from None
+        study.teacher = str(Path(teacher).resolve())
     study_dir = Path(study_dir).resolve()
     study_dir.mkdir(parents=True, exist_ok=True)
     write_json(study_dir / "study.json", {"name": study.name, "grid": study.grid, "resources": study.resources,
