@@ -163,6 +163,12 @@ def fashion_mnist(labels_per_class: int):
     return cfg, create_data(cfg.data)
 
 
+def beats_baseline(gain: float, std: float, seeds: int, base_std: float, base_seeds: int) -> bool:
+    """The benchmarks' verdict on a method against its no-teacher baseline: a gain larger than the two seed
+    spreads added, with more than one seed on each side (one seed has no spread to compare with)."""
+    return bool(seeds > 1 and base_seeds > 1 and gain > std + base_std)
+
+
 # --------------------------------------------------------------------------------------------------
 # output
 

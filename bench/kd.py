@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from bench.common import pyplot, save_figure
+from bench.common import beats_baseline, pyplot, save_figure
 
 CONFIG = "configs/distill_fashion_mnist.yaml"
 METHODS = ("supervised", "hinton", "fitnet", "at", "fsp", "sp", "rkd")
@@ -185,8 +185,7 @@ def summarise(runs: list[dict]) -> list[dict]:
             r["gain"], r["beats_baseline"] = None, None
             continue
         r["gain"] = r["test_acc"] - b["test_acc"]
-        spread = r["test_acc_std"] + b["test_acc_std"]
-        r["beats_baseline"] = bool(r["seeds"] > 1 and b["seeds"] > 1 and r["gain"] > spread)
+        r["beats_baseline"] = beats_baseline(r["gain"], r["test_acc_std"], r["seeds"], b["test_acc_std"], b["seeds"])
     order = {m: i for i, m in enumerate(dict.fromkeys(METHODS + ONLINE))}
     rows.sort(key=lambda r: (r["student"], order.get(r["method"], len(order)), r["method"]))
     return rows

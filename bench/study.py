@@ -19,6 +19,9 @@ from typing import Optional
 
 import yaml
 
+from bench.common import beats_baseline
+from noisystudent.io import read_json
+
 STUDY = Path("configs/study_fashion_mnist.yaml")
 QUICK_SET = {"data.labels_per_class": 20, "data.test_limit": 500, "teacher.name": "resnet8",
              "teacher_train.epochs": 1, "teacher_train.total_steps": 4, "teacher_train.warn_below_steps": 0,
@@ -29,18 +32,18 @@ def teachers(study_dir: Path) -> list[dict]:
     """One row per data condition's teacher: its label-noise rate and test accuracy."""
     out = []
     for d in sorted((study_dir / "teachers").glob("*")):
-        m, cond = d / "gen-0" / "teacher" / "metrics.json", d / "data_conditions.json"
-        if m.is_file():
-            noise = json.loads(cond.read_text()).get("label_noise", {}) if cond.is_file() else {}
+        mfile, cond = d / "gen-0" / "teacher" / "metrics.json", d / "data_conditions.json"
+        if mfile.is_file():
+            m = read_json(mfile)
+            noise = read_json(cond).get("label_noise", {}) if cond.is_file() else {}
             out.append({"key": d.name, "label_noise": noise.get("rate", 0.0), "flipped": noise.get("flipped", 0),
-                        "model": json.loads(m.read_text()).get("model"),
-                        "test_acc": json.loads(m.read_text()).get("test_acc")})
+                        "model": m.get("model"), "test_acc": m.get("test_acc")})
     return out
 
 
 def gains(table) -> list[dict]:
-    """Each method's mean gain over ``supervised`` at the same label noise, and whether it exceeds both
-    seed spreads (the bench-kd criterion)."""
+    """Each method's mean gain over ``supervised`` at the same label noise, and whether it beats it
+    (:func:`bench.common.beats_baseline`, bench-kd's verdict)."""
     noise, method = "data.label_noise.rate", "distill.method.name"
     out = []
     if table.empty or method not in table.columns or noise not in table.columns:
@@ -50,9 +53,10 @@ def gains(table) -> list[dict]:
         if r[method] == "supervised" or base.empty:
             continue
         b = base.iloc[0]
-        gain = r["test_acc_mean"] - b["test_acc_mean"]
-        out.append({"label_noise": float(r[noise]), "method": r[method], "gain": float(gain),
-                    "beyond_spread": bool(abs(gain) > max(r["test_acc_std"], b["test_acc_std"]) and gain > 0)})
+        gain = float(r["test_acc_mean"] - b["test_acc_mean"])
+        out.append({"label_noise": float(r[noise]), "method": r[method], "gain": gain,
+                    "beyond_spread": beats_baseline(gain, r["test_acc_std"], r["seeds"], b["test_acc_std"],
+                                                    b["seeds"])})
     return out
 
 
