@@ -157,9 +157,10 @@ def promotion_table(run: RunData) -> Optional[Table]:
                                           "p_value": fmt(d.get("p_value")),
                                           "promoted": fmt(d.get("promoted")), "reason": fmt(d.get("reason"))}))
     return Table(PROMOTION_COLUMNS, rows, numeric=frozenset({"student_val_acc", "teacher_val_acc", "p_value"}),
-                 caption="Promotion decisions (state.json 'promotions'): if_better refuses a student only when it is "
-                         "below its teacher on validation and significantly so (one-sided exact McNemar test on the "
-                         "same images, p < student.promote_alpha); test accuracy is reported, never decided on.")
+                 caption="Promotion decisions (state.json 'promotions'): if_better refuses a student below its "
+                         "teacher on validation (with student.promote_alpha below 1, only a significantly worse one; "
+                         "McNemar p: one-sided exact test on the same images); test accuracy is reported, never "
+                         "decided on.")
 
 
 def _step_order(name: str) -> tuple:
