@@ -303,17 +303,13 @@ def check_train(t: TrainConfig, where: str) -> None:
                                                   f">= it, got {t.total_steps}")
 
 
-def check_model(mc: ModelConfig, where: str) -> None:
+def check_model(name: str, where: str) -> None:
     """``where`` (e.g. ``teacher.name``) names a model :func:`noisystudent.models.create_model` builds."""
-    from .models import (  # local import: models import torch
-        is_model,
-        list_families,
-        list_models,
-    )
+    from .models import is_model, list_families, list_models  # local import: models import torch
 
-    if not is_model(mc.name):
+    if not is_model(name):
         fams = ", ".join(list_families())
-        raise ConfigError(where, f"unknown model {mc.name!r}; known: {', '.join(list_models())}"
+        raise ConfigError(where, f"unknown model {name!r}; known: {', '.join(list_models())}"
                           + (f" (and the families {fams})" if fams else ""))
 
 

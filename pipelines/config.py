@@ -148,7 +148,7 @@ def _check(cfg: ExperimentConfig) -> ExperimentConfig:
     for where, mc in [("teacher.name", cfg.teacher)] + [
         (f"student.ladder[{i}].name", m) for i, m in enumerate(cfg.student.ladder)
     ]:
-        check_model(mc, where)
+        check_model(mc.name, where)
     from noisystudent.distill import resolve_method_config
 
     cfg.distill.method = resolve_method_config(cfg.distill.method, "distill.method")  # defaults filled in

@@ -29,6 +29,8 @@ from noisystudent.config import (
     _build,
     _range,
     apply_overrides,
+    check_model,
+    check_train,
     dump_config,
     read_mapping,
     to_dict,
@@ -154,12 +156,9 @@ def _check(cfg: AnomalyConfig) -> AnomalyConfig:
                           "give exactly one of teacher.checkpoint (a model.pt of this project) and teacher.weights "
                           "(a torchvision state dict file)")
     if t.weights:
-        from noisystudent.models import is_model, list_models
-
         if not t.model:
             raise ConfigError("teacher.model", "names the architecture of teacher.weights (e.g. resnet18)")
-        if not is_model(t.model):
-            raise ConfigError("teacher.model", f"unknown model {t.model!r}; known: {', '.join(list_models())}")
+        check_model(t.model, "teacher.model")
         for key in ("mean", "std"):
             if len(getattr(t, key)) != t.in_chans:
                 raise ConfigError(f"teacher.{key}", f"needs {t.in_chans} value(s) for teacher.in_chans={t.in_chans}")
@@ -169,9 +168,7 @@ def _check(cfg: AnomalyConfig) -> AnomalyConfig:
         raise ConfigError("stpm.stages", "needs at least one stage")
     if len(set(cfg.stpm.stages)) != len(cfg.stpm.stages):
         raise ConfigError("stpm.stages", f"lists a stage twice: {cfg.stpm.stages}")
-    if cfg.train.total_steps is not None and cfg.train.total_steps < cfg.train.epochs:
-        raise ConfigError("train.total_steps", f"is split into train.epochs={cfg.train.epochs} rounds and must be "
-                                               f">= it, got {cfg.train.total_steps}")
+    check_train(cfg.train, "train")
     return cfg
 
 
