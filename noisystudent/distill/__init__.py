@@ -7,7 +7,7 @@ trainable modules) and computes its loss from the student's and teacher's output
 checkpoints and resume, DDP, autocast, logging. It knows no loss by name.
 
 Add a method: write ``methods/<name>.py`` with a :class:`DistillMethod` subclass decorated with
-:func:`register_method`, and import it in ``methods/__init__.py``.
+:func:`register_method`; the package finds it in its folder (no import line to add).
 """
 
 from noisystudent.distill._registry import (
