@@ -141,7 +141,10 @@ def _variant_name(overrides: dict) -> str:
     """A variant's row label: its fields and values (``base`` for the study's base)."""
     if not overrides:
         return "base"
-    return ", ".join(f"{k.split('.', 1)[-1] if k.count('.') else k}={v}" for k, v in overrides.items())
+    def short(v):
+        return v.get("name", v) if isinstance(v, dict) else v
+
+    return ", ".join(f"{k.split('.', 1)[-1] if k.count('.') else k}={short(v)}" for k, v in overrides.items())
 
 
 def _digest(obj: Any, n: int = 10) -> str:
