@@ -132,6 +132,8 @@ class TrainJob:
     train_field: Optional[str] = None
     # what an online teacher sees (TeachingConfig or its dict; null: consistent, the student's own view)
     teaching: Any = None
+    # a checkpoint whose weights the student starts from (same architecture and classes); None: random
+    init_ckpt: Optional[str] = None
 
     @property
     def train_section(self) -> str:
