@@ -58,9 +58,10 @@ from noisystudent.io import read_json, write_json
 from pipelines.config import ExperimentConfig, config_from_dict
 
 from .state import RunDir
+from .steps import DISTILL, TEACHER, step_name
 
-TEACHER_STEP = "gen-0/teacher"
-TRIAL_STEP = "distill/student"
+TEACHER_STEP = step_name(0, TEACHER)
+TRIAL_STEP = DISTILL
 # data fields holding paths: relative ones are resolved against the driver's working directory when the
 # study is loaded, because Tune runs each trial in its own working directory
 DATA_PATH_FIELDS = ("root", "labeled", "unlabeled", "test", "val")
@@ -306,7 +307,7 @@ def run_study(study_file: str | Path, study_dir: str | Path, ray_address: Option
         jobs, seen = [], set()
         for t in study.trials:
             tdir = study_dir / "teachers" / t.teacher_key
-            teacher_of[t.teacher_key] = str(tdir / "gen-0" / "teacher")
+            teacher_of[t.teacher_key] = str(RunDir(tdir).teacher_dir())
             if t.teacher_key in seen or RunDir(tdir).is_done(TEACHER_STEP):
                 continue
             seen.add(t.teacher_key)
