@@ -11,7 +11,7 @@ import numpy as np
 
 from noisystudent.checkpoint import load_checkpoint
 from noisystudent.errors import PseudoLabelWarning, UserError
-from noisystudent.train import PseudoLabeledSet
+from noisystudent.engine import PseudoLabeledSet
 
 from .base import Outcome, Step, StepContext, log
 from .data import load_data

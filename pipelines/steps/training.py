@@ -1,5 +1,5 @@
 """The steps that train a model: the generation-0 teacher, a generation's noised student, the
-supervised-only baselines and a distilled student. Each builds one :class:`~noisystudent.train.TrainJob`
+supervised-only baselines and a distilled student. Each builds one :class:`~noisystudent.engine.TrainJob`
 and trains it as ``cfg.ray`` says (:func:`pipelines.train_ray.train`)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional
 from noisystudent.checkpoint import load_checkpoint
 from noisystudent.config import to_dict
 from noisystudent.errors import UserError
-from noisystudent.train import PseudoLabeledSet, TrainJob, spec_for
+from noisystudent.engine import PseudoLabeledSet, TrainJob, spec_for
 
 from .base import Outcome, Step, StepContext, log
 from .data import load_data, record_conditions
