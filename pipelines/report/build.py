@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from noisystudent.data.hidden import has_hidden_labels
 from noisystudent.io import write_bytes, write_text
 
 from ..steps import TEACHER, baseline_step, gen_folder, generation_of, split_step, step_name, step_order
@@ -277,7 +278,7 @@ def _class_balance(run: RunData) -> tuple[Optional[Plot], list[str]]:
 def _calibration(run: RunData) -> tuple[Optional[Plot], list[str]]:
     if run.data is None:
         return None, ["Calibration: left out, the run's data set is not available here."]
-    if getattr(run.data.unlabeled, "hidden_labels", None) is None:
+    if not has_hidden_labels(run.data.unlabeled):
         return None, ["Calibration: left out, the unlabeled images have no hidden true labels (only Fashion-MNIST-style "
                       "splits have them)."]
     per_gen = {}

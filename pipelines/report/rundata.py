@@ -210,17 +210,18 @@ def _class_names(run: RunDir, data: Any, gens: list[GenerationRecord], models: l
 
 
 def hidden_labels_for(data: Any, image_ids: pd.Series) -> Optional[np.ndarray]:
-    """True labels of pseudo-labeled images (-1 where unknown), or None when the source has none.
+    """True labels of pseudo-labeled images in the run's classes (-1 where unknown), or None when the
+    source has none (:func:`noisystudent.data.hidden.true_labels`; a streaming source never has them).
 
     Only for measuring pseudo-label quality in reports; never for training.
     """
+    from noisystudent.data.hidden import has_hidden_labels, true_labels
+    from noisystudent.data.protocols import RandomAccessSource
+
     src = getattr(data, "unlabeled", None)
-    if src is None or getattr(src, "hidden_labels", None) is None:
+    if not isinstance(src, RandomAccessSource) or not has_hidden_labels(src):
         return None
-    pos = src.positions(image_ids)
-    out = np.full(len(image_ids), -1, dtype=np.int64)
-    out[pos >= 0] = np.asarray(src.hidden_labels)[pos[pos >= 0]]
-    return out
+    return true_labels(src, list(image_ids), data.classes)
 
 
 def collect(run_dir: str | Path, with_data: bool = True) -> RunData:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from noisystudent.checkpoint import load_checkpoint
+from noisystudent.data.hidden import has_hidden_labels, true_labels
+from noisystudent.data.protocols import PartitionedSource, RandomAccessSource
 from noisystudent.errors import PseudoLabelWarning, UserError
 from noisystudent.engine import PseudoLabeledSet
 
@@ -46,7 +48,7 @@ def _label(ctx: StepContext) -> Outcome:
     teachers = ctx.options.get("teachers")
     ckpts = [Path(t) for t in teachers] if teachers else [teacher_checkpoint(run, g)]
     data = load_data(cfg)
-    streaming = hasattr(data.unlabeled, "read_partition")
+    streaming = isinstance(data.unlabeled, PartitionedSource)
     if data.unlabeled is None or (not streaming and len(data.unlabeled) == 0):
         raise UserError("config field 'data.unlabeled': no unlabeled images to pseudo-label")
     for c in ckpts:
@@ -92,10 +94,8 @@ def _warn_selection(g: int, summary: dict, df, classes: list[str], threshold: fl
 def _truth_lookup(source, class_names):
     """``ids -> hidden labels`` (indices into ``class_names``, -1 unknown) for the selection's accuracy
     figures, or None when the source hides no labels (a streaming source never does)."""
-    if source is None or getattr(source, "hidden_labels", None) is None or not hasattr(source, "positions"):
+    if not isinstance(source, RandomAccessSource) or not has_hidden_labels(source):
         return None
-    from pseudo_labels import true_labels
-
     return lambda ids: true_labels(source, ids, class_names)
 
 
