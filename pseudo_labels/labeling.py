@@ -39,6 +39,8 @@ from noisystudent.errors import UserError
 from noisystudent.io import atomic_path, read_json, write_json, write_text
 
 from .schema import COLUMNS, SCHEMA, LabelMetadata, effective_topk, probs_to_table
+from noisystudent.data.hidden import class_map, true_labels  # noqa: F401 - true_labels: this package's face
+
 from .sharded import ImageBatchActor, check_run_args, is_streaming, job_record, pending_chunks, run_chunks
 from .store import (
     SHARD_GLOB,
@@ -149,41 +151,6 @@ def load_teachers(checkpoints: Sequence[str | os.PathLike]) -> list[Checkpoint]:
                 "an ensemble needs the same classes in the same order"
             )
     return teachers
-
-
-def true_labels(source: Any, image_ids: Sequence[str], class_names: Sequence[str]) -> Optional[np.ndarray]:
-    """The source's hidden labels for ``image_ids``, as indices into ``class_names`` (-1 unknown).
-
-    For measuring pseudo-label quality only (the student must never see them). Returns None when the
-    source has no hidden labels. When the source names its classes in another order they are mapped
-    by name.
-    """
-    hidden = getattr(source, "hidden_labels", None)
-    if hidden is None:
-        return None
-    hidden = np.asarray(hidden, dtype=np.int64)
-    src_classes = getattr(source, "classes", None)
-    if src_classes is not None and list(src_classes) != list(class_names):
-        index = {name: k for k, name in enumerate(class_names)}
-        mapping = np.asarray([index.get(name, -1) for name in src_classes] + [-1], dtype=np.int64)
-        hidden = mapping[np.where(hidden < 0, len(src_classes), hidden)]
-    pos = source.positions(image_ids)
-    out = np.full(len(pos), -1, dtype=np.int64)
-    out[pos >= 0] = hidden[pos[pos >= 0]]
-    return out
-
-
-def hidden_label_map(source: Any, class_names: Sequence[str]) -> Optional[np.ndarray]:
-    """``map[c]``: the index in ``class_names`` of the source's hidden class ``c`` (-1 unknown), with one
-    more entry (-1) for an unknown hidden label; None when the source has no hidden labels. O(classes):
-    what the labeling workers use to score pseudo-label accuracy shard by shard."""
-    if getattr(source, "hidden_labels", None) is None:
-        return None
-    src_classes = getattr(source, "classes", None)
-    if src_classes is None or list(src_classes) == list(class_names):
-        return np.asarray(list(range(len(class_names))) + [-1], dtype=np.int64)
-    index = {name: k for k, name in enumerate(class_names)}
-    return np.asarray([index.get(name, -1) for name in src_classes] + [-1], dtype=np.int64)
 
 
 def _check_args(temperature: float, topk: Optional[int], batch_size: int, num_actors: int,
@@ -370,7 +337,7 @@ def label_images(
         write_chunk=_write_chunk(out, metadata), batch_size=batch_size, num_actors=num_actors,
         num_gpus_per_actor=num_gpus_per_actor, num_cpus_per_actor=num_cpus_per_actor, progress=progress,
         desc="labeling", kill_once_marker=kill_once_marker,
-        truth_map=hidden_label_map(source, metadata.class_names),
+        truth_map=class_map(source, metadata.class_names),
     )
     seconds = time.perf_counter() - start
     return _finish(out, source, metadata, processed=processed, seconds=seconds, chunk_size=chunk_size,

@@ -7,7 +7,7 @@ import json
 
 import click
 
-from .common import address_option, gpus_option, quiet_option, set_option, user_errors, workers_option
+from .common import address_option, experiment_options, gpus_option, quiet_option, user_errors, workers_option
 from .experiment import load_experiment, run_experiment
 
 
@@ -18,11 +18,7 @@ from .experiment import load_experiment, run_experiment
               help="teacher: generation 0 of the run; supervised / oracle: a baseline in baselines/<role>.")
 @click.option("--labels-per-class", type=click.IntRange(1), default=None, help="Labeled images per class (oracle: all).")
 @click.option("--force", is_flag=True, help="Train again even if finished.")
-@set_option
-@address_option
-@workers_option
-@gpus_option
-@quiet_option
+@experiment_options
 @user_errors
 def teacher(config, run_dir, role, labels_per_class, force, sets, ray_address, workers, gpus_per_worker, quiet):
     """Train the generation-0 teacher (or a supervised baseline) from CONFIG."""
