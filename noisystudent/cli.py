@@ -106,7 +106,9 @@ def teacher(config, run_dir, role, labels_per_class, force, sets, ray_address, w
         m = steps.train_teacher(run, cfg, force=force, progress=not quiet)
         where = run.teacher_dir()
     else:
-        lpc = labels_per_class or (6000 if role == "oracle" and cfg.data.kind == "fashion_mnist" else None)
+        from .config import ALL_LABELS_PER_CLASS
+
+        lpc = labels_per_class or (ALL_LABELS_PER_CLASS.get(cfg.data.kind) if role == "oracle" else None)
         m = steps.train_baseline(run, cfg, role, lpc, progress=not quiet, force=force,
                                  epochs=cfg.oracle_epochs if role == "oracle" else None)
         where = run.baseline_dir(role)
