@@ -80,6 +80,17 @@ class TrainConfig:
 
 
 @dataclass
+class TeacherRef:
+    """One member of a weighted teacher ensemble (``pseudo_labels.teachers``, ``distill.teachers``, a rung's
+    ``teachers``): a checkpoint (``model.pt`` or its folder), or ``teacher`` for the model that teaches this
+    step (the promoted model of the generation before; in ``distill``, ``distill.teacher``), and its weight
+    (the weights are normalised to sum 1; noisystudent.distill.ensemble)."""
+
+    path: str = "teacher"
+    weight: float = field(default=1.0, metadata=_range(0))
+
+
+@dataclass
 class ModelConfig:
     """A model of the ladder with its own noise: student models get dropout, drop path and RandAugment.
 
@@ -95,6 +106,10 @@ class ModelConfig:
     # weights the model starts from: null (random, the paper's from-scratch student), `teacher` (the model
     # that teaches this rung; the same architecture), or a checkpoint path (model.pt or its folder)
     init: Optional[str] = None
+    # an online ensemble teaching this rung ([{path, weight}], `teacher` for the promoted model); null: the
+    # promoted model alone. Response methods learn from the weighted mixture; a feature method names the
+    # member it taps (its `tap` parameter)
+    teachers: Optional[list[TeacherRef]] = None
 
 
 @dataclass
@@ -198,6 +213,8 @@ class DistillConfig:
     protocol of Sarfraz et al.: teacher and student see the same labeled data)."""
 
     teacher: Optional[str] = None  # checkpoint (model.pt or its folder); --teacher overrides
+    # an online ensemble instead of one teacher ([{path, weight}], `teacher` meaning distill.teacher)
+    teachers: Optional[list[TeacherRef]] = None
     method: dict = field(default_factory=lambda: {"name": "hinton"}, metadata={"method": True})
     # what the online teacher sees: fixed, independent, consistent (default) or function_matching
     teaching: TeachingConfig = field(default_factory=TeachingConfig)

@@ -17,7 +17,7 @@ import numpy as np
 
 from noisystudent.checkpoint import load_checkpoint
 from noisystudent.data import DataBundle, create_data
-from noisystudent.errors import UserError
+from noisystudent.errors import ConfigError, UserError
 from noisystudent.io import read_json, write_json
 from noisystudent.train import PseudoLabeledSet, TrainJob, spec_for
 from pipelines.config import ExperimentConfig
@@ -248,8 +248,9 @@ def _warn_selection(g: int, summary: dict, df, classes: list[str], threshold: fl
 
 
 def label(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[str]] = None, force: bool = False,
-          progress: bool = True) -> dict:
-    """The teacher (or an ensemble of teachers) labels every unlabeled image with Ray Data."""
+          progress: bool = True, weights: Optional[list[float]] = None) -> dict:
+    """The teacher (or an ensemble of teachers, ``weights`` one per teacher) labels every unlabeled image with
+    Ray Data. Without ``teachers``: ``pseudo_labels.teachers`` when set, else the promoted model of g - 1."""
     from pseudo_labels import label_images
 
     from .ray_runtime import init_ray
@@ -258,7 +259,7 @@ def label(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[st
     out = run.labels_dir(g)
     if run.is_done(step) and not force:
         return read_json(out / "summary.json")
-    ckpts = [Path(t) for t in teachers] if teachers else [teacher_checkpoint(run, g)]
+    ckpts, weights = _label_teachers(run, cfg, g, teachers, weights)
     data = load_data(cfg)
     streaming = hasattr(data.unlabeled, "read_partition")
     if data.unlabeled is None or (not streaming and len(data.unlabeled) == 0):
@@ -283,10 +284,30 @@ def label(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[st
         num_cpus_per_actor=pl.num_cpus_per_actor,
         force=force,
         progress=progress,
+        weights=weights,
     )
     run.mark_done(step, time.perf_counter() - t0, [out / "summary.json"], rows=summary.get("rows"),
                   rejected=summary.get("rejected"), teachers=[str(c) for c in ckpts])
     return summary
+
+
+def _label_teachers(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[str]],
+                    weights: Optional[list[float]]) -> tuple[list[Path], Optional[list[float]]]:
+    """The checkpoints that label generation ``g`` and their weights (None: equal), checked."""
+    from noisystudent.distill.ensemble import normalize_weights
+
+    if teachers:
+        ckpts = [Path(t) for t in teachers]
+        if weights is not None:
+            normalize_weights(weights, len(ckpts), "--weights")
+        return ckpts, weights
+    if weights is not None:
+        raise ConfigError("--weights", "weighs the --teacher checkpoints; give them too")
+    refs = cfg.pseudo_labels.teachers
+    if not refs:
+        return [teacher_checkpoint(run, g)], None
+    ckpts = [teacher_checkpoint(run, g) if r.path == "teacher" else Path(r.path) for r in refs]
+    return ckpts, normalize_weights([r.weight for r in refs], len(refs), "pseudo_labels.teachers")
 
 
 def _truth_lookup(source, class_names):
