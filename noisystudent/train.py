@@ -141,6 +141,9 @@ class TrainJob:
     teaching: Any = None
     # a checkpoint whose weights the student starts from (same architecture and classes); None: random
     init_ckpt: Optional[str] = None
+    # an online ensemble instead of teacher_ckpt alone: (checkpoint, normalised weight) per teacher
+    # (noisystudent.distill.ensemble); teacher_ckpt is then the first, for messages
+    teachers: Optional[list] = None
 
     @property
     def train_section(self) -> str:
@@ -475,7 +478,13 @@ def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
         if not job.teacher_ckpt:
             raise UserError(f"method {method_cfg['name']!r} runs a teacher online: give its checkpoint "
                             "(distill.teacher or --teacher)")
-        teacher = _load_teacher(job, device, ())
+        if job.teachers:  # several teachers online: a weighted ensemble (noisystudent.distill.ensemble)
+            from .distill.ensemble import load_ensemble
+
+            teacher = load_ensemble(job.teachers, spec, device, method_cfg.get("tap"),
+                                    "distill.method" if job.role == "distill" else "student.method")
+        else:
+            teacher = _load_teacher(job, device, ())
     # each stage dict also names its model, so a method's config error can name both models
     method = create_method(method_cfg, student_info=[{**s, "model": spec.name} for s in student.feature_info],
                            teacher_info=[{**s, "model": teacher.checkpoint.spec.name} for s in teacher.feature_info]
@@ -757,6 +766,8 @@ def _finish(lp: _Loop, history: list[dict], seconds: float) -> dict[str, Any]:
                 from .distill.fidelity import fidelity
 
                 teacher = lp.teacher.checkpoint if lp.teacher is not None else load_checkpoint(job.teacher_ckpt)
+                if job.teachers and lp.teacher is not None:
+                    teacher = lp.teacher  # an ensemble: fidelity to its mixture (it builds as one model)
                 metrics.update(fidelity(final, teacher, job.test, lp.eval_tf, device=device,
                                         teacher_transform=_teacher_eval_transform(lp, teacher)))
         metrics["checkpoint_id"] = checkpoint_id(final, job.generation, job.role)

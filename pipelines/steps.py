@@ -71,7 +71,7 @@ def record_conditions(run: RunDir, data: DataBundle) -> None:
 def _train_step(run: RunDir, cfg: ExperimentConfig, step: str, out: Path, *, model_cfg, train_cfg, labeled, test, classes,
                 generation: int, role: str, progress: bool, job_cfg: Optional[ExperimentConfig] = None,
                 pseudo: Optional[PseudoLabeledSet] = None, method: Optional[dict] = None,
-                teacher: Optional[Path] = None, val=None, teaching=None) -> dict:
+                teacher: Optional[Path] = None, val=None, teaching=None, teachers: Optional[list] = None) -> dict:
     """Build one :class:`TrainJob`, train it as ``cfg.ray`` says, and record ``step`` as done.
 
     ``method`` is the resolved distillation method (None: supervised, or noisy_student with ``pseudo``);
@@ -104,6 +104,7 @@ def _train_step(run: RunDir, cfg: ExperimentConfig, step: str, out: Path, *, mod
         val=val,
         teaching=teaching,
         init_ckpt=init,
+        teachers=teachers,
     )
     metrics = train(job, cfg.ray)
     run.mark_done(step, time.perf_counter() - t0, [out / "model.pt", out / "metrics.json", out / "history.csv"],
@@ -397,7 +398,9 @@ def train_student(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = Fals
         _log(f"[gen {g}] distillation method {method['name']} " + " ".join(f"{k}={v}" for k, v in method.items() if k != "name"))
     return _train_step(run, cfg, step, out, model_cfg=model_cfg, train_cfg=cfg.student.train, labeled=data.labeled,
                        test=data.test, classes=data.classes, generation=g, role="student", progress=progress, pseudo=pseudo,
-                       method=method, teacher=teacher_checkpoint(run, g), val=data.val, teaching=cfg.student.teaching)
+                       method=method, teacher=teacher_checkpoint(run, g), val=data.val, teaching=cfg.student.teaching,
+                       teachers=online_ensemble(model_cfg.teachers, teacher_checkpoint(run, g),
+                                                f"student.ladder[{cfg.student.ladder.index(model_cfg)}].teachers", data.classes))
 
 
 def distill(run: RunDir, cfg: ExperimentConfig, force: bool = False, progress: bool = True) -> dict:
@@ -408,7 +411,7 @@ def distill(run: RunDir, cfg: ExperimentConfig, force: bool = False, progress: b
     if run.is_done(step) and not force:
         return read_json(out / "metrics.json")
     method = cfg.distill.method
-    if cfg.distill.teacher is None and method["name"] != "supervised":
+    if cfg.distill.teacher is None and not cfg.distill.teachers and method["name"] != "supervised":
         raise UserError("config field 'distill.teacher': no teacher checkpoint; pass --teacher CKPT "
                         "(or --method supervised for the no-teacher baseline)")
     data = load_data(cfg)
@@ -416,6 +419,9 @@ def distill(run: RunDir, cfg: ExperimentConfig, force: bool = False, progress: b
     teacher = Path(cfg.distill.teacher) if cfg.distill.teacher else None
     if teacher is not None:
         load_checkpoint(teacher, expected_classes=data.classes)  # fail early, in the driver, naming the file
+    ensemble = online_ensemble(cfg.distill.teachers, teacher, "distill.teachers", data.classes)
+    if ensemble:
+        teacher = Path(ensemble[0][0])
     model_cfg = cfg.student.ladder[0]
     from noisystudent.distill import get_method
 
@@ -425,7 +431,23 @@ def distill(run: RunDir, cfg: ExperimentConfig, force: bool = False, progress: b
          + f" on {len(data.labeled)} labeled images")
     return _train_step(run, cfg, step, out, model_cfg=model_cfg, train_cfg=cfg.student.train, labeled=data.labeled,
                        test=data.test, classes=data.classes, generation=0, role="distill", progress=progress,
-                       method=method, teacher=teacher, val=data.val, teaching=cfg.distill.teaching)
+                       method=method, teacher=teacher, val=data.val, teaching=cfg.distill.teaching, teachers=ensemble)
+
+
+def online_ensemble(refs, teacher: Optional[Path], field: str, classes) -> Optional[list[tuple[str, float]]]:
+    """``[(checkpoint, normalised weight)]`` of a ``teachers`` list (``teacher`` standing for ``teacher``),
+    each checkpoint loaded once here to fail early, in the driver, naming the field; None without a list."""
+    if not refs:
+        return None
+    from noisystudent.distill.ensemble import normalize_weights
+
+    paths = []
+    for i, ref in enumerate(refs):
+        if ref.path == "teacher" and teacher is None:
+            raise ConfigError(f"{field}[{i}].path", "`teacher` stands for the teacher checkpoint, and there is none")
+        paths.append(str(teacher) if ref.path == "teacher" else ref.path)
+        load_checkpoint(paths[-1], expected_classes=classes)
+    return list(zip(paths, normalize_weights([r.weight for r in refs], len(refs), field)))
 
 
 def evaluate_generation(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False) -> dict:

@@ -9,8 +9,9 @@ equal weights. The ensemble's prediction is the weighted mixture of the teachers
 :class:`EnsembleTeacher` is what the engine hands a method when several teachers run online. Its
 :class:`~noisystudent.distill.base.Outputs` carry every member's logits (``members``), and
 ``Outputs.probs(T)`` gives the mixture; ``logits`` is ``log p`` at T = 1 so argmax-based uses (fidelity)
-see the ensemble's decision. Feature methods tap one member (``tap``): their stage outputs are that
-member's, since stage maps of different architectures cannot be averaged.
+see the ensemble's decision. A feature method taps one member (``method.tap``, an index into the teachers
+list): the stage outputs are that member's, since stage maps of different architectures cannot be averaged;
+without ``tap`` a method that reads stages (or the teacher model itself, as BSS does) is a config error.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 from typing import Optional, Sequence
 
 import torch
+from torch import nn
 
 from noisystudent.distill.base import Outputs
 from noisystudent.errors import ConfigError
@@ -52,29 +54,56 @@ def mixture(member_logits: Sequence[torch.Tensor], weights: Sequence[float], tem
 class EnsembleTeacher:
     """Several :class:`~noisystudent.distill.teacher.OnlineTeacher` members with weights, called like one.
 
-    ``tap``: the member whose stage outputs a feature method receives (None: no stages asked)."""
+    ``tap``: the member whose stages and model a method may read (``method.tap``); None: the method may
+    read only outputs, and asking for stages or the model is a :class:`ConfigError` on ``field``."""
 
-    def __init__(self, members: list, weights: Sequence[float], tap: Optional[int] = None):
+    def __init__(self, members: list, weights: Sequence[float], tap: Optional[int] = None, field: str = "method"):
+        if tap is not None and not 0 <= tap < len(members):
+            raise ConfigError(f"{field}.tap", f"names teacher {tap}, but there are {len(members)} (0..{len(members) - 1})")
         self.members = list(members)
         self.weights = list(weights)
         self.tap = tap
-        self.stages = members[tap].stages if tap is not None else ()
-        self.checkpoint = members[tap if tap is not None else 0].checkpoint
+        self.field = field
+        self._stages: tuple[int, ...] = ()
+
+    def _tapped(self, what: str):
+        if self.tap is None:
+            raise ConfigError(f"{self.field}.tap", f"the method reads the teacher's {what}, and {len(self.members)} "
+                              f"teachers run online: name the one it taps (0..{len(self.members) - 1})")
+        return self.members[self.tap]
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        return self._stages
+
+    @stages.setter
+    def stages(self, stages) -> None:
+        stages = tuple(stages)
+        if stages:
+            self._tapped("stages").stages = stages
+        self._stages = stages
 
     @property
     def model(self):
-        """The tapped member's model (what a method that reads ``teacher.model`` attacks or inspects)."""
-        return self.members[self.tap if self.tap is not None else 0].model
+        """The tapped member's model (BSS attacks it)."""
+        return self._tapped("model").model
+
+    @property
+    def checkpoint(self):
+        """The tapped member's checkpoint, else the first's (its spec sizes the teaching views)."""
+        return self.members[self.tap if self.tap is not None else 0].checkpoint
+
+    @property
+    def spec(self):
+        return self.checkpoint.spec
 
     @property
     def feature_info(self) -> list[dict]:
         return self.members[self.tap if self.tap is not None else 0].feature_info
 
     def __call__(self, x: torch.Tensor, n_labeled: int, stages: Optional[tuple[int, ...]] = None) -> Outputs:
-        outs = []
-        for k, member in enumerate(self.members):
-            asked = (self.stages if stages is None else stages) if k == self.tap else ()
-            outs.append(member(x, n_labeled, stages=asked))
+        stages = self._stages if stages is None else tuple(stages)
+        outs = [m(x, n_labeled, stages=stages if k == self.tap else ()) for k, m in enumerate(self.members)]
         logits = [o.logits for o in outs]
         mixed = torch.log(mixture(logits, self.weights).clamp_min(1e-12))
         feats = outs[self.tap].features if self.tap is not None else []
@@ -83,3 +112,37 @@ class EnsembleTeacher:
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return mixture([m.model.eval()(x) for m in self.members], self.weights).argmax(1)
+
+    def build_model(self, device=None) -> nn.Module:
+        """The ensemble as one eval-mode model giving ``log p`` (what fidelity compares the student with)."""
+        return _MixtureModel([m.model for m in self.members], self.weights).to(device or "cpu").eval()
+
+
+class _MixtureModel(nn.Module):
+    def __init__(self, models: list[nn.Module], weights: Sequence[float]):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+        self.weights = list(weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(mixture([m(x) for m in self.models], self.weights).clamp_min(1e-12))
+
+
+def load_ensemble(teachers: Sequence[tuple[str, float]], spec, device: torch.device, tap: Optional[int],
+                  field: str) -> EnsembleTeacher:
+    """Every teacher frozen and weights-only loaded (:class:`OnlineTeacher`), checked against the student's
+    classes and channels and against each other's input size (one teaching view serves them all)."""
+    from noisystudent.checkpoint import load_checkpoint
+    from noisystudent.distill.teacher import OnlineTeacher
+    from noisystudent.errors import UserError
+
+    members = []
+    for path, _ in teachers:
+        ckpt = load_checkpoint(path, expected_classes=spec.classes)
+        if ckpt.spec.in_chans != spec.in_chans:
+            raise UserError(f"teacher {path} takes {ckpt.spec.in_chans}-channel images, the student {spec.in_chans}-channel ones")
+        if members and ckpt.spec.image_size != members[0].checkpoint.spec.image_size:
+            raise UserError(f"teacher {path} takes {ckpt.spec.image_size} px images, teacher {teachers[0][0]} "
+                            f"{members[0].checkpoint.spec.image_size} px: an online ensemble shares one view size")
+        members.append(OnlineTeacher(ckpt, device))
+    return EnsembleTeacher(members, [w for _, w in teachers], tap=tap, field=field)
