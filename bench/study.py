@@ -105,6 +105,9 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
+    ap.add_argument("--study", default=str(STUDY), help="the study file (default: %(default)s); the Sarfraz et al. "
+                                                         "rows are configs/study_sarfraz_*.yaml")
+    ap.add_argument("--max-trials", type=int, default=None, help="run at most this many unfinished trials now")
     ap.add_argument("--ray-address", default=None)
     ap.add_argument("--report-only", action="store_true",
                     help="write the JSON, figure and table from the study folder's finished trials; run nothing")
@@ -113,13 +116,15 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     from pipelines.study import collect, format_summary, run_study, summary
 
-    study_file, study_dir = STUDY, Path("runs/bench_study")
-    out_stem = Path(args.out or ("bench/results/bench-study-quick" if args.quick else "docs/bench-study"))
+    study = Path(args.study)
+    name = "" if study == STUDY else "-" + study.stem
+    study_file, study_dir = study, Path(f"runs/bench_study{name.replace('-', '_')}")
+    out_stem = Path(args.out or (f"bench/results/bench-study{name}-quick" if args.quick else f"docs/bench-study{name}"))
     if args.quick:
-        spec = yaml.safe_load(STUDY.read_text())
-        spec["base"] = str(STUDY.parent.resolve() / spec["base"])
+        spec = yaml.safe_load(study.read_text())
+        spec["base"] = str(study.parent.resolve() / spec["base"])
         spec["set"] = {**spec.get("set", {}), **QUICK_SET}
-        study_dir = Path("bench/results/study")
+        study_dir = Path(f"bench/results/study{name}")
         study_dir.mkdir(parents=True, exist_ok=True)
         study_file = study_dir / "study.yaml"
         study_file.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -130,7 +135,7 @@ def main(argv=None) -> None:
         wall = json.loads(prev.read_text()).get("wall_seconds") if prev.is_file() else None
     else:
         t0 = time.perf_counter()
-        out = run_study(study_file, study_dir, ray_address=args.ray_address)
+        out = run_study(study_file, study_dir, ray_address=args.ray_address, max_trials=args.max_trials)
         rows, errors, wall = out["rows"], out["errors"], time.perf_counter() - t0
     table = summary(rows)
     print(format_summary(table))

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -371,7 +370,7 @@ def label_images(
 
     if not is_streaming(source) and len(source) == 0:
         raise UserError("the unlabeled source holds no images")
-    job = job_record(source, chunk_size, asdict(metadata))
+    job = job_record(source, chunk_size, metadata.record())
     todo = pending_chunks(out, job, force=force, outputs=(SUMMARY_FILE, REJECTED_FILE),
                           check_shard=lambda path: check_metadata(read_metadata(path), metadata, str(path), "this job"))
     if todo is None:

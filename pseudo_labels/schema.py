@@ -76,8 +76,16 @@ class LabelMetadata:
                 f"label metadata: {len(self.class_names)} class names for num_classes={self.num_classes}"
             )
 
+    def record(self) -> dict:
+        """The fields as plain data; ``teacher_weights`` only when set, so equal-weight labels keep the exact
+        metadata (and job record) they had before weights existed, and stay resumable."""
+        out = asdict(self)
+        if out["teacher_weights"] is None:
+            del out["teacher_weights"]
+        return out
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.record(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = "metadata") -> "LabelMetadata":
