@@ -124,3 +124,41 @@ def test_two_ray_train_workers_load_every_teacher_and_resume(world, second, tmp_
                     RayConfig(workers=2), fail_at_epoch=1)
     hist = pd.read_csv(tmp_path / "history.csv")
     assert list(hist["epoch"]) == [1, 2] and metrics["method"] == "hinton" and hist["loss_kd"].iloc[0] > 0
+
+
+def test_teachers_lists_are_validated_naming_the_field(world):  # noqa: F811
+    from noisystudent.config import TeacherRef
+    from pipelines.config import config_from_dict
+    from pipelines.steps import online_ensemble
+
+    _cfg, data, t1, _pl = world
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"distill": {"teachers": [{"path": str(t1), "weight": -1}]}})
+    assert err.value.field == "distill.teachers[0].weight"
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"student": {"ladder": [{"name": "resnet8", "teachers": [{"path": "a", "wieght": 1}]}]}})
+    assert err.value.field == "student.ladder[0].teachers[0].wieght"
+    with pytest.raises(ConfigError) as err:
+        online_ensemble([TeacherRef("teacher", 1.0)], None, "distill.teachers", data.classes)
+    assert err.value.field == "distill.teachers[0].path"
+    assert online_ensemble([TeacherRef("teacher", 3.0), TeacherRef(str(t1), 1.0)], t1, "distill.teachers",
+                           data.classes) == [(str(t1), 0.75), (str(t1), 0.25)]
+
+
+@pytest.mark.slow  # the loop with Ray labeling, one generation: ~1 min idle, minutes on busy cores
+def test_a_loop_rung_learns_from_its_teachers_list(tmp_path, ray_session, require_fmnist):
+    """A rung's ``teachers`` with ``teacher`` (the promoted model) twice, at unequal weights: the loop
+    resolves the path per generation and the rung trains online from the ensemble."""
+    from pipelines.config import config_from_dict
+    from pipelines.loop import run_all
+
+    raw = yaml.safe_load(open("configs/born_again_fashion_mnist.yaml"))
+    raw["data"].update({"labels_per_class": 12, "unlabeled_limit": 60, "test_limit": 100})
+    raw["teacher_train"].update({"epochs": 1, "total_steps": 3, "warn_below_steps": 0})
+    raw["student"].update({"generations": 1, "ladder": [{"name": "resnet14", "teachers": [
+        {"path": "teacher", "weight": 0.7}, {"path": "teacher", "weight": 0.3}]}]})
+    raw["student"]["train"].update({"epochs": 1, "total_steps": 3, "warn_below_steps": 0})
+    raw["ray"] = {"workers": 0}
+    run_all(config_from_dict(raw), tmp_path / "run", progress=False, tracking=None)
+    s = pd.read_json(tmp_path / "run" / "gen-1" / "student" / "metrics.json", typ="series")
+    assert s["method"] == "hinton" and 0.0 <= s["test_fidelity"] <= 1.0
