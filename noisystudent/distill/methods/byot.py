@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from noisystudent.config import _range
+from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
 from noisystudent.distill.methods.hinton import kd_kl
@@ -80,9 +80,9 @@ class BeYourOwnTeacher(DistillMethod):
     @dataclass
     class Params:
         stages: Optional[list[int]] = None  # the shallow stages that get a head; null: every stage but the last
-        alpha: float = field(default=0.3, metadata=_range(0, 1))
-        temperature: float = field(default=3.0, metadata=_range(0, 100, lo_open=True))
-        feature_weight: float = field(default=1.28e-4, metadata=_range(0, 1e6))
+        alpha: float = field(default=0.3, metadata=validate.range(0, 1))
+        temperature: float = field(default=3.0, metadata=validate.range(0, 100, lo_open=True))
+        feature_weight: float = field(default=1.28e-4, metadata=validate.range(0, 1e6))
 
     def __init__(self, params, **kw):
         super().__init__(params, **kw)
