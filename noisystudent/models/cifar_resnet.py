@@ -2,7 +2,8 @@
 
 Depth 6n+2: a 3x3 stem, three stages of n basic blocks with 16/32/64 channels (strides 1/2/2), global
 pooling and a linear classifier. They are the CPU-scale ladder of this project (resnet8 -> resnet26), so
-a student can be the same size as its teacher or larger. Projection shortcuts (1x1 conv + BN, "option B")
+a student can be the same size as its teacher or larger; resnet32/44/56/110 are the deeper ones of the
+ResNet paper's CIFAR table (and the usual teachers of the CIFAR distillation literature). Projection shortcuts (1x1 conv + BN, "option B")
 are used where the shape changes. Every residual branch ends in a
 :class:`torchvision.ops.StochasticDepth` (drop path), its rate rising linearly over the blocks.
 
