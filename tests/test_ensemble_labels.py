@@ -3,6 +3,8 @@ metadata, the summary and ``labels inspect``; the weights rule and its errors; t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -53,3 +55,24 @@ def test_cli_weights_errors_exit_2(tmp_path):
     for argv, words in ((["--weights", "0.7,0.3"], "--weights"), (["--weights", "a,b", "--teacher", "x"], "--weights")):
         res = CliRunner().invoke(main, ["label", str(tmp_path / "run"), "-g", "1", *argv])
         assert res.exit_code == 2 and words in res.output, res.output
+
+
+def test_config_teachers_label_every_generation_with_teacher_standing_for_the_promoted_model(tmp_path):
+    from pipelines.config import config_from_dict
+    from pipelines.state import RunDir
+    from pipelines.steps import _label_teachers
+
+    run = RunDir(tmp_path / "run")
+    cfg = run.freeze_config(config_from_dict({"pseudo_labels": {"teachers": [{"path": "teacher", "weight": 3},
+                                                                                {"path": "other/model.pt", "weight": 1}]}}))
+    promoted = run.teacher_of(1)
+    promoted.parent.mkdir(parents=True)
+    promoted.write_bytes(b"")  # _label_teachers resolves paths; label_images loads and checks them
+    ckpts, weights = _label_teachers(run, cfg, 1, None, None)
+    assert ckpts == [promoted, Path("other/model.pt")] and weights == pytest.approx([0.75, 0.25])
+    # --teacher on the command line wins over the config; --weights alone is an error naming it
+    assert _label_teachers(run, cfg, 1, ["a", "b"], [1, 1]) == ([Path("a"), Path("b")], [1, 1])
+    with pytest.raises(ConfigError, match="--weights"):
+        _label_teachers(run, cfg, 1, None, [1, 1])
+    with pytest.raises(ConfigError, match="--weights.*one weight per teacher"):
+        _label_teachers(run, cfg, 1, ["a", "b"], [1])
