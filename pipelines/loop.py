@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from noisystudent.config import ALL_LABELS_PER_CLASS
 from pipelines.config import ExperimentConfig
 
 from . import steps
@@ -83,7 +84,7 @@ def run_all(cfg: ExperimentConfig, run_dir: str | Path, generations: Optional[in
         _track(run, tracking)
     if baselines:
         steps.train_baseline(run, cfg, "supervised", None, progress=progress)
-        steps.train_baseline(run, cfg, "oracle", 6000 if cfg.data.kind == "fashion_mnist" else None, progress=progress,
+        steps.train_baseline(run, cfg, "oracle", ALL_LABELS_PER_CLASS.get(cfg.data.kind), progress=progress,
                              epochs=cfg.oracle_epochs)
     _track(run, tracking)
     st = run.state()
@@ -175,7 +176,7 @@ def converged_oracle_config(cfg: ExperimentConfig) -> ExperimentConfig:
     model = cfg.student.ladder[-1]
     epochs = cfg.oracle_converged_epochs
     data = dataclasses.replace(cfg.data, unlabeled_limit=None,
-                               labels_per_class=6000 if cfg.data.kind == "fashion_mnist" else cfg.data.labels_per_class)
+                               labels_per_class=ALL_LABELS_PER_CLASS.get(cfg.data.kind, cfg.data.labels_per_class))
     train = dataclasses.replace(cfg.teacher_train, epochs=epochs, num_workers=TrainConfig().num_workers)
     oracle = ExperimentConfig(name=f"oracle-{model.name}-{epochs}ep", seed=cfg.seed, device=cfg.device, data=data,
                               teacher=model, teacher_train=train, student=StudentConfig(generations=0, ladder=[model]),
@@ -188,7 +189,7 @@ def converged_oracle_dir(cfg: ExperimentConfig, cache_root: str | Path = ORACLE_
     training settings and the seed (not the device, Ray, or where the Fashion-MNIST files lie)."""
     oracle = converged_oracle_config(cfg)
     data = _non_default(oracle.data)
-    if oracle.data.kind == "fashion_mnist":
+    if oracle.data.kind in ALL_LABELS_PER_CLASS:
         data.pop("root", None)
     blob = json.dumps({"model": _non_default(oracle.teacher), "data": data, "train": _non_default(oracle.teacher_train),
                        "seed": oracle.seed}, sort_keys=True, default=str)

@@ -45,6 +45,17 @@ class Outputs:
     features: list[torch.Tensor]  # the outputs of the stages the method asked for, in its order
     n_labeled: int
     n_extra: int = 0  # rows a method appended (extra_inputs), after the unlabeled ones
+    # an online ensemble's (weight, logits) per teacher (noisystudent.distill.ensemble); None for one model
+    members: Optional[list] = None
+
+    def probs(self, temperature: float = 1.0) -> torch.Tensor:
+        """softmax(logits / T), or for an ensemble the weighted mixture of its members' softmax(z_k / T):
+        what a response method distils from (float32, every row)."""
+        if self.members is None:
+            return F.softmax(self.logits.float() / temperature, dim=-1)
+        from noisystudent.distill.ensemble import mixture
+
+        return mixture([z for _, z in self.members], [w for w, _ in self.members], temperature)
 
     @property
     def labeled(self) -> torch.Tensor:

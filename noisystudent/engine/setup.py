@@ -109,7 +109,13 @@ def build_trainee(job: TrainJob, hooks: TrainHooks, device: torch.device) -> Tra
         if not job.teacher_ckpt:
             raise UserError(f"method {method_cfg['name']!r} runs a teacher online: give its checkpoint "
                             "(distill.teacher or --teacher)")
-        teacher = load_teacher(job, device, ())
+        if job.teachers:  # several teachers online: a weighted ensemble (noisystudent.distill.ensemble)
+            from ..distill.ensemble import load_ensemble
+
+            teacher = load_ensemble(job.teachers, spec, device, method_cfg.get("tap"),
+                                    "distill.method" if job.role == "distill" else "student.method")
+        else:
+            teacher = load_teacher(job, device, ())
     # each stage dict also names its model, so a method's config error can name both models
     method = create_method(method_cfg, student_info=[{**s, "model": spec.name} for s in student.feature_info],
                            teacher_info=[{**s, "model": teacher.checkpoint.spec.name} for s in teacher.feature_info]

@@ -40,9 +40,10 @@ def train_baseline(run: "RunDir", cfg: "ExperimentConfig", role: str, labels_per
 
 
 def label(run: "RunDir", cfg: "ExperimentConfig", g: int, teachers: Optional[list[str]] = None, force: bool = False,
-          progress: bool = True) -> dict:
-    """The teacher (or an ensemble of ``teachers``) labels every unlabeled image with Ray Data; the summary."""
-    return execute(LABEL, StepContext(run, cfg, g, force, progress, {"teachers": teachers}))
+          progress: bool = True, weights: Optional[list[float]] = None) -> dict:
+    """The teacher (or an ensemble of ``teachers``, ``weights`` one per teacher) labels every unlabeled image
+    with Ray Data; the summary."""
+    return execute(LABEL, StepContext(run, cfg, g, force, progress, {"teachers": teachers, "weights": weights}))
 
 
 def select(run: "RunDir", cfg: "ExperimentConfig", g: int, force: bool = False) -> dict:

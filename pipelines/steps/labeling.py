@@ -12,7 +12,7 @@ import numpy as np
 from noisystudent.checkpoint import load_checkpoint
 from noisystudent.data.hidden import has_hidden_labels, true_labels
 from noisystudent.data.protocols import PartitionedSource, RandomAccessSource
-from noisystudent.errors import PseudoLabelWarning, UserError
+from noisystudent.errors import ConfigError, PseudoLabelWarning, UserError
 from noisystudent.engine import PseudoLabeledSet
 
 from .base import Outcome, Step, StepContext, log
@@ -45,8 +45,7 @@ def _label(ctx: StepContext) -> Outcome:
 
     run, cfg, g = ctx.run, ctx.cfg, ctx.g
     out = run.labels_dir(g)
-    teachers = ctx.options.get("teachers")
-    ckpts = [Path(t) for t in teachers] if teachers else [teacher_checkpoint(run, g)]
+    ckpts, weights = _label_teachers(run, cfg, g, ctx.options.get("teachers"), ctx.options.get("weights"))
     data = load_data(cfg)
     streaming = isinstance(data.unlabeled, PartitionedSource)
     if data.unlabeled is None or (not streaming and len(data.unlabeled) == 0):
@@ -60,9 +59,30 @@ def _label(ctx: StepContext) -> Outcome:
     log(f"[gen {g}] labeling {what} with {', '.join(c.parent.name for c in ckpts)}")
     summary = label_images(data.unlabeled, [str(c) for c in ckpts], out, temperature=pl.temperature, topk=pl.topk,
                            batch_size=pl.batch_size, num_actors=pl.num_actors, num_gpus_per_actor=pl.num_gpus_per_actor,
-                           num_cpus_per_actor=pl.num_cpus_per_actor, force=ctx.force, progress=ctx.progress)
+                           num_cpus_per_actor=pl.num_cpus_per_actor, force=ctx.force, progress=ctx.progress,
+                           weights=weights)
     return Outcome(summary, [out / SUMMARY], {"rows": summary.get("rows"), "rejected": summary.get("rejected"),
                                               "teachers": [str(c) for c in ckpts]})
+
+
+def _label_teachers(run: "RunDir", cfg: "ExperimentConfig", g: int, teachers: Optional[list[str]],
+                    weights: Optional[list[float]]) -> tuple[list[Path], Optional[list[float]]]:
+    """The checkpoints that label generation ``g`` and their weights (None: equal), checked: the ``teachers``
+    option (``--teacher``), else ``pseudo_labels.teachers`` when set, else the promoted model of g - 1."""
+    from noisystudent.distill.ensemble import normalize_weights
+
+    if teachers:
+        ckpts = [Path(t) for t in teachers]
+        if weights is not None:
+            normalize_weights(weights, len(ckpts), "--weights")
+        return ckpts, weights
+    if weights is not None:
+        raise ConfigError("--weights", "weighs the --teacher checkpoints; give them too")
+    refs = cfg.pseudo_labels.teachers
+    if not refs:
+        return [teacher_checkpoint(run, g)], None
+    ckpts = [teacher_checkpoint(run, g) if r.path == "teacher" else Path(r.path) for r in refs]
+    return ckpts, normalize_weights([r.weight for r in refs], len(refs), "pseudo_labels.teachers")
 
 
 LABEL = Step("label", _label, lambda run, g: run.labels_dir(g), SUMMARY, missing="finished labels",

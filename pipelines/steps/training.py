@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional
 
 from noisystudent.checkpoint import load_checkpoint
 from noisystudent.config import to_dict
-from noisystudent.errors import UserError
+from noisystudent.errors import ConfigError, UserError
 from noisystudent.engine import PseudoLabeledSet, TrainJob, spec_for
 
 from .base import Outcome, Step, StepContext, log
@@ -27,7 +27,8 @@ MODEL_RECORD = "metrics.json"
 
 def _train(ctx: StepContext, out: Path, *, model_cfg, train_cfg, labeled, test, classes, generation: int, role: str,
            job_cfg: Optional["ExperimentConfig"] = None, pseudo: Optional[PseudoLabeledSet] = None,
-           method: Optional[dict] = None, teacher: Optional[Path] = None, val=None, teaching=None) -> Outcome:
+           method: Optional[dict] = None, teacher: Optional[Path] = None, val=None, teaching=None,
+           teachers: Optional[list] = None) -> Outcome:
     """Build one :class:`TrainJob` and train it as ``cfg.ray`` says; the model's files are the artifacts.
 
     ``method`` is the resolved distillation method (None: supervised, or noisy_student with ``pseudo``);
@@ -60,6 +61,7 @@ def _train(ctx: StepContext, out: Path, *, model_cfg, train_cfg, labeled, test, 
         val=val,
         teaching=teaching,
         init_ckpt=init,
+        teachers=teachers,
     )
     metrics = train(job, cfg.ray)
     return Outcome(metrics, [out / "model.pt", out / "metrics.json", out / "history.csv"],
@@ -95,7 +97,9 @@ def _student(ctx: StepContext) -> Outcome:
         log(f"[gen {g}] distillation method {method['name']} " + " ".join(f"{k}={v}" for k, v in method.items() if k != "name"))
     return _train(ctx, ctx.run.student_dir(g), model_cfg=model_cfg, train_cfg=cfg.student.train, labeled=data.labeled,
                   test=data.test, classes=data.classes, generation=g, role="student", pseudo=pseudo, method=method,
-                  teacher=teacher_checkpoint(ctx.run, g), val=data.val, teaching=cfg.student.teaching)
+                  teacher=teacher_checkpoint(ctx.run, g), val=data.val, teaching=cfg.student.teaching,
+                  teachers=online_ensemble(model_cfg.teachers, teacher_checkpoint(ctx.run, g),
+                                           f"student.ladder[{cfg.student.ladder.index(model_cfg)}].teachers", data.classes))
 
 
 STUDENT = Step("student", _student, lambda run, g: run.student_dir(g), MODEL_RECORD, needs=(SELECT,),
@@ -137,7 +141,7 @@ def _distill(ctx: StepContext) -> Outcome:
 
     cfg = ctx.cfg
     method = cfg.distill.method
-    if cfg.distill.teacher is None and method["name"] != "supervised":
+    if cfg.distill.teacher is None and not cfg.distill.teachers and method["name"] != "supervised":
         raise UserError("config field 'distill.teacher': no teacher checkpoint; pass --teacher CKPT "
                         "(or --method supervised for the no-teacher baseline)")
     data = load_data(cfg)
@@ -145,6 +149,9 @@ def _distill(ctx: StepContext) -> Outcome:
     teacher = Path(cfg.distill.teacher) if cfg.distill.teacher else None
     if teacher is not None:
         load_checkpoint(teacher, expected_classes=data.classes)  # fail early, in the driver, naming the file
+    ensemble = online_ensemble(cfg.distill.teachers, teacher, "distill.teachers", data.classes)
+    if ensemble:
+        teacher = Path(ensemble[0][0])
     model_cfg = cfg.student.ladder[0]
     mode = cfg.distill.teaching.mode
     log(f"[distill] {model_cfg.name} from {teacher or 'no teacher'} with {method['name']}"
@@ -152,7 +159,23 @@ def _distill(ctx: StepContext) -> Outcome:
         + f" on {len(data.labeled)} labeled images")
     return _train(ctx, ctx.run.distill_dir(), model_cfg=model_cfg, train_cfg=cfg.student.train, labeled=data.labeled,
                   test=data.test, classes=data.classes, generation=0, role="distill", method=method, teacher=teacher,
-                  val=data.val, teaching=cfg.distill.teaching)
+                  val=data.val, teaching=cfg.distill.teaching, teachers=ensemble)
+
+
+def online_ensemble(refs, teacher: Optional[Path], field: str, classes) -> Optional[list[tuple[str, float]]]:
+    """``[(checkpoint, normalised weight)]`` of a ``teachers`` list (``teacher`` standing for ``teacher``),
+    each checkpoint loaded once here to fail early, in the driver, naming the field; None without a list."""
+    if not refs:
+        return None
+    from noisystudent.distill.ensemble import normalize_weights
+
+    paths = []
+    for i, ref in enumerate(refs):
+        if ref.path == "teacher" and teacher is None:
+            raise ConfigError(f"{field}[{i}].path", "`teacher` stands for the teacher checkpoint, and there is none")
+        paths.append(str(teacher) if ref.path == "teacher" else ref.path)
+        load_checkpoint(paths[-1], expected_classes=classes)
+    return list(zip(paths, normalize_weights([r.weight for r in refs], len(refs), field)))
 
 
 DISTILL_STEP = Step(DISTILL, _distill, lambda run, g: run.distill_dir(), MODEL_RECORD, per_generation=False,

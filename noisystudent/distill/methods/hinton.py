@@ -45,7 +45,7 @@ class Hinton(DistillMethod):
     def loss(self, student, teacher, batch):
         p = self.params
         if p.source == "online":
-            probs = F.softmax(teacher.logits.float() / p.temperature, dim=-1)
+            probs = teacher.probs(p.temperature)  # an ensemble's weighted mixture at T
             kd = kd_kl(student.logits, probs, p.temperature)
         else:  # stored probabilities (already at T) exist for the unlabeled rows only
             targets = batch.targets if batch.targets is not None else student.logits.new_zeros(0, self.num_classes)
