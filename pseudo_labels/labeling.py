@@ -66,6 +66,9 @@ SUMMARY_KEY = b"noisystudent.summary"
 class Labeler(ImageBatchActor):
     """Ray Data callable class: decodes a batch of source indices and labels it with the teacher(s).
 
+    The batch reaches :meth:`score` decoded, resized and normalised per batch on the actor's device
+    (:class:`~pseudo_labels.sharded.ImageBatchActor`, :mod:`noisystudent.feed`), in fp16 channels-last on a GPU.
+
     Several teachers form an ensemble: each gives softmax(logits / T) and the probabilities are
     averaged. Images that cannot be decoded come back as rows with a ``reject_reason`` instead of
     failing the block (:class:`~pseudo_labels.sharded.ImageBatchActor`).
@@ -86,14 +89,14 @@ class Labeler(ImageBatchActor):
     ) -> None:
         import torch
 
-        from noisystudent.transforms import create_transform
-
         super().__init__(source, decode_threads=decode_threads, torch_threads=torch_threads,
-                         kill_once_marker=kill_once_marker)
+                         kill_once_marker=kill_once_marker, device=device)
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("labeling actor was given a GPU but torch sees no CUDA device")
-        self.device = torch.device(device)
         self.half = self.device.type == "cuda"
+        # the batch arrives normalised in the model's dtype and memory format (fp16 channels-last on a GPU)
+        self.input_dtype = torch.float16 if self.half else torch.float32
+        self.channels_last = self.half
         self.temperature = float(temperature)
         self.num_classes = teachers[0].spec.num_classes
         self.topk = effective_topk(topk, self.num_classes)
@@ -104,9 +107,7 @@ class Labeler(ImageBatchActor):
             model = ckpt.build_model(self.device)
             if self.half:
                 model = model.half().to(memory_format=torch.channels_last)
-            key = (spec.image_size, spec.in_chans, tuple(spec.mean), tuple(spec.std))
-            if key not in self.transforms:
-                self.transforms[key] = create_transform(spec.image_size, spec.in_chans, list(spec.mean), list(spec.std), noise=None)
+            key = self.add_input(spec.image_size, spec.in_chans, list(spec.mean), list(spec.std))
             self.models.append((key, model))
 
     def score(self, ids: list[str], inputs: dict[tuple, Any]) -> pa.Table:
