@@ -195,6 +195,7 @@ def _loader(dataset, batch_size: int, num_workers: int, seed: int, rank: int = 0
         generator=g,
         worker_init_fn=_worker_init,
         persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),  # page-locked batches: the non_blocking copies in _batch overlap
     )
 
 
@@ -308,11 +309,12 @@ def warn_budget(job: "TrainJob", world_size: int = 1) -> StepPlan:
     return plan
 
 
-def _batch(batch, device):
+def _batch(batch, device, noise=None):
     if batch is None or len(batch) == 0 or batch[0] is None or len(batch[0]) == 0:
         return None
     x, y, _idx = batch
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    x = x.to(device, non_blocking=True)
+    return (noise(x) if noise is not None else x), y.to(device, non_blocking=True)
 
 
 def _state_bytes(obj: dict) -> bytes:
@@ -410,6 +412,7 @@ class _Loop:
     use_pseudo: bool
     n_pseudo: int
     teaching: Teaching
+    device_noise: Any = None  # noise.backend device: uint8 images -> the noised views (batch_noise.py)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -481,6 +484,12 @@ def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
     vs = teaching.view_size  # views are drawn at the larger model's side and resized per model
     train_tf = teaching.train_transform(create_transform(vs, spec.in_chans, spec.mean, spec.std, job.model_cfg.noise),
                                         create_transform(vs, spec.in_chans, spec.mean, spec.std, None))
+    # -- noise.backend (issue 28): with `device` the loaders give uint8 images and the noise runs per batch
+    from .batch_noise import device_noise_for
+
+    device_noise, uint8_tf = device_noise_for(job.model_cfg.noise, teaching, spec, device)
+    train_tf = uint8_tf or train_tf
+    # --
     eval_tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
     lab_bs = cfg.batch_size
     labeled_ds = SourceDataset(job.labeled, train_tf)
@@ -516,7 +525,7 @@ def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
                  plan=plan, finetune_steps=max(1, len(labeled_ds) // lab_bs),
                  total_epochs=cfg.epochs + finetune_epochs, opt=opt, sched=sched, ema=ema, amp_dtype=amp_dtype,
                  scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), eval_tf=eval_tf,
-                 use_pseudo=use_pseudo, n_pseudo=n_pseudo, teaching=teaching)
+                 use_pseudo=use_pseudo, n_pseudo=n_pseudo, teaching=teaching, device_noise=device_noise)
 
 
 def _resume(lp: _Loop, state_bytes: bytes, path: Path) -> tuple[int, list[dict]]:
@@ -573,16 +582,16 @@ def _train_epoch(lp: _Loop, epoch: int, labeled_iter) -> dict:
                desc=f"{job.role} gen{job.generation} epoch {epoch + 1}/{lp.total_epochs}" + (" (fine-tune)" if finetune else ""),
                disable=not (job.progress and job.step_bars and lp.hooks.is_main), leave=False, dynamic_ncols=True)
     for _ in bar:
-        lb = _batch(next(labeled_iter), device)
+        lb = _batch(next(labeled_iter), device, lp.device_noise)
         if lb is None:
             continue
         batch = Batch(x_labeled=lb[0], y=lb[1])
         if unl_iter is not None:
             try:
-                ub = _batch(next(unl_iter), device)
+                ub = _batch(next(unl_iter), device, lp.device_noise)
             except StopIteration:
                 unl_iter = iter(lp.unl_loader)
-                ub = _batch(next(unl_iter), device)
+                ub = _batch(next(unl_iter), device, lp.device_noise)
             if ub is not None:
                 batch.x_unlabeled, batch.targets = ub
         # split paired views, mix (function_matching), resize per model; y_hard: labels for the accuracy
