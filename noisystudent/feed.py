@@ -217,3 +217,65 @@ def prefetch(items: Iterable[Any], prepare: Callable[[Any], Any], depth: int = 1
             except queue.Empty:
                 pass
             t.join(timeout=0.05)
+
+
+# --------------------------------------------------------------------------------------------------
+# JPEG bytes decoded where the model runs
+
+
+def _is_jpeg(raw: Any) -> bool:
+    return isinstance(raw, (bytes, bytearray, memoryview)) and len(raw) > 3 and bytes(raw[:3]) == b"\xff\xd8\xff"
+
+
+def resize_on_device(x: torch.Tensor, size: int) -> torch.Tensor:
+    """One CHW uint8 image at ``size`` x ``size``: bilinear, antialiased when shrinking (close to, not
+    bit-equal with, the CPU path's area resize)."""
+    if x.shape[-2] == size and x.shape[-1] == size:
+        return x
+    y = torch.nn.functional.interpolate(x[None].float(), size=(size, size), mode="bilinear", align_corners=False,
+                                        antialias=True)
+    return y.round_().clamp_(0, 255).to(torch.uint8)[0]
+
+
+def decode_jpeg_batch(reader: Any, ids: Sequence[str], raws: Sequence[Any], inputs: dict[tuple, EvalInput],
+                      device: torch.device) -> tuple[dict[tuple, Optional[torch.Tensor]], list[int], list[tuple[str, str]]]:
+    """Encoded bytes decoded by torchvision on ``device`` (nvJPEG on a GPU; EXIF orientation applied) and
+    resized there: ``({key: (n, S, S, C) uint8 on device}, positions read, rejects)``. Bytes that are not
+    JPEG, or that the batched decoder refuses, go through ``reader.decode`` one by one (PIL), so a corrupt
+    file is one reject as on the host path."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    chans = next(iter(inputs.values())).in_chans
+    mode = ImageReadMode.GRAY if chans == 1 else ImageReadMode.RGB
+    jpeg = [k for k, r in enumerate(raws) if _is_jpeg(r)]
+    decoded: dict[int, torch.Tensor] = {}
+    if jpeg:
+        blobs = [torch.frombuffer(bytearray(raws[k]), dtype=torch.uint8) for k in jpeg]
+        try:
+            for k, img in zip(jpeg, decode_jpeg(blobs, mode=mode, device=device, apply_exif_orientation=True)):
+                decoded[k] = img
+        except RuntimeError:  # one bad file fails the batch call: decode these one by one to find it
+            for k, blob in zip(jpeg, blobs):
+                try:
+                    decoded[k] = decode_jpeg(blob, mode=mode, device=device, apply_exif_orientation=True)
+                except RuntimeError:
+                    pass
+    rejects: list[tuple[str, str]] = []
+    for k in range(len(raws)):
+        if k in decoded:
+            continue
+        try:
+            arr = reader.decode(ids[k], raws[k])
+        except ImageDecodeError as exc:
+            rejects.append((ids[k], exc.reason or "unreadable"))
+            continue
+        except (OSError, ValueError) as exc:
+            rejects.append((ids[k], f"{type(exc).__name__}: {exc}"))
+            continue
+        decoded[k] = to_device(torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), device)
+    ok = sorted(decoded)
+    out: dict[tuple, Optional[torch.Tensor]] = {}
+    for key, inp in inputs.items():
+        out[key] = (torch.stack([resize_on_device(decoded[k], inp.image_size) for k in ok]).permute(0, 2, 3, 1)
+                    if ok else None)
+    return out, ok, rejects

@@ -86,11 +86,12 @@ class Labeler(ImageBatchActor):
         decode_threads: int = 1,
         torch_threads: Optional[int] = None,
         kill_once_marker: Optional[str] = None,
+        device_decode: bool = False,
     ) -> None:
         import torch
 
         super().__init__(source, decode_threads=decode_threads, torch_threads=torch_threads,
-                         kill_once_marker=kill_once_marker, device=device)
+                         kill_once_marker=kill_once_marker, device=device, device_decode=device_decode)
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("labeling actor was given a GPU but torch sees no CUDA device")
         self.half = self.device.type == "cuda"
@@ -326,6 +327,7 @@ def label_images(
     force: bool = False,
     progress: bool = True,
     kill_once_marker: Optional[str] = None,
+    device_decode: bool = False,
 ) -> dict[str, Any]:
     """Label every image of ``source`` with the teacher checkpoint(s) into ``out_dir``; return the summary.
 
@@ -339,6 +341,10 @@ def label_images(
 
     Raises :class:`UserError` for bad arguments, unreadable or mismatched checkpoints, and a folder
     that holds labels of another job (other teachers, temperature, top-k, source or chunk size).
+
+    ``device_decode``: on GPU actors, decode the JPEG bytes of a ``parquet_bytes``/``webdataset`` source with
+    torchvision's nvJPEG decoder and resize on the GPU (:func:`noisystudent.feed.decode_jpeg_batch`); the
+    pixels then differ slightly from the CPU path's (bilinear+antialias instead of area resize).
 
     ``kill_once_marker`` is a fault-injection hook for tests: the first actor to create that file
     exits hard mid-job, so the retry path is exercised with a real dead process.
@@ -367,7 +373,7 @@ def label_images(
     start = time.perf_counter()
     processed = run_chunks(
         source, todo, chunk_size=chunk_size, actor=Labeler,
-        actor_kwargs={"teachers": teachers, "temperature": temperature, "topk": topk},
+        actor_kwargs={"teachers": teachers, "temperature": temperature, "topk": topk, "device_decode": device_decode},
         write_chunk=_write_chunk(out, metadata), batch_size=batch_size, num_actors=num_actors,
         num_gpus_per_actor=num_gpus_per_actor, num_cpus_per_actor=num_cpus_per_actor, progress=progress,
         desc="labeling", kill_once_marker=kill_once_marker,

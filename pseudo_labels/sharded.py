@@ -94,7 +94,7 @@ class ImageBatchActor:
     channels_last: bool = False
 
     def __init__(self, source: Any, decode_threads: int = 1, torch_threads: Optional[int] = None,
-                 kill_once_marker: Optional[str] = None, device: str = "cpu") -> None:
+                 kill_once_marker: Optional[str] = None, device: str = "cpu", device_decode: bool = False) -> None:
         import torch
 
         from noisystudent.feed import limit_native_threads
@@ -109,6 +109,10 @@ class ImageBatchActor:
         self.decode_threads = max(1, int(decode_threads))
         self.pool = ThreadPoolExecutor(self.decode_threads) if self.decode_threads > 1 else None
         self.kill_once_marker = kill_once_marker
+        # JPEG bytes decoded by nvJPEG where the model is (feed.decode_jpeg_batch): only on a GPU, and only
+        # for sources of encoded bytes (parquet_bytes, webdataset)
+        self.device_decode = bool(device_decode) and self.device.type == "cuda" and \
+            getattr(source, "format", None) in ("parquet_bytes", "webdataset")
 
     def add_input(self, image_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float], key: Any = None) -> Any:
         """Register a model input (once per distinct input); returns its key (by default its own parameters)."""
@@ -127,6 +131,8 @@ class ImageBatchActor:
         """The host half: ``(ids, raws, {key: uint8 NHWC tensor or None}, positions read, rejects)``."""
         from noisystudent.feed import decode_fit, pin
 
+        if self.device_decode:
+            return ids, raws, None, None, None  # decoded in finish, on the device
         arrays, ok, rejected = decode_fit(self.source, ids, raws, self.inputs, self.pool, self.decode_threads)
         return ids, raws, pin(arrays, self.device), ok, rejected
 
@@ -134,7 +140,11 @@ class ImageBatchActor:
         """The device half: ``(rows of the readable images or None, their positions in the batch, rejects)``."""
         import torch
 
-        ids, _raws, host, ok, rejected = prepared
+        ids, raws, host, ok, rejected = prepared
+        if host is None:
+            from noisystudent.feed import decode_jpeg_batch
+
+            host, ok, rejected = decode_jpeg_batch(self.source, ids, raws, self.inputs, self.device)
         if not ok:
             return None, ok, rejected
         dtype = self.input_dtype or torch.float32

@@ -109,3 +109,33 @@ def test_prefetch_keeps_order_and_raises_at_the_failing_item():
     for v in prefetch(range(1000), lambda i: i):
         if v == 2:
             break
+
+
+def test_jpeg_bytes_decoded_by_torchvision_match_the_pil_path(tmp_path):
+    """The device decode path (run here on the CPU): JPEGs by torchvision, a PNG and a corrupt JPEG through
+    the source's decoder; pixels close to the host path's (another resize, the same decoder library)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from noisystudent.feed import decode_jpeg_batch
+
+    rng = np.random.default_rng(4)
+    imgs = []
+    for k in range(5):
+        low = rng.integers(0, 256, (5, 5, 3)).astype(np.uint8)
+        imgs.append(np.asarray(Image.fromarray(low).resize((40 + 8 * k, 36), Image.BICUBIC)))
+    blobs = []
+    for k, im in enumerate(imgs):
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG" if k == 3 else "JPEG", quality=95)
+        blobs.append(buf.getvalue())
+    blobs.append(blobs[0][:40])  # a truncated JPEG
+    ids = [f"j{k}" for k in range(len(blobs))]
+    pq.write_table(pa.table({"image_id": ids, "image": blobs}), tmp_path / "j.parquet")
+    src = StreamSource("parquet_bytes", tmp_path / "j.parquet", in_chans=3)
+    inputs = {"m": EvalInput(24, 3, MEAN3, STD3)}
+    dev, ok, rej = decode_jpeg_batch(src, ids, blobs, inputs, torch.device("cpu"))
+    host, ok_h, rej_h = decode_fit(src, ids, blobs, inputs)
+    assert ok == ok_h == [0, 1, 2, 3, 4] and [r[0] for r in rej] == [r[0] for r in rej_h] == ["j5"]
+    diff = np.abs(dev["m"].numpy().astype(int) - host["m"].astype(int))
+    assert dev["m"].shape == (5, 24, 24, 3) and diff.mean() < 4, diff.mean()
