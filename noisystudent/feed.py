@@ -83,9 +83,11 @@ class EvalInput:
         device = torch.device(device)
         x = to_device(x, device).permute(0, 3, 1, 2)
         mean, std = self._device_stats(device)
-        # float32 arithmetic (as albumentations), then the model's dtype
-        out = x.float().sub_(mean).div_(std).to(dtype)
-        return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        # float32 arithmetic (as albumentations), then the model's dtype. The permuted NHWC batch is converted
+        # straight into the wanted layout: normalising the strided view first is 3-4x slower on 3 channels
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        out = x.to(torch.float32, memory_format=fmt).sub_(mean).div_(std)
+        return out if dtype == torch.float32 else out.to(dtype)
 
     def _device_stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         k = (device.type, device.index)
