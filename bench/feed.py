@@ -8,6 +8,9 @@ smoke test with tiny sizes (it proves the script runs; its figures mean little).
 
 Rows (``img/s`` medians over interleaved rounds; ``ratio`` to the row's ``bare`` figure):
 
+- decode: the input half alone, no model (decode, resize, normalise, stack) before and now, per decode
+  threads; ``ratio`` to *before* with the first thread count. This is the row that shows why more threads
+  made labeling slower (the per-image transform under the GIL) and that the batched path removes it.
 - labeling, per case (model, side, format) and decode threads ``T``:
   *bare model*: the teacher's forward alone on a device-resident normalised batch (fp16 channels-last on a
   GPU), the ceiling; *before*: what the actor did before issue 28 (the per-image albumentations eval
@@ -202,6 +205,53 @@ def labeling(sizes: Sizes, dev: torch.device, threads: list[int], scratch: Path)
         print(f"[ok] labeling {tag}", flush=True)
 
 
+def decode(sizes: Sizes, dev: torch.device, threads: list[int], scratch: Path) -> None:
+    """The input half alone (no model): where the time of "more decode threads, slower" went. *before* is the
+    per-image albumentations eval transform on a pool of T threads, then stack (the old actor); *ours* is
+    :meth:`ImageBatchActor.prepare` plus the normalisation of :class:`EvalInput` on ``dev``."""
+    from noisystudent.checkpoint import Checkpoint
+    from noisystudent.transforms import create_transform
+    from pseudo_labels.labeling import Labeler
+
+    for name, side, chans, fmt in CASES:
+        n, bs = (sizes.jpeg_images, sizes.jpeg_batch) if fmt == "jpeg" else (sizes.small_images, sizes.small_batch)
+        spec = gc.spec_of(name, side, chans)
+        ckpt = Checkpoint(spec=spec, state_dict=spec.build(inference=True).state_dict(), checkpoint_id="decode")
+        reader, load_one = source_for(fmt, n, side, chans, scratch)
+        batches = list(reader.read_partition(0, bs))
+        tf = create_transform(side, chans, spec.mean, spec.std, None)
+        measure: dict[str, Callable[[], float]] = {}
+        for t in threads:
+            pool = ThreadPoolExecutor(t) if t > 1 else None
+
+            def before(pool=pool) -> int:
+                for _, raws in batches:
+                    f = lambda r: tf(load_one(r))  # noqa: E731
+                    torch.stack(list(pool.map(f, raws)) if pool else [f(r) for r in raws]).to(dev)
+                return n
+
+            lab = Labeler(source=reader, teachers=[ckpt], device=dev.type, decode_threads=t,
+                          torch_threads=None if dev.type == "cuda" else 1)
+
+            def ours(lab=lab) -> int:
+                for ids, raws in batches:
+                    _, _, host, _, _ = lab.prepare(ids, raws)
+                    for key, x in host.items():
+                        lab.inputs[key].batch(x, dev, lab.input_dtype, lab.channels_last)
+                return n
+            measure[f"before-{t}"] = lambda f=before: gc.rate(f, dev)
+            measure[f"ours-{t}"] = lambda f=ours: gc.rate(f, dev)
+        for fn in measure.values():
+            fn()
+        med = gc.interleave(sizes.repeats, measure)
+        for key, v in med.items():
+            kind, t = key.rsplit("-", 1)
+            base = med[f"before-{threads[0]}"]
+            add("decode", f"{name} {side}px {fmt}: {'before (per-image transform)' if kind == 'before' else 'ours'}, "
+                f"{t} decode thread(s)", v, base, model=name, side=side, format=fmt, threads=int(t), backend=kind, batch=bs)
+        print(f"[ok] decode {name} {side}px {fmt}", flush=True)
+
+
 # --------------------------------------------------------------------------------------------------
 # training
 
@@ -258,7 +308,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke test)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cuda or cpu")
     p.add_argument("--threads", default=None, help="decode threads to compare (default 1,2 on CPU; 1,2,4,8,16 on a GPU)")
-    p.add_argument("--sections", default="labeling,training", help="comma-separated: labeling,training")
+    p.add_argument("--sections", default="decode,labeling,training", help="comma-separated: decode,labeling,training")
     p.add_argument("--out", default=None, help="JSON path (default $OUT/feed.json or bench/results/feed.json)")
     args = p.parse_args(argv)
     dev = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
@@ -282,7 +332,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     t0 = time.perf_counter()
     failed = []
     with tempfile.TemporaryDirectory(prefix="feed-") as tmp:
-        for sec, fn in (("labeling", lambda: labeling(sizes, dev, threads, Path(tmp))),
+        for sec, fn in (("decode", lambda: decode(sizes, dev, threads, Path(tmp))),
+                        ("labeling", lambda: labeling(sizes, dev, threads, Path(tmp))),
                         ("training", lambda: training(sizes, dev, Path(tmp)))):
             if sec not in sections:
                 continue
