@@ -63,7 +63,7 @@ class Sizes:
     train: Any  # gpu_check.Sizes for the training rows
 
 
-FULL = Sizes(small_images=16_384, small_batch=1024, jpeg_images=2048, jpeg_batch=256, repeats=3, train=gc.FULL)
+FULL = Sizes(small_images=16_384, small_batch=1024, jpeg_images=2048, jpeg_batch=256, repeats=2, train=gc.FULL)
 QUICK = Sizes(small_images=1024, small_batch=256, jpeg_images=8, jpeg_batch=4, repeats=1, train=gc.QUICK)
 #: (model, side, channels, format)
 CASES = [("resnet14", 28, 1, "array"), ("wrn_16_2", 32, 3, "array"), ("resnet50", 224, 3, "jpeg")]
@@ -309,11 +309,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--device", default="auto", help="auto (cuda when available), cuda or cpu")
     p.add_argument("--threads", default=None, help="decode threads to compare (default 1,2 on CPU; 1,2,4,8,16 on a GPU)")
     p.add_argument("--sections", default="decode,labeling,training", help="comma-separated: decode,labeling,training")
+    p.add_argument("--repeats", type=int, default=None, help="rounds per measurement (median reported)")
     p.add_argument("--out", default=None, help="JSON path (default $OUT/feed.json or bench/results/feed.json)")
     args = p.parse_args(argv)
     dev = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
                        ("cpu" if args.device == "auto" else args.device))
     sizes = QUICK if args.quick else FULL
+    if args.repeats:
+        sizes = dataclasses.replace(sizes, repeats=args.repeats)
     if dev.type == "cpu":
         sizes = dataclasses.replace(sizes, train=dataclasses.replace(sizes.train, workers=min(sizes.train.workers, 1)))
     threads = [int(t) for t in (args.threads or ("1,2,4,8,16" if dev.type == "cuda" else "1,2")).split(",")]
