@@ -12,7 +12,7 @@ from test_distill import DATA, student_job, world  # noqa: F401  (the module-sco
 
 from noisystudent.distill.base import Batch
 from noisystudent.errors import ConfigError
-from noisystudent.train import TrainHooks, _setup, run_training
+from noisystudent.engine import TrainHooks, run_training, setup
 from pipelines.config import config_from_dict
 
 
@@ -24,24 +24,24 @@ def device_job(world, tmp, method, teaching=None, pseudo=False):  # noqa: F811
 
 @pytest.mark.parametrize("mode", ["fixed", "independent", "function_matching"])
 def test_loaders_give_uint8_and_the_hook_makes_the_modes_views(world, tmp_path, mode):  # noqa: F811
-    lp = _setup(device_job(world, tmp_path, {"name": "hinton"}, {"mode": mode}), TrainHooks(), torch.device("cpu"))
-    x, y, _ = next(iter(lp.lab_loader))
+    tr = setup(device_job(world, tmp_path, {"name": "hinton"}, {"mode": mode}), TrainHooks(), torch.device("cpu"))
+    x, y, _ = next(iter(tr.data.labeled))
     assert x.dtype == torch.uint8 and x.ndim == 4  # one uint8 image per row, whatever the mode
-    views = lp.device_noise(x)
+    views = tr.data.device_noise(x)
     assert views.dtype == torch.float32
     assert views.shape[1] == (2 if mode in ("fixed", "independent") else 1)
-    batch, _ = lp.teaching.prepare(Batch(x_labeled=views, y=y))
-    t_in = lp.teaching.teacher_input(batch)
+    batch, _ = tr.trainee.teaching.prepare(Batch(x_labeled=views, y=y))
+    t_in = tr.trainee.teaching.teacher_input(batch)
     if mode == "independent":
         assert not torch.equal(t_in, batch.inputs)
     if mode == "fixed":  # the teacher's rows are the clean images
-        assert torch.equal(t_in, lp.device_noise.noise.clean(x))
+        assert torch.equal(t_in, tr.data.device_noise.noise.clean(x))
 
 
 def test_cpu_backend_is_unchanged(world, tmp_path):  # noqa: F811
-    lp = _setup(student_job(world, tmp_path, {"name": "supervised"}), TrainHooks(), torch.device("cpu"))
-    x, _, _ = next(iter(lp.lab_loader))
-    assert lp.device_noise is None and x.dtype == torch.float32  # auto on a CPU job: albumentations
+    tr = setup(student_job(world, tmp_path, {"name": "supervised"}), TrainHooks(), torch.device("cpu"))
+    x, _, _ = next(iter(tr.data.labeled))
+    assert tr.data.device_noise is None and x.dtype == torch.float32  # auto on a CPU job: albumentations
 
 
 @pytest.mark.parametrize("method,mode,pseudo", [({"name": "hinton"}, "independent", False),
