@@ -303,6 +303,29 @@ def table() -> str:
     return "\n".join(out)
 
 
+def figure(result: dict[str, Any], path: Path) -> Path:
+    """Bars of img/s per case and decode threads, before vs ours, for the decode and labeling rows of a run."""
+    from bench.common import pyplot, save_figure
+
+    plt = pyplot()
+    sections = [s for s in ("decode", "labeling") if any(r["section"] == s for r in result["rows"])]
+    fig, axes = plt.subplots(1, len(sections), figsize=(6 * len(sections), 4), squeeze=False)
+    for ax, sec in zip(axes[0], sections):
+        rows = [r for r in result["rows"] if r["section"] == sec and r.get("threads")]
+        labels = [f"{r['model']} {r['side']}px\n{r['backend']} T={r['threads']}" for r in rows]
+        colors = ["#bbbbbb" if r["backend"] == "before" else "#2b7bba" for r in rows]
+        ax.barh(range(len(rows)), [r["ours"] for r in rows], color=colors)
+        ax.set_yticks(range(len(rows)), labels, fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("images/s (log)")
+        ax.set_title(f"{sec}: before (grey) vs ours (blue)", fontsize=9)
+        ax.invert_yaxis()
+    dev = result["environment"].get("gpu") or f"cpu x{result['environment'].get('cpus')}"
+    fig.suptitle(f"bench.feed on {dev}; load {result['load_before'][0]:.0f}->{result['load_after'][0]:.0f}", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke test)")
@@ -311,7 +334,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--sections", default="decode,labeling,training", help="comma-separated: decode,labeling,training")
     p.add_argument("--repeats", type=int, default=None, help="rounds per measurement (median reported)")
     p.add_argument("--out", default=None, help="JSON path (default $OUT/feed.json or bench/results/feed.json)")
+    p.add_argument("--plot", nargs=2, metavar=("JSON", "PNG"), help="only draw the figure of an earlier run's JSON")
     args = p.parse_args(argv)
+    if args.plot:
+        print(f"wrote {figure(json.loads(Path(args.plot[0]).read_text()), Path(args.plot[1]))}")
+        return 0
     dev = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
                        ("cpu" if args.device == "auto" else args.device))
     sizes = QUICK if args.quick else FULL
