@@ -111,6 +111,9 @@ class ArraySource(ImageSource):
     def load(self, i: int) -> np.ndarray:
         return self.images[self._idx[int(i)]]
 
+    def load_batch(self, indices) -> np.ndarray:
+        return self.images[self._idx[np.asarray(indices, dtype=np.int64)]]
+
     def _take(self, idx: np.ndarray) -> None:
         self._idx = self._idx[idx]
 

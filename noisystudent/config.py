@@ -42,6 +42,9 @@ class NoiseConfig:
     hflip: bool = True
     crop_padding: int = field(default=2, metadata=validate.range(0, 64))
     random_erasing: float = field(default=0.0, metadata=validate.range(0, 1))
+    # where the noise runs: cpu (albumentations, image by image in the loaders), device (whole uint8 batches
+    # where the model runs: noisystudent/batch_noise.py), auto (device when training on a GPU)
+    backend: Literal["auto", "cpu", "device"] = "auto"
 
 
 @dataclass

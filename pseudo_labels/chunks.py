@@ -62,6 +62,11 @@ class IndexChunks:
         self.attach()
         return self._source.load(int(raw))
 
+    def decode_batch(self, raws: list[int]) -> Optional[np.ndarray]:
+        """The whole batch at once when the source holds its pixels in an array, else None (decode one by one)."""
+        self.attach()
+        return self._source.load_batch(raws) if hasattr(self._source, "load_batch") else None
+
     def hidden(self, raws: list[int]) -> Optional[np.ndarray]:
         """The source's hidden labels of these indices (source class indices), or None without."""
         self.attach()

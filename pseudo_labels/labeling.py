@@ -67,6 +67,9 @@ SUMMARY_KEY = b"noisystudent.summary"
 class Labeler(ImageBatchActor):
     """Ray Data callable class: decodes a batch of source indices and labels it with the teacher(s).
 
+    The batch reaches :meth:`score` decoded, resized and normalised per batch on the actor's device
+    (:class:`~pseudo_labels.sharded.ImageBatchActor`, :mod:`noisystudent.feed`), in fp16 channels-last on a GPU.
+
     Several teachers form an ensemble: each gives softmax(logits / T) and the probabilities are
     averaged with ``weights`` (normalised; equal when None). Images that cannot be decoded come back as rows with a ``reject_reason`` instead of
     failing the block (:class:`~pseudo_labels.sharded.ImageBatchActor`).
@@ -85,17 +88,18 @@ class Labeler(ImageBatchActor):
         decode_threads: int = 1,
         torch_threads: Optional[int] = None,
         kill_once_marker: Optional[str] = None,
+        device_decode: bool = False,
     ) -> None:
         import torch
 
-        from noisystudent.transforms import create_transform
-
         super().__init__(source, decode_threads=decode_threads, torch_threads=torch_threads,
-                         kill_once_marker=kill_once_marker)
+                         kill_once_marker=kill_once_marker, device=device, device_decode=device_decode)
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("labeling actor was given a GPU but torch sees no CUDA device")
-        self.device = torch.device(device)
         self.half = self.device.type == "cuda"
+        # the batch arrives normalised in the model's dtype and memory format (fp16 channels-last on a GPU)
+        self.input_dtype = torch.float16 if self.half else torch.float32
+        self.channels_last = self.half
         self.temperature = float(temperature)
         self.num_classes = teachers[0].spec.num_classes
         self.topk = effective_topk(topk, self.num_classes)
@@ -109,9 +113,7 @@ class Labeler(ImageBatchActor):
             model = ckpt.build_model(self.device)
             if self.half:
                 model = model.half().to(memory_format=torch.channels_last)
-            key = (spec.image_size, spec.in_chans, tuple(spec.mean), tuple(spec.std))
-            if key not in self.transforms:
-                self.transforms[key] = create_transform(spec.image_size, spec.in_chans, list(spec.mean), list(spec.std), noise=None)
+            key = self.add_input(spec.image_size, spec.in_chans, list(spec.mean), list(spec.std))
             self.models.append((key, model))
 
     def score(self, ids: list[str], inputs: dict[tuple, Any]) -> pa.Table:
@@ -298,6 +300,7 @@ def label_images(
     progress: bool = True,
     kill_once_marker: Optional[str] = None,
     weights: Optional[Sequence[float]] = None,
+    device_decode: bool = False,
 ) -> dict[str, Any]:
     """Label every image of ``source`` with the teacher checkpoint(s) into ``out_dir``; return the summary.
 
@@ -314,6 +317,10 @@ def label_images(
 
     Raises :class:`UserError` for bad arguments, unreadable or mismatched checkpoints, and a folder
     that holds labels of another job (other teachers, temperature, top-k, source or chunk size).
+
+    ``device_decode``: on GPU actors, decode the JPEG bytes of a ``parquet_bytes``/``webdataset`` source with
+    torchvision's nvJPEG decoder and resize on the GPU (:func:`noisystudent.feed.decode_jpeg_batch`); the
+    pixels then differ slightly from the CPU path's (bilinear+antialias instead of area resize).
 
     ``kill_once_marker`` is a fault-injection hook for tests: the first actor to create that file
     exits hard mid-job, so the retry path is exercised with a real dead process.
@@ -346,7 +353,8 @@ def label_images(
     start = time.perf_counter()
     processed = run_chunks(
         source, todo, chunk_size=chunk_size, actor=Labeler,
-        actor_kwargs={"teachers": teachers, "temperature": temperature, "topk": topk, "weights": weights},
+        actor_kwargs={"teachers": teachers, "temperature": temperature, "topk": topk, "weights": weights,
+                      "device_decode": device_decode},
         write_chunk=_write_chunk(out, metadata), batch_size=batch_size, num_actors=num_actors,
         num_gpus_per_actor=num_gpus_per_actor, num_cpus_per_actor=num_cpus_per_actor, progress=progress,
         desc="labeling", kill_once_marker=kill_once_marker,

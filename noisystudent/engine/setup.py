@@ -169,7 +169,7 @@ class Training:
 def setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> Training:
     """Build the models, the method, the online teacher, the loaders and the optimisation of a job."""
     trainee = build_trainee(job, hooks, device)
-    data = build_data(job, hooks, trainee.teaching, trainee.use_pseudo)
+    data = build_data(job, hooks, trainee.teaching, trainee.use_pseudo, device)
     plan = plan_steps(job, hooks.world_size)  # each DDP worker sees 1/world_size of the data per epoch
     state = TrainState.create(trainee.core, job.train_cfg, plan, hooks.world_size, trainee.method_cfg["name"])
     evaluator = Evaluator(data.eval_transform, device, job.spec.classes)

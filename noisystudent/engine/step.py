@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -64,20 +64,22 @@ class StepResult:
 class UnlabeledBatches:
     """Pseudo-labeled batches on ``device`` without end: a new pass starts when one runs out."""
 
-    def __init__(self, loader, device: torch.device):
-        self.loader, self.device, self.it = loader, device, iter(loader)
+    def __init__(self, loader, device: torch.device, noise: Optional[Callable] = None):
+        self.loader, self.device, self.it, self.noise = loader, device, iter(loader), noise
 
     def next(self):
         try:
-            return to_device(next(self.it), self.device)
+            return to_device(next(self.it), self.device, self.noise)
         except StopIteration:
             self.it = iter(self.loader)
-            return to_device(next(self.it), self.device)
+            return to_device(next(self.it), self.device, self.noise)
 
 
-def next_batch(labeled: Iterator, unlabeled: Optional[UnlabeledBatches], device: torch.device) -> Optional[Batch]:
-    """The step's batch: labeled rows, plus pseudo-labeled rows and their targets when the job has them."""
-    lb = to_device(next(labeled), device)
+def next_batch(labeled: Iterator, unlabeled: Optional[UnlabeledBatches], device: torch.device,
+               noise: Optional[Callable] = None) -> Optional[Batch]:
+    """The step's batch: labeled rows, plus pseudo-labeled rows and their targets when the job has them
+    (``noise``: the device noise backend's hook, see :mod:`noisystudent.batch_noise`)."""
+    lb = to_device(next(labeled), device, noise)
     if lb is None:
         return None
     batch = Batch(x_labeled=lb[0], y=lb[1])
