@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from noisystudent.data.array import ArraySource
-from noisystudent.data.streaming import IndexChunks, StreamSource
+from noisystudent.data.streaming import StreamSource
+from pseudo_labels.chunks import IndexChunks
 from noisystudent.errors import ImageDecodeError
 from noisystudent.feed import EvalInput, decode_fit, prefetch
 from noisystudent.transforms import create_transform
