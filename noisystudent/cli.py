@@ -16,13 +16,15 @@ from typing import Any
 import click
 import yaml
 
+from pipelines.runlock import writes_run
+
 from .errors import UserError
 
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
 def _user_errors(fn):
-    """Turn UserError into ``error: ...`` on stderr and exit code 2."""
+    """Turn UserError (also one wrapped by Ray, and a full disk) into ``error: ...`` on stderr and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -30,6 +32,14 @@ def _user_errors(fn):
             return fn(*args, **kwargs)
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except Exception as exc:  # a full disk or a user error inside Ray's wrappers: still one line, exit 2
+            from .diskspace import find_user_error
+
+            found = find_user_error(exc)
+            if found is None:
+                raise
+            click.echo(f"error: {found}", err=True)
             sys.exit(2)
 
     return wrapper
@@ -91,6 +101,7 @@ def main() -> None:
 @gpus_option
 @quiet_option
 @_user_errors
+@writes_run("run_dir")
 def teacher(config, run_dir, role, labels_per_class, force, sets, ray_address, workers, gpus_per_worker, quiet):
     """Train the generation-0 teacher (or a supervised baseline) from CONFIG."""
     from pipelines import steps
@@ -121,6 +132,7 @@ def teacher(config, run_dir, role, labels_per_class, force, sets, ray_address, w
 @address_option
 @quiet_option
 @_user_errors
+@writes_run("run_dir")
 def label(run_dir, generation, teachers, force, ray_address, quiet):
     """Pseudo-label the unlabeled images of RUN_DIR with Ray workers into gen-G/labels/ (Parquet)."""
     from pipelines import steps
@@ -139,6 +151,7 @@ def label(run_dir, generation, teachers, force, ray_address, quiet):
 @click.option("--generation", "-g", type=click.IntRange(1), required=True)
 @click.option("--force", is_flag=True)
 @_user_errors
+@writes_run("run_dir")
 def select_cmd(run_dir, generation, force):
     """Filter by confidence and balance classes: gen-G/labels -> gen-G/selected."""
     from pipelines import steps
@@ -158,6 +171,7 @@ def select_cmd(run_dir, generation, force):
 @gpus_option
 @quiet_option
 @_user_errors
+@writes_run("run_dir")
 def student(run_dir, generation, force, ray_address, workers, gpus_per_worker, quiet):
     """Train generation G's noised student on labeled + selected pseudo-labeled images."""
     from pipelines import steps
@@ -193,6 +207,7 @@ def student(run_dir, generation, force, ray_address, workers, gpus_per_worker, q
 @gpus_option
 @quiet_option
 @_user_errors
+@writes_run("run_dir")
 def run(config, run_dir, generations, baselines, tracking, sets, ray_address, workers, gpus_per_worker, quiet):
     """Run (or resume) Noisy Student end to end: teacher, then N generations of label/select/student."""
     from pipelines.loop import run_all
@@ -216,6 +231,7 @@ def run(config, run_dir, generations, baselines, tracking, sets, ray_address, wo
 @gpus_option
 @quiet_option
 @_user_errors
+@writes_run("run_dir")
 def distill(config, run_dir, teacher, method, force, sets, ray_address, workers, gpus_per_worker, quiet):
     """Train one student (student.ladder[0], student.train) from a teacher on the labeled images."""
     from pipelines import steps
@@ -471,6 +487,7 @@ def anomaly() -> None:
 @gpus_option
 @quiet_option
 @_user_errors
+@writes_run("run_dir")
 def anomaly_train(config, run_dir, force, sets, ray_address, workers, gpus_per_worker, quiet):
     """Train an STPM detector from CONFIG (an anomaly config file) into RUN_DIR; run again to resume."""
     from pipelines.anomaly.config import load_anomaly_config
@@ -537,8 +554,15 @@ def anomaly_report(score_dir, masks, out):
 
 
 @main.command()
-def doctor() -> None:
-    """Versions, whether Ray can start, GPUs seen, dataset paths found."""
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@_user_errors
+def doctor(run_dir) -> None:
+    """Versions, whether Ray can start, GPUs seen, dataset paths found; with RUN_DIR, whether every artifact of
+    that run is intact (exit 2 naming each damaged file and the command that rebuilds it)."""
+    if run_dir:
+        from pipelines.verify import report_run
+
+        sys.exit(report_run(run_dir, click.echo))
     import platform
 
     from .config import DataConfig
@@ -605,6 +629,7 @@ def study() -> None:
 @address_option
 @quiet_option
 @_user_errors
+@writes_run("study_dir")
 def study_run(study_file, study_dir, max_trials, teacher, ray_address, quiet):
     """Run (or resume) the study STUDY_FILE in DIR and print its summary over seeds."""
     from pipelines.study import format_summary, run_study, summary
