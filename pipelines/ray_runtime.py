@@ -271,3 +271,22 @@ def quiet_worker_logs() -> None:
     import logging
 
     logging.getLogger(_PG_CLEANER_LOGGER).setLevel(logging.ERROR)
+    pin_own_address()
+
+
+def pin_own_address() -> None:
+    """Point Ray's address discovery in this worker at the instance it belongs to (``RAY_ADDRESS``).
+
+    Code in a worker that calls Ray's State API without an address (Ray Train's placement group
+    cleaner asks every second whether its controller lives) resolves "the" local instance by listing
+    the GCS processes of the machine; with two runs side by side (two embedded instances) that raises
+    ``ConnectionError: Found multiple active Ray instances`` and a traceback per job. The worker knows
+    its own GCS, so it is passed down instead of discovered. Only workers are pinned: the driver's
+    environment stays as the user left it (a later ``ray.init()`` in it must not reach a stopped
+    instance)."""
+    try:
+        import ray
+
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    except Exception as exc:  # noqa: BLE001 - a private detail must never stop a worker
+        log.debug("could not pin RAY_ADDRESS in a worker: %s", exc)

@@ -23,6 +23,7 @@ from noisystudent.train import PseudoLabeledSet, TrainJob, spec_for
 from pipelines.config import ExperimentConfig
 
 from .state import RunDir, step_name
+from .verify import check_inputs, folder_artifacts
 
 
 def _log(msg: str) -> None:
@@ -255,6 +256,8 @@ def label(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[st
     if run.is_done(step) and not force:
         return read_json(out / "summary.json")
     ckpts = [Path(t) for t in teachers] if teachers else [teacher_checkpoint(run, g)]
+    if not teachers:
+        check_inputs(run, g, "label")  # a damaged teacher checkpoint: named, with the command that remakes it
     data = load_data(cfg)
     streaming = hasattr(data.unlabeled, "read_partition")
     if data.unlabeled is None or (not streaming and len(data.unlabeled) == 0):
@@ -280,7 +283,7 @@ def label(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[st
         force=force,
         progress=progress,
     )
-    run.mark_done(step, time.perf_counter() - t0, [out / "summary.json"], rows=summary.get("rows"),
+    run.mark_done(step, time.perf_counter() - t0, folder_artifacts(out), rows=summary.get("rows"),
                   rejected=summary.get("rejected"), teachers=[str(c) for c in ckpts])
     return summary
 
@@ -307,6 +310,7 @@ def select(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False) -> d
         return read_json(out / "summary.json")
     if not run.is_done(step_name(g, "label")):
         raise UserError(f"generation {g} has no finished labels; run `noisystudent label {run.root} --generation {g}` first")
+    check_inputs(run, g, "select")
     data = load_data(cfg)
     t0 = time.perf_counter()
     labels_dir = run.labels_dir(g)
@@ -317,7 +321,7 @@ def select(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False) -> d
     _log(f"[gen {g}] selected {summary['rows_selected']} of {summary['rows_in']} pseudo-labels "
          f"({summary['weighted_rows_selected']} after balancing duplicates)")
     _warn_selection(g, summary, None, meta.class_names, pl.threshold)
-    run.mark_done(step, time.perf_counter() - t0, [out / "summary.json"])
+    run.mark_done(step, time.perf_counter() - t0, folder_artifacts(out))
     return summary
 
 
@@ -361,6 +365,7 @@ def train_student(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = Fals
         return read_json(out / "metrics.json")
     if not run.is_done(step_name(g, "select")):
         raise UserError(f"generation {g} has no selected pseudo-labels; run `noisystudent select {run.root} --generation {g}` first")
+    check_inputs(run, g, "student")
     data = load_data(cfg)
     model_cfg = cfg.student_model(g)
     pseudo = pseudo_set(run, cfg, g)
