@@ -90,11 +90,11 @@ def find_user_error(exc: BaseException) -> Optional[UserError]:
     as a subclass of both its own wrapper and the original type, so the original, when there, is
     preferred), or an out-of-space ``OSError`` turned into :class:`DiskFullError`. None when neither."""
     found: list[BaseException] = list(_chain(exc))
-    users = [e for e in found if isinstance(e, UserError)]
-    plain = [e for e in users if type(e).__module__.split(".")[0] != "ray" and "RayTaskError" not in type(e).__name__]
-    if plain:
-        return plain[0]  # type: ignore[return-value]
-    for e in found:
+    originals = [e for e in found if type(e).__module__.split(".")[0] != "ray"]  # Ray's wrappers say it all twice
+    users = [e for e in originals if isinstance(e, UserError)]
+    if users:
+        return users[0]  # type: ignore[return-value]
+    for e in originals:
         code = out_of_space_errno(e)
         if code is not None:
             name = getattr(e, "filename", None)
@@ -102,4 +102,4 @@ def find_user_error(exc: BaseException) -> Optional[UserError]:
                 return out_of_space(name, code)
             return DiskFullError(f"a write failed: {OUT_OF_SPACE[code]} ({str(e).splitlines()[0]}); free space and "
                                  "run the same command again, it resumes where it stopped")
-    return users[0] if users else None  # type: ignore[return-value]
+    return None
