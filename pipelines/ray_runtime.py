@@ -103,7 +103,10 @@ def _start_embedded(num_cpus: Optional[int], kwargs: dict) -> None:
     # no dashboard, hence no State API: see quiet_worker_logs
     ray.init(num_cpus=num_cpus, runtime_env={"worker_process_setup_hook": "pipelines.ray_runtime.quiet_worker_logs"},
              **kwargs)
-    _record(tag, _session_dir())
+    session = _session_dir()
+    from .ray_watch import start_watcher
+
+    _record(tag, session, start_watcher(tag, session))  # the watcher stops the agents soon after a hard kill
 
 
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
@@ -154,7 +157,7 @@ def _session_dir() -> Optional[str]:
         return None
 
 
-def _record(tag: str, session_dir: Optional[str] = None) -> None:
+def _record(tag: str, session_dir: Optional[str] = None, watcher_pid: Optional[int] = None) -> None:
     from noisystudent.io import write_json
 
     try:
@@ -162,7 +165,7 @@ def _record(tag: str, session_dir: Optional[str] = None) -> None:
         d.mkdir(parents=True, exist_ok=True)
         rec = d / f"{tag}.json"
         write_json(rec, {"tag": tag, "driver_pid": os.getpid(), "driver_start": _proc_start_time(os.getpid()),
-                         "session_dir": session_dir, "started": time.time()})
+                         "session_dir": session_dir, "started": time.time(), "watcher_pid": watcher_pid})
         atexit.register(lambda: rec.unlink(missing_ok=True))  # a clean exit leaves nothing to reap
     except OSError as exc:  # a read-only home must not stop a run
         log.warning("could not record the embedded Ray instance for later cleanup: %s", exc)
@@ -242,18 +245,23 @@ def reap_orphans(grace_s: float = 3.0) -> list[int]:
             continue
         pids = tagged_processes(tag, rec.get("session_dir"))
         killed.extend(pids)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for p in pids:
-                try:
-                    os.kill(p, sig)
-                except OSError:
-                    pass
-            deadline = time.time() + grace_s
-            while pids and time.time() < deadline:
-                pids = [p for p in pids if _running(p)]
-                time.sleep(0.1)
+        stop_processes(pids, grace_s)
         rec_path.unlink(missing_ok=True)
     return killed
+
+
+def stop_processes(pids: list[int], grace_s: float = 3.0) -> None:
+    """SIGTERM ``pids``, then SIGKILL those still running after ``grace_s`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except OSError:
+                pass
+        deadline = time.time() + grace_s
+        while pids and time.time() < deadline:
+            pids = [p for p in pids if _running(p)]
+            time.sleep(0.1)
 
 
 # Ray Train v2's detached PlacementGroupCleaner asks the State API every second whether the train
