@@ -298,6 +298,9 @@ def status(run_dir, as_json):
         click.echo("")
     for g, why in decisions:
         click.echo(f"gen {g} promotion: {why}")
+    stopped = RunDir(run_dir).state().get("stopped")
+    if stopped:
+        click.echo(f"stopped before gen {stopped['generation']}: {stopped['reason']}")
 
 
 @main.command()

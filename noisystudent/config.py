@@ -92,6 +92,9 @@ class ModelConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     # distillation method of this rung ({name, ...params}); null: the student section's method
     method: Optional[dict] = field(default=None, metadata={"method": True})
+    # weights the model starts from: null (random, the paper's from-scratch student), `teacher` (the model
+    # that teaches this rung; the same architecture), or a checkpoint path (model.pt or its folder)
+    init: Optional[str] = None
 
 
 @dataclass

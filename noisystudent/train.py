@@ -139,6 +139,8 @@ class TrainJob:
     train_field: Optional[str] = None
     # what an online teacher sees (TeachingConfig or its dict; null: consistent, the student's own view)
     teaching: Any = None
+    # a checkpoint whose weights the student starts from (same architecture and classes); None: random
+    init_ckpt: Optional[str] = None
 
     @property
     def train_section(self) -> str:
@@ -385,6 +387,18 @@ def _load_teacher(job: TrainJob, device: torch.device, stages) -> OnlineTeacher:
     return OnlineTeacher(ckpt, device, stages=stages)
 
 
+def init_weights(model: torch.nn.Module, path: str, spec: ModelSpec) -> None:
+    """Start ``model`` from the weights of checkpoint ``path`` (a student initialised from its teacher).
+
+    The architecture and classes must be the checkpoint's; dropout and drop path may differ (they hold no
+    weights), which is what lets a noised student continue from a clean teacher."""
+    ckpt = load_checkpoint(path, expected_classes=spec.classes)
+    if (ckpt.spec.name, ckpt.spec.in_chans) != (spec.name, spec.in_chans):
+        raise UserError(f"init checkpoint {path} is a {ckpt.spec.name} on {ckpt.spec.in_chans}-channel images; the "
+                        f"student is a {spec.name} on {spec.in_chans}-channel ones (init needs the same architecture)")
+    model.load_state_dict(ckpt.state_dict)
+
+
 @dataclass
 class _Loop:
     """Everything one job's epochs share; built by :func:`_setup`, so :func:`run_training` reads at once."""
@@ -451,7 +465,10 @@ def _setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> _Loop:
                           stacklevel=3)
         method_cfg = resolve_method_config({"name": "supervised"}, "method")
 
-    student = spec.build(inference=False).to(device)
+    student = spec.build(inference=False)
+    if job.init_ckpt:
+        init_weights(student, job.init_ckpt, spec)
+    student = student.to(device)
 
     teacher = None
     if get_method(method_cfg["name"]).teacher_for(method_cfg) == "online":

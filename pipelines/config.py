@@ -73,13 +73,17 @@ class StudentConfig:
     unlabeled_weight: float = field(default=1.0, metadata=_range(0, 1000))
     finetune_epochs: int = field(default=0, metadata=_range(0, 10_000))
     finetune_lr: float = field(default=0.01, metadata=_range(0, 10, lo_open=True))
-    # which model teaches generation g + 1: `always` the student of g; `if_better` the student only when
-    # its validation accuracy is at least its teacher's, else that teacher again (the student is kept
-    # and reported). Without validation data if_better promotes the student and says so
-    promote: Literal["always", "if_better"] = "if_better"
-    # below 1: if_better refuses a student below its teacher only when it is significantly worse (one-sided
-    # exact McNemar test on the same validation images, p < promote_alpha); 1 refuses every such student
-    promote_alpha: float = field(default=1.0, metadata=_range(0, 1))
+    # which model teaches generation g + 1 (pipelines/promotion.py): `unless_worse` the student unless the
+    # validation images show it worse (significantly, or by more than promote_margin); `if_better` only a
+    # student at least as good as its teacher; `always` the student (the paper's loop). A refused student is
+    # kept and reported; without validation data every student is promoted, saying so
+    promote: Literal["always", "if_better", "unless_worse"] = "unless_worse"
+    # one-sided exact McNemar level on the validation images below which a student is "significantly worse";
+    # null: the policy's own (unless_worse 0.05; if_better 1, i.e. every student below is refused)
+    promote_alpha: Optional[float] = field(default=None, metadata=_range(0, 1))
+    # unless_worse: a student more than this far below its teacher's validation accuracy is refused whatever
+    # the test says (a collapse shows on few images before it is significant)
+    promote_margin: float = field(default=0.05, metadata=_range(0, 1))
     # distillation method of every rung ({name, ...params}; `noisystudent methods` lists them). null: the
     # Noisy Student loss of `loss`, `temperature`, `alpha`, `unlabeled_weight` above (older configs)
     method: Optional[dict] = field(default=None, metadata={"method": True})
@@ -149,6 +153,13 @@ def _check(cfg: ExperimentConfig) -> ExperimentConfig:
         (f"student.ladder[{i}].name", m) for i, m in enumerate(cfg.student.ladder)
     ]:
         check_model(mc.name, where)
+    if cfg.teacher.init == "teacher":
+        raise ConfigError("teacher.init", "the generation-0 teacher has no teacher to start from; give a checkpoint path or null")
+    for i, rung in enumerate(cfg.student.ladder):
+        before = cfg.student.ladder[i - 1] if i else cfg.teacher
+        if rung.init == "teacher" and rung.name != before.name:
+            raise ConfigError(f"student.ladder[{i}].init", f"`teacher` needs the architecture of the model that teaches "
+                              f"this rung ({before.name}), got {rung.name}; use null to train it from scratch")
     from noisystudent.distill import resolve_method_config
 
     cfg.distill.method = resolve_method_config(cfg.distill.method, "distill.method")  # defaults filled in

@@ -16,7 +16,13 @@ from .state import RunDir, step_name
 
 
 def run_generation(run: RunDir, cfg: ExperimentConfig, g: int, progress: bool = True) -> dict:
-    """One generation; finished steps are skipped, an unfinished one resumes."""
+    """One generation; finished steps are skipped, an unfinished one resumes. Labels made by the same
+    teacher checkpoint for an earlier generation are reused, not made again (:mod:`pipelines.repeat`)."""
+    from .repeat import reuse_labels, same_teacher_generation
+
+    h = same_teacher_generation(run, g)
+    if h is not None and reuse_labels(run, g, h):
+        steps._log(f"[gen {g}] labels: the same teacher labeled generation {h}; its labels are reused")
     steps.label(run, cfg, g, progress=progress)
     steps.select(run, cfg, g)
     steps.train_student(run, cfg, g, progress=progress)
@@ -50,7 +56,22 @@ def run_all(cfg: ExperimentConfig, run_dir: str | Path, generations: Optional[in
     teacher = steps.train_teacher(run, cfg, progress=progress)
     rows.append({"generation": 0, "model": cfg.teacher.name, "test_acc": teacher.get("test_acc")})
     _track(run, tracking)
+    from .repeat import repeated_generation, stop_message
+
     for g in range(1, n + 1):
+        h = repeated_generation(run, cfg, g) if not run.is_done(step_name(g, "student")) else None
+        if h is not None:
+            import warnings
+
+            from noisystudent.errors import PromotionWarning
+
+            msg = stop_message(run, cfg, g, h)
+            steps._log(f"[gen {g}] {msg}")
+            warnings.warn(msg, PromotionWarning, stacklevel=2)
+            st = run.state()
+            st["stopped"] = {"generation": g, "repeats": h, "reason": msg}
+            run._write_state(st)
+            break
         rows.append(run_generation(run, cfg, g, progress=progress))
         _track(run, tracking)
     if baselines:

@@ -82,6 +82,9 @@ def _train_step(run: RunDir, cfg: ExperimentConfig, step: str, out: Path, *, mod
     from .train_ray import train
 
     t0 = time.perf_counter()
+    init = model_cfg.init
+    if init == "teacher":
+        init = str(teacher) if teacher is not None else None
     job = TrainJob(
         spec=spec_for(model_cfg, cfg.data, classes),
         model_cfg=model_cfg,
@@ -101,6 +104,7 @@ def _train_step(run: RunDir, cfg: ExperimentConfig, step: str, out: Path, *, mod
         teacher_ckpt=str(teacher) if teacher is not None else None,
         val=val,
         teaching=teaching,
+        init_ckpt=init,
     )
     metrics = train(job, cfg.ray)
     run.mark_done(step, time.perf_counter() - t0, [out / "model.pt", out / "metrics.json", out / "history.csv"],
@@ -527,13 +531,14 @@ def promote(run: RunDir, g: int, cfg: Optional[ExperimentConfig] = None) -> dict
         raise UserError(f"generation {g} has no student checkpoint to promote ({ckpt})")
     teacher = run.teacher_of(g)
     student_val, n_val = _val_acc(cfg, ckpt)
-    teacher_val, _ = _val_acc(cfg, teacher) if cfg.student.promote == "if_better" else (None, 0)
+    policy = cfg.student.promote
+    teacher_val, _ = _val_acc(cfg, teacher) if policy != "always" else (None, 0)
     discordant = None
-    if (cfg.student.promote == "if_better" and student_val is not None and teacher_val is not None
+    if (policy != "always" and student_val is not None and teacher_val is not None
             and student_val < teacher_val):  # what a refusal rests on, recorded whatever promote_alpha says
         discordant = _val_discordance(cfg, ckpt, teacher)
     rec = decide(cfg.student.promote, g, student_val, teacher_val, n_val, _model_name(run, teacher)[1],
-                 discordant=discordant, alpha=cfg.student.promote_alpha)
+                 discordant=discordant, alpha=cfg.student.promote_alpha, margin=cfg.student.promote_margin)
     chosen = ckpt if rec["promoted"] == "student" else teacher
     rec["next_teacher"] = str(chosen.parent.relative_to(run.root)) if _model_name(run, chosen)[0] is not None else str(chosen)
     run.promote(g, chosen, rec)

@@ -127,9 +127,12 @@ def test_if_better_keeps_the_teacher_when_the_student_is_worse(fmnist_folder, tm
     rec = run.state()["promotions"]["1"]
     assert rec["student_val_acc"] < rec["teacher_val_acc"], rec  # the teacher trained 60 steps, the student 1
     assert rec["promoted"] == "teacher" and rec["signal"] == "validation" and rec["val_images"] == 20
-    # the paired comparison it rested on is recorded (the default promote_alpha 1 refuses whatever p says)
-    assert rec["alpha"] == 1.0 and rec["teacher_only"] > rec["student_only"] and 0 < rec["p_value"] < 1, rec
-    assert "only the teacher got right" in rec["reason"]
+    # the default unless_worse refuses it for being more than promote_margin below, whatever p says on 20
+    # images, and records the paired comparison it rested on
+    assert rec["policy"] == "unless_worse" and rec["margin"] == 0.05, rec
+    assert rec["teacher_val_acc"] - rec["student_val_acc"] > 0.05, rec
+    assert rec["teacher_only"] > rec["student_only"] and 0 < rec["p_value"] < 1, rec
+    assert "only the teacher got right" in rec["reason"] and "promote_margin" in rec["reason"]
     assert run.teacher_of(2) == run_dir / "gen-0" / "teacher" / "model.pt"
     assert (run_dir / "gen-1" / "student" / "model.pt").is_file()  # kept and reported
     assert any(issubclass(w.category, PromotionWarning) for w in caught)
@@ -261,8 +264,8 @@ def test_promotion_decisions():
 
 
 def test_if_better_refuses_only_a_significantly_worse_student():
-    """With promote_alpha 0.05, 11 images lost against 6 won is noise and the student teaches; a collapsed
-    student (8 lost, none won) is refused; promote_alpha 1 (the default) is the strict rule."""
+    """if_better with promote_alpha 0.05: 11 images lost against 6 won is noise and the student teaches; a
+    collapsed student (8 lost, none won) is refused; promote_alpha 1 (if_better's own) is the strict rule."""
     from scipy.stats import binomtest
 
     from pipelines.promotion import decide, mcnemar_p

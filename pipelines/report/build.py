@@ -157,10 +157,10 @@ def promotion_table(run: RunData) -> Optional[Table]:
                                           "p_value": fmt(d.get("p_value")),
                                           "promoted": fmt(d.get("promoted")), "reason": fmt(d.get("reason"))}))
     return Table(PROMOTION_COLUMNS, rows, numeric=frozenset({"student_val_acc", "teacher_val_acc", "p_value"}),
-                 caption="Promotion decisions (state.json 'promotions'): if_better refuses a student below its "
-                         "teacher on validation (with student.promote_alpha below 1, only a significantly worse one; "
-                         "McNemar p: one-sided exact test on the same images); test accuracy is reported, never "
-                         "decided on.")
+                 caption="Promotion decisions (state.json 'promotions'): unless_worse (the default) refuses a student "
+                         "significantly worse than its teacher on validation (McNemar p below student.promote_alpha: "
+                         "one-sided exact test on the same images) or more than student.promote_margin below it; "
+                         "if_better refuses every student below; test accuracy is reported, never decided on.")
 
 
 def _step_order(name: str) -> tuple:
