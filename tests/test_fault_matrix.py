@@ -58,15 +58,17 @@ def _env(tmp: Path, **extra: str) -> dict:
 
 
 def _start(tmp: Path, *argv: str, **env: str) -> subprocess.Popen:
-    log = open(tmp / f"log-{time.monotonic_ns()}.txt", "w+")
-    return subprocess.Popen([sys.executable, "-m", "noisystudent.cli", *argv], env=_env(tmp, **env),
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    log = tmp / f"log-{time.monotonic_ns()}.txt"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "noisystudent.cli", *argv], env=_env(tmp, **env),
+                                stdout=fh, stderr=subprocess.STDOUT)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
     code = proc.wait(timeout=timeout)
-    proc.stdout.seek(0)
-    return code, proc.stdout.read()
+    return code, proc.log.read_text()  # type: ignore[attr-defined]
 
 
 def _run(tmp: Path, *argv: str, **env: str) -> tuple[int, str]:
