@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from conftest import write_png_folder
+from pseudo_labels.store import list_shards
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +107,8 @@ def _assert_outcome(tmp: Path, instances: list[dict]) -> dict:
         assert s in steps, (s, sorted(steps))
     counts = {}
     for name in ("labels", "selected"):
-        ids = pq.read_table(run / "gen-1" / name, columns=["image_id"])["image_id"].to_pylist()
+        ids = [i for shard in list_shards(run / "gen-1" / name)
+               for i in pq.read_table(shard, columns=["image_id"])["image_id"].to_pylist()]
         assert len(ids) == len(set(ids)) == UNLABELED, (name, len(ids), len(set(ids)))
         counts[name] = len(ids)
     deadline = time.time() + 60

@@ -93,3 +93,19 @@ def test_deleted_success_marker_is_named_before_the_student_trains(run_copy):
     line = _one_error_line(out)
     assert code == 2 and f"{marker} is missing" in line and "step gen-1/select" in line, line
     assert f"noisystudent select {run_copy} --generation 1 --force" in line
+
+
+def test_full_disk_while_selecting_is_one_line_and_the_same_command_resumes(run_copy, monkeypatch):
+    """ENOSPC injected where the selection shard is written (the atomic writer): exit 2, one line naming the
+    file; nothing recorded as done; the same command then succeeds."""
+    monkeypatch.setenv("NOISYSTUDENT_FAULT_ENOSPC", "part-00000.parquet")
+    code, out = _invoke("select", run_copy, "-g", "1", "--force")
+    line = _one_error_line(out)
+    shard = run_copy / "gen-1" / "selected" / "part-00000.parquet"
+    assert code == 2 and f"could not write {shard}: no space left" in line and "MiB free" in line, line
+    assert "run the same command again" in line
+    assert not (run_copy / "gen-1" / "selected" / "_SUCCESS").exists()
+    monkeypatch.delenv("NOISYSTUDENT_FAULT_ENOSPC")
+    code, out = _invoke("select", run_copy, "-g", "1", "--force")
+    assert code == 0 and (run_copy / "gen-1" / "selected" / "_SUCCESS").is_file(), out
+    assert _invoke("doctor", run_copy)[0] == 0
