@@ -255,3 +255,32 @@ def test_embedded_instance_starts_with_token_auth_when_mode_is_unset(tmp_path, i
     env.update(NOISYSTUDENT_STATE_DIR=str(tmp_path), PYTHONPATH=os.getcwd())
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert "RESULT 42 True" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_workers_of_an_embedded_instance_know_their_own_address(ray_session, tmp_path):
+    """With two instances on the machine (this session's and the subprocess's), code in a worker that
+    resolves "the" local instance (Ray Train's placement group cleaner, through the State API) gets its
+    own instead of ``ConnectionError: Found multiple active Ray instances``."""
+    env = dict(os.environ, NOISYSTUDENT_STATE_DIR=str(tmp_path / "state"), PYTHONPATH=os.getcwd())
+    for var in ("NOISYSTUDENT_RAY_TAG", "RAY_ADDRESS"):
+        env.pop(var, None)
+    script = textwrap.dedent("""
+        import os, ray
+        from pipelines.ray_runtime import init_ray
+        init_ray(num_cpus=1, quiet=True)
+
+        @ray.remote
+        def resolve():
+            from ray._private.services import canonicalize_bootstrap_address_or_die, find_gcs_addresses
+            return len(find_gcs_addresses()), canonicalize_bootstrap_address_or_die(None)
+
+        n, got = ray.get(resolve.remote())
+        print("RESULT", n, got, ray.get_runtime_context().gcs_address, "RAY_ADDRESS" in os.environ, flush=True)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")), None)
+    assert line, r.stdout + r.stderr
+    _, n, got, own, driver_pinned = line.split()
+    assert int(n) >= 2, "expected two Ray instances on the machine"
+    assert got == own
+    assert driver_pinned == "False"  # the driver's environment is left as the user set it
