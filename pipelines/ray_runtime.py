@@ -84,6 +84,12 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, quie
         if "auth" in str(exc).lower() or "token" in str(exc).lower():
             hint = " (token authentication: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token)"
         raise UserError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}{hint}") from None
+    except Exception as exc:  # Ray raises a bare Exception when its raylet misses a fixed 30 s start deadline
+        if "timed out during startup" not in str(exc):
+            raise
+        raise UserError(f"Ray's local instance did not start within Ray's 30 s deadline (load average "
+                        f"{os.getloadavg()[0]:.0f} on {os.cpu_count()} CPUs): the machine is too busy; run the same "
+                        "command again when it is less loaded, it resumes where it stopped") from None
     return ray.cluster_resources()
 
 
