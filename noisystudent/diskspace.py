@@ -32,6 +32,9 @@ FAULT_ENV = "NOISYSTUDENT_FAULT_ENOSPC"
 _ERRNO_IN_TEXT = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)
 
 
+_DISK_FULL_IN_TEXT = re.compile(r"DiskFullError: (could not write [^\n]*)")
+
+
 class DiskFullError(UserError):
     """An artifact could not be written for lack of space, quota or a writable file system."""
 
@@ -102,4 +105,8 @@ def find_user_error(exc: BaseException) -> Optional[UserError]:
                 return out_of_space(name, code)
             return DiskFullError(f"a write failed: {OUT_OF_SPACE[code]} ({str(e).splitlines()[0]}); free space and "
                                  "run the same command again, it resumes where it stopped")
+    for e in found:  # Ray Data keeps a worker's exception only as text in its UserCodeException's traceback
+        m = _DISK_FULL_IN_TEXT.search(str(e))
+        if m:
+            return DiskFullError(m.group(1))
     return None

@@ -95,3 +95,23 @@ def test_found_inside_ray_wrappers(ray_session, tmp_path):
         assert isinstance(found, UserError) and target in str(found) and needle in str(found), str(found)
         assert "\n" not in str(found) and "Traceback" not in str(found)
     assert find_user_error(ValueError("unrelated")) is None
+
+
+def test_found_inside_ray_data_wrappers(ray_session, tmp_path):
+    """Ray Data keeps an actor's exception only as text (UserCodeException's traceback): still one line."""
+    import ray.data
+
+    target = str(tmp_path / "part-00000.parquet")
+
+    class Writer:  # a callable class: an actor pool, like the labeling job
+        def __call__(self, batch):
+            from noisystudent.diskspace import out_of_space
+
+            raise out_of_space(target, errno.ENOSPC)
+
+    ds = ray.data.from_items([{"x": 1}]).map_batches(Writer, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5)
+    with pytest.raises(Exception) as info:
+        ds.take_all()
+    found = find_user_error(info.value)
+    assert isinstance(found, DiskFullError) and f"could not write {target}" in str(found), repr(info.value)[:2000]
+    assert "\n" not in str(found)
