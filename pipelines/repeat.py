@@ -19,7 +19,8 @@ from typing import Optional
 from noisystudent.io import read_json
 
 from .config import ExperimentConfig
-from .state import RunDir, step_name
+from .state import RunDir
+from .steps import step_name
 from .verify import folder_artifacts
 
 

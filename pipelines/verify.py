@@ -21,7 +21,8 @@ from typing import Optional
 from noisystudent.errors import UserError
 from noisystudent.io import TMP_PREFIX, sha256_file
 
-from .state import RunDir, step_name
+from .state import RunDir
+from .steps.names import step_name
 
 UNCHECKED_STEPS = ("evaluate", "promote")
 

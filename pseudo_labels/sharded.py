@@ -9,7 +9,7 @@ actor (a subclass of :class:`ImageBatchActor`), how one partition's rows become 
 How the work is cut, and why each image is scored exactly once
 --------------------------------------------------------------
 The source is cut into *partitions* that are the same on every run: fixed chunks of ``chunk_size``
-indices of an in-memory source (:class:`~noisystudent.data.streaming.IndexChunks`), or the files /
+indices of an in-memory source (:class:`~pseudo_labels.chunks.IndexChunks`), or the files /
 top-level folders of a streaming one (:class:`~noisystudent.data.streaming.StreamSource`). Partition
 ``p`` is written as ``part-{p:05d}.parquet``. A shard holds the rows of its partition's readable images
 and, in its file metadata, the ``(image_id, reason)`` of the unreadable ones and the caller's per-shard
@@ -53,6 +53,8 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
+from noisystudent.data.hidden import remap
+from noisystudent.data.protocols import AttachedOnWorker, HiddenLabelReader, IdentifiedSource, PartitionedSource
 from noisystudent.errors import ImageDecodeError, UserError
 from noisystudent.io import clean_temporaries, read_json, write_json
 
@@ -134,7 +136,7 @@ class PartitionWorker:
     def __init__(self, actor: type, actor_kwargs: dict[str, Any], reader: Any, write_chunk: WriteChunk,
                  batch_size: int, truth_map: Optional[np.ndarray] = None,
                  kill_once_marker: Optional[str] = None) -> None:
-        if hasattr(reader, "attach"):
+        if isinstance(reader, AttachedOnWorker):
             reader.attach()
         self.actor = actor(source=reader, **actor_kwargs)
         self.reader, self.write_chunk, self.batch_size = reader, write_chunk, batch_size
@@ -157,7 +159,7 @@ class PartitionWorker:
         truths: list[np.ndarray] = []
         rejected: list[tuple[str, str]] = []
         images = 0
-        use_truth = self.truth_map is not None and hasattr(self.reader, "hidden")
+        use_truth = self.truth_map is not None and isinstance(self.reader, HiddenLabelReader)
         for ids, raws in self.reader.read_partition(p, self.batch_size):
             images += len(ids)
             rows, ok, bad = self.actor.process(ids, raws)
@@ -166,8 +168,7 @@ class PartitionWorker:
                 parts.append(rows.select(self.columns))
                 if use_truth:
                     hidden = self.reader.hidden([raws[k] for k in ok])
-                    truths.append(np.full(len(ok), -1, np.int64) if hidden is None else
-                                  self.truth_map[np.where(hidden < 0, len(self.truth_map) - 1, hidden)])
+                    truths.append(np.full(len(ok), -1, np.int64) if hidden is None else remap(hidden, self.truth_map))
         schema = pa.schema([f.with_nullable(True) for f in self.actor.result_schema])
         table = pa.concat_tables([t.cast(schema) for t in parts]) if parts else schema.empty_table()
         if self.truth_map is not None:
@@ -197,7 +198,7 @@ class PartitionWorker:
 def ids_sha256(source: Any) -> str:
     """A hash of every image id in index order: the identity of an in-memory source a job cuts into chunks
     (streamed, O(1) memory). A streaming source gives its own (a hash of its partition names)."""
-    if hasattr(source, "identity"):
+    if isinstance(source, IdentifiedSource):
         return source.identity()
     h = hashlib.sha256()
     for i in range(len(source)):
@@ -208,7 +209,7 @@ def ids_sha256(source: Any) -> str:
 
 def is_streaming(source: Any) -> bool:
     """A source cut into its own partitions (files), not an in-memory source cut into index chunks."""
-    return hasattr(source, "read_partition") and hasattr(source, "partitions")
+    return isinstance(source, PartitionedSource)
 
 
 def reader_for(source: Any, chunk_size: int) -> Any:
@@ -216,7 +217,7 @@ def reader_for(source: Any, chunk_size: int) -> Any:
     goes to Ray's object store once, when a Ray instance is running)."""
     if is_streaming(source):
         return source
-    from noisystudent.data.streaming import IndexChunks
+    from .chunks import IndexChunks
 
     ref = None
     try:

@@ -8,7 +8,7 @@ import click
 
 from pipelines.runlock import writes_run
 
-from .common import address_option, gpus_option, quiet_option, set_option, user_errors, workers_option
+from .common import address_option, experiment_options, quiet_option, user_errors
 from .experiment import load_anomaly_experiment
 
 
@@ -21,11 +21,7 @@ def anomaly() -> None:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="The detector's run folder (resumable).")
 @click.option("--force", is_flag=True, help="Start the run folder over.")
-@set_option
-@address_option
-@workers_option
-@gpus_option
-@quiet_option
+@experiment_options
 @user_errors
 @writes_run("run_dir")
 def anomaly_train(config, run_dir, force, sets, ray_address, workers, gpus_per_worker, quiet):

@@ -10,8 +10,7 @@ import click
 
 from pipelines.runlock import writes_run
 
-from .common import (address_option, gpus_option, json_option, quiet_option, set_option, tracking_choice, user_errors,
-                     workers_option)
+from .common import experiment_options, json_option, tracking_choice, user_errors
 from .experiment import load_experiment
 
 
@@ -22,11 +21,7 @@ from .experiment import load_experiment
 @click.option("--baselines", is_flag=True, help="Also train the supervised baseline and the all-labels oracle.")
 @click.option("--tracking", type=tracking_choice, default="tensorboard", show_default=True,
               help="Log metrics per generation to TensorBoard (run_dir/tensorboard) or a local MLflow store (run_dir/mlruns).")
-@set_option
-@address_option
-@workers_option
-@gpus_option
-@quiet_option
+@experiment_options
 @user_errors
 @writes_run("run_dir")
 def run(config, run_dir, generations, baselines, tracking, sets, ray_address, workers, gpus_per_worker, quiet):
@@ -46,11 +41,7 @@ def run(config, run_dir, generations, baselines, tracking, sets, ray_address, wo
 @click.option("--teacher", default=None, type=click.Path(), help="Teacher checkpoint (overrides distill.teacher).")
 @click.option("--method", default=None, help="Distillation method name (overrides distill.method; see `noisystudent methods`).")
 @click.option("--force", is_flag=True, help="Train again even if finished.")
-@set_option
-@address_option
-@workers_option
-@gpus_option
-@quiet_option
+@experiment_options
 @user_errors
 @writes_run("run_dir")
 def distill(config, run_dir, teacher, method, force, sets, ray_address, workers, gpus_per_worker, quiet):

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..distill.base import Batch, DistillMethod, Outputs
 from ..distill.teacher import OnlineTeacher
@@ -30,7 +29,7 @@ class StudentStep(torch.nn.Module):
     def forward(self, batch: Batch, teacher: Optional[Outputs], labels_only: bool = False):
         x = batch.inputs  # labeled rows, unlabeled rows, then the method's extra rows
         if labels_only:
-            return self._labels_only(x, batch.y)
+            return self._labels_only(x, batch)
         stages = self.method.student_stages
         if stages:
             logits, feats = self.student.forward_intermediates(x, indices=list(stages))
@@ -40,9 +39,9 @@ class StudentStep(torch.nn.Module):
         loss, parts = self.method(out, teacher, batch)
         return loss, parts, out.labeled
 
-    def _labels_only(self, x: torch.Tensor, y: torch.Tensor):
+    def _labels_only(self, x: torch.Tensor, batch: Batch):
         logits = self.student(x)
-        ce = F.cross_entropy(logits, y, label_smoothing=self.method.label_smoothing)
+        ce = batch.ce(logits, self.method.label_smoothing)
         # the method's modules (a regressor, ONE's branches, DML's peers) sit this phase out; a zero
         # term keeps them in the graph so DDP, which expects a gradient for every parameter, does not stall
         extra = [p.sum() for p in self.method.parameters() if p.requires_grad]
