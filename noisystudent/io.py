@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .diskspace import maybe_inject, out_of_space, out_of_space_errno
+
 TMP_PREFIX = ".tmp-"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -25,21 +27,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
 
     The temporary file starts with ``.tmp-`` so globbing readers (``*.parquet``) never see it.
-    On an exception the temporary file is removed and ``path`` is untouched.
+    On an exception the temporary file is removed and ``path`` is untouched; a full disk, quota or
+    read-only file system becomes :class:`~noisystudent.diskspace.DiskFullError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    except OSError as exc:
+        code = out_of_space_errno(exc)
+        if code is not None:
+            raise out_of_space(path, code) from None
+        raise
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts should be readable like any file
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        maybe_inject(path)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        code = out_of_space_errno(exc)
+        if code is not None:  # a full disk is the user's to fix: one line naming the file (see diskspace)
+            raise out_of_space(path, code) from None
         raise
 
 

@@ -84,6 +84,12 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, quie
         if "auth" in str(exc).lower() or "token" in str(exc).lower():
             hint = " (token authentication: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token)"
         raise UserError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}{hint}") from None
+    except Exception as exc:  # Ray raises a bare Exception when its raylet misses a fixed 30 s start deadline
+        if "timed out during startup" not in str(exc):
+            raise
+        raise UserError(f"Ray's local instance did not start within Ray's 30 s deadline (load average "
+                        f"{os.getloadavg()[0]:.0f} on {os.cpu_count()} CPUs): the machine is too busy; run the same "
+                        "command again when it is less loaded, it resumes where it stopped") from None
     return ray.cluster_resources()
 
 
@@ -103,7 +109,10 @@ def _start_embedded(num_cpus: Optional[int], kwargs: dict) -> None:
     # no dashboard, hence no State API: see quiet_worker_logs
     ray.init(num_cpus=num_cpus, runtime_env={"worker_process_setup_hook": "pipelines.ray_runtime.quiet_worker_logs"},
              **kwargs)
-    _record(tag, _session_dir())
+    session = _session_dir()
+    from .ray_watch import start_watcher
+
+    _record(tag, session, start_watcher(tag, session))  # the watcher stops the agents soon after a hard kill
 
 
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
@@ -154,7 +163,7 @@ def _session_dir() -> Optional[str]:
         return None
 
 
-def _record(tag: str, session_dir: Optional[str] = None) -> None:
+def _record(tag: str, session_dir: Optional[str] = None, watcher_pid: Optional[int] = None) -> None:
     from noisystudent.io import write_json
 
     try:
@@ -162,7 +171,7 @@ def _record(tag: str, session_dir: Optional[str] = None) -> None:
         d.mkdir(parents=True, exist_ok=True)
         rec = d / f"{tag}.json"
         write_json(rec, {"tag": tag, "driver_pid": os.getpid(), "driver_start": _proc_start_time(os.getpid()),
-                         "session_dir": session_dir, "started": time.time()})
+                         "session_dir": session_dir, "started": time.time(), "watcher_pid": watcher_pid})
         atexit.register(lambda: rec.unlink(missing_ok=True))  # a clean exit leaves nothing to reap
     except OSError as exc:  # a read-only home must not stop a run
         log.warning("could not record the embedded Ray instance for later cleanup: %s", exc)
@@ -242,18 +251,23 @@ def reap_orphans(grace_s: float = 3.0) -> list[int]:
             continue
         pids = tagged_processes(tag, rec.get("session_dir"))
         killed.extend(pids)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for p in pids:
-                try:
-                    os.kill(p, sig)
-                except OSError:
-                    pass
-            deadline = time.time() + grace_s
-            while pids and time.time() < deadline:
-                pids = [p for p in pids if _running(p)]
-                time.sleep(0.1)
+        stop_processes(pids, grace_s)
         rec_path.unlink(missing_ok=True)
     return killed
+
+
+def stop_processes(pids: list[int], grace_s: float = 3.0) -> None:
+    """SIGTERM ``pids``, then SIGKILL those still running after ``grace_s`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except OSError:
+                pass
+        deadline = time.time() + grace_s
+        while pids and time.time() < deadline:
+            pids = [p for p in pids if _running(p)]
+            time.sleep(0.1)
 
 
 # Ray Train v2's detached PlacementGroupCleaner asks the State API every second whether the train
@@ -271,3 +285,22 @@ def quiet_worker_logs() -> None:
     import logging
 
     logging.getLogger(_PG_CLEANER_LOGGER).setLevel(logging.ERROR)
+    pin_own_address()
+
+
+def pin_own_address() -> None:
+    """Point Ray's address discovery in this worker at the instance it belongs to (``RAY_ADDRESS``).
+
+    Code in a worker that calls Ray's State API without an address (Ray Train's placement group
+    cleaner asks every second whether its controller lives) resolves "the" local instance by listing
+    the GCS processes of the machine; with two runs side by side (two embedded instances) that raises
+    ``ConnectionError: Found multiple active Ray instances`` and a traceback per job. The worker knows
+    its own GCS, so it is passed down instead of discovered. Only workers are pinned: the driver's
+    environment stays as the user left it (a later ``ray.init()`` in it must not reach a stopped
+    instance)."""
+    try:
+        import ray
+
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    except Exception as exc:  # noqa: BLE001 - a private detail must never stop a worker
+        log.debug("could not pin RAY_ADDRESS in a worker: %s", exc)

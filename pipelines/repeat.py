@@ -21,6 +21,7 @@ from noisystudent.io import read_json
 from .config import ExperimentConfig
 from .state import RunDir
 from .steps import step_name
+from .verify import folder_artifacts
 
 
 def same_teacher_generation(run: RunDir, g: int) -> Optional[int]:
@@ -63,7 +64,7 @@ def reuse_labels(run: RunDir, g: int, h: int) -> bool:
     os.replace(tmp, dst)
     info = run.step_info(step_name(h, "label")) or {}
     summary = read_json(dst / "summary.json") if (dst / "summary.json").is_file() else {}
-    run.mark_done(step, time.perf_counter() - t0, [dst / "summary.json"], rows=summary.get("rows", info.get("rows")),
+    run.mark_done(step, time.perf_counter() - t0, folder_artifacts(dst), rows=summary.get("rows", info.get("rows")),
                   rejected=summary.get("rejected", info.get("rejected")), teachers=info.get("teachers"),
                   reused_from=step_name(h, "label"))
     return True

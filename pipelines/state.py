@@ -163,10 +163,13 @@ class RunDir:
 
     def mark_done(self, step: str, seconds: float, artifacts: list[Path] = (), **extra: Any) -> None:
         st = self.state()
+        files = [Path(p) for p in artifacts if Path(p).is_file()]
         st.setdefault("steps", {})[step] = {
             "finished": _now(),
             "seconds": round(float(seconds), 3),
-            "artifacts": {os.path.relpath(p, self.root): sha256_file(p) for p in artifacts if Path(p).is_file()},
+            "artifacts": {os.path.relpath(p, self.root): sha256_file(p) for p in files},
+            # the cheap first check of pipelines.verify (a truncated file), before any hash
+            "sizes": {os.path.relpath(p, self.root): p.stat().st_size for p in files},
             **extra,
         }
         self._write_state(st)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import signal
 import subprocess
 import sys
 import textwrap
@@ -166,8 +167,10 @@ def _agents(pids: list[int]) -> list[int]:
     return out
 
 
-def test_hard_killed_driver_leaves_nothing_behind(ray_session, tmp_path):
-    """kill -9 of a driver with an embedded instance orphans Ray's agents; the next start reaps them,
+@pytest.mark.parametrize("watcher_killed_too", [pytest.param(False, marks=pytest.mark.slow), True])
+def test_hard_killed_driver_leaves_nothing_behind(ray_session, tmp_path, watcher_killed_too):
+    """kill -9 of a driver with an embedded instance orphans Ray's agents: its watcher stops them within
+    seconds (Ray's own agents take ~65 s); with the watcher killed too, the next start reaps them,
     and only them: the session's own Ray instance keeps running.
 
     The driver is killed after its agents have retitled themselves, as in a real run killed minutes in:
@@ -197,6 +200,9 @@ def test_hard_killed_driver_leaves_nothing_behind(ray_session, tmp_path):
         record = json.loads((state / "embedded-ray" / f"{tag}.json").read_text())
         session = record["session_dir"]
         assert session and Path(session).is_dir(), record
+        assert record["watcher_pid"] and Path(f"/proc/{record['watcher_pid']}").exists(), record
+        if watcher_killed_too:
+            os.kill(record["watcher_pid"], signal.SIGKILL)
         deadline = time.time() + 120  # the raylet starts its agents after ray.init returns; wait for them
         while time.time() < deadline and len(_agents(tagged_processes(tag, session))) < 2:
             time.sleep(0.5)
@@ -205,6 +211,13 @@ def test_hard_killed_driver_leaves_nothing_behind(ray_session, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+    if not watcher_killed_too:
+        deadline = time.time() + 30
+        while time.time() < deadline and tagged_processes(tag, session):
+            time.sleep(0.5)
+        assert tagged_processes(tag, session) == [], "the watcher left the agents of a killed driver running"
+        assert not (state / "embedded-ray" / f"{tag}.json").exists()
+        return
     time.sleep(3)
     orphans = tagged_processes(tag, session)
     assert set(agents) <= set(orphans), "expected Ray's agents to outlive a kill -9 of the driver (Ray changed? then this is moot)"
@@ -242,3 +255,32 @@ def test_embedded_instance_starts_with_token_auth_when_mode_is_unset(tmp_path, i
     env.update(NOISYSTUDENT_STATE_DIR=str(tmp_path), PYTHONPATH=os.getcwd())
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert "RESULT 42 True" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_workers_of_an_embedded_instance_know_their_own_address(ray_session, tmp_path):
+    """With two instances on the machine (this session's and the subprocess's), code in a worker that
+    resolves "the" local instance (Ray Train's placement group cleaner, through the State API) gets its
+    own instead of ``ConnectionError: Found multiple active Ray instances``."""
+    env = dict(os.environ, NOISYSTUDENT_STATE_DIR=str(tmp_path / "state"), PYTHONPATH=os.getcwd())
+    for var in ("NOISYSTUDENT_RAY_TAG", "RAY_ADDRESS"):
+        env.pop(var, None)
+    script = textwrap.dedent("""
+        import os, ray
+        from pipelines.ray_runtime import init_ray
+        init_ray(num_cpus=1, quiet=True)
+
+        @ray.remote
+        def resolve():
+            from ray._private.services import canonicalize_bootstrap_address_or_die, find_gcs_addresses
+            return len(find_gcs_addresses()), canonicalize_bootstrap_address_or_die(None)
+
+        n, got = ray.get(resolve.remote())
+        print("RESULT", n, got, ray.get_runtime_context().gcs_address, "RAY_ADDRESS" in os.environ, flush=True)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")), None)
+    assert line, r.stdout + r.stderr
+    _, n, got, own, driver_pinned = line.split()
+    assert int(n) >= 2, "expected two Ray instances on the machine"
+    assert got == own
+    assert driver_pinned == "False"  # the driver's environment is left as the user set it

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from pipelines.runlock import writes_run
+
 from .common import address_option, experiment_options, quiet_option, user_errors
 from .experiment import load_anomaly_experiment
 
@@ -21,6 +23,7 @@ def anomaly() -> None:
 @click.option("--force", is_flag=True, help="Start the run folder over.")
 @experiment_options
 @user_errors
+@writes_run("run_dir")
 def anomaly_train(config, run_dir, force, sets, ray_address, workers, gpus_per_worker, quiet):
     """Train an STPM detector from CONFIG (an anomaly config file) into RUN_DIR; run again to resume."""
     from pipelines.anomaly.train import train_detector

@@ -15,7 +15,7 @@ from ..errors import UserError
 
 
 def user_errors(fn):
-    """Turn UserError into ``error: ...`` on stderr and exit code 2."""
+    """Turn UserError (also one wrapped by Ray, and a full disk) into ``error: ...`` on stderr and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -23,6 +23,14 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except Exception as exc:  # a full disk or a user error inside Ray's wrappers: still one line, exit 2
+            from ..diskspace import find_user_error
+
+            found = find_user_error(exc)
+            if found is None:
+                raise
+            click.echo(f"error: {found}", err=True)
             sys.exit(2)
 
     return wrapper

@@ -7,6 +7,8 @@ import json
 
 import click
 
+from pipelines.runlock import writes_run
+
 from .common import address_option, experiment_options, gpus_option, quiet_option, user_errors, workers_option
 from .experiment import load_experiment, run_experiment
 
@@ -20,6 +22,7 @@ from .experiment import load_experiment, run_experiment
 @click.option("--force", is_flag=True, help="Train again even if finished.")
 @experiment_options
 @user_errors
+@writes_run("run_dir")
 def teacher(config, run_dir, role, labels_per_class, force, sets, ray_address, workers, gpus_per_worker, quiet):
     """Train the generation-0 teacher (or a supervised baseline) from CONFIG."""
     from pipelines import steps
@@ -53,6 +56,7 @@ def teacher(config, run_dir, role, labels_per_class, force, sets, ray_address, w
 @address_option
 @quiet_option
 @user_errors
+@writes_run("run_dir")
 def label(run_dir, generation, teachers, weights, force, ray_address, quiet):
     """Pseudo-label the unlabeled images of RUN_DIR with Ray workers into gen-G/labels/ (Parquet)."""
     from pipelines import steps
@@ -75,6 +79,7 @@ def label(run_dir, generation, teachers, weights, force, ray_address, quiet):
 @click.option("--generation", "-g", type=click.IntRange(1), required=True)
 @click.option("--force", is_flag=True)
 @user_errors
+@writes_run("run_dir")
 def select_cmd(run_dir, generation, force):
     """Filter by confidence and balance classes: gen-G/labels -> gen-G/selected."""
     from pipelines import steps
@@ -94,6 +99,7 @@ def select_cmd(run_dir, generation, force):
 @gpus_option
 @quiet_option
 @user_errors
+@writes_run("run_dir")
 def student(run_dir, generation, force, ray_address, workers, gpus_per_worker, quiet):
     """Train generation G's noised student on labeled + selected pseudo-labeled images."""
     from pipelines import steps

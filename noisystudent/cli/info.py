@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
 
-from .common import json_option
+from .common import json_option, user_errors
 
 
 @click.command()
@@ -54,8 +55,15 @@ def _doctor_ray() -> None:
 
 
 @click.command()
-def doctor() -> None:
-    """Versions, whether Ray can start, GPUs seen, dataset paths found."""
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@user_errors
+def doctor(run_dir) -> None:
+    """Versions, whether Ray can start, GPUs seen, dataset paths found; with RUN_DIR, whether every artifact of
+    that run is intact (exit 2 naming each damaged file and the command that rebuilds it)."""
+    if run_dir:
+        from pipelines.verify import report_run
+
+        sys.exit(report_run(run_dir, click.echo))
     import platform
 
     from ..config import DataConfig

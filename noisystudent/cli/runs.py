@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from pipelines.runlock import writes_run
+
 from .common import experiment_options, json_option, tracking_choice, user_errors
 from .experiment import load_experiment
 
@@ -21,6 +23,7 @@ from .experiment import load_experiment
               help="Log metrics per generation to TensorBoard (run_dir/tensorboard) or a local MLflow store (run_dir/mlruns).")
 @experiment_options
 @user_errors
+@writes_run("run_dir")
 def run(config, run_dir, generations, baselines, tracking, sets, ray_address, workers, gpus_per_worker, quiet):
     """Run (or resume) Noisy Student end to end: teacher, then N generations of label/select/student."""
     from pipelines.loop import run_all
@@ -40,6 +43,7 @@ def run(config, run_dir, generations, baselines, tracking, sets, ray_address, wo
 @click.option("--force", is_flag=True, help="Train again even if finished.")
 @experiment_options
 @user_errors
+@writes_run("run_dir")
 def distill(config, run_dir, teacher, method, force, sets, ray_address, workers, gpus_per_worker, quiet):
     """Train one student (student.ladder[0], student.train) from a teacher on the labeled images."""
     from pipelines import steps

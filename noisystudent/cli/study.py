@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from pipelines.runlock import writes_run
+
 from .common import address_option, json_option, quiet_option, user_errors
 
 
@@ -33,6 +35,7 @@ def study() -> None:
 @address_option
 @quiet_option
 @user_errors
+@writes_run("study_dir")
 def study_run(study_file, study_dir, max_trials, teacher, ray_address, quiet):
     """Run (or resume) the study STUDY_FILE in DIR and print its summary over seeds."""
     from pipelines.study import format_summary, run_study, summary

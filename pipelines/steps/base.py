@@ -102,6 +102,10 @@ def execute(step: Step, ctx: StepContext) -> dict:
     for need in step.needs:
         if not run.is_done(need.key(g)):
             raise UserError(f"generation {g} has no {need.missing}; run `{need.command_for(run, g)}` first")
+    if step.per_generation:
+        from ..verify import check_inputs
+
+        check_inputs(run, g, step.name)  # what it reads of earlier steps is as recorded, or named with its fix
     t0 = time.perf_counter()
     out = step.run(ctx)
     run.mark_done(key, time.perf_counter() - t0, out.artifacts, **out.ledger)

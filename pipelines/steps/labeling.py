@@ -15,6 +15,7 @@ from noisystudent.data.protocols import PartitionedSource, RandomAccessSource
 from noisystudent.errors import ConfigError, PseudoLabelWarning, UserError
 from noisystudent.engine import PseudoLabeledSet
 
+from ..verify import folder_artifacts
 from .base import Outcome, Step, StepContext, log
 from .data import load_data
 from .lineage import model_name, teacher_checkpoint, warn
@@ -61,7 +62,7 @@ def _label(ctx: StepContext) -> Outcome:
                            batch_size=pl.batch_size, num_actors=pl.num_actors, num_gpus_per_actor=pl.num_gpus_per_actor,
                            num_cpus_per_actor=pl.num_cpus_per_actor, force=ctx.force, progress=ctx.progress,
                            weights=weights)
-    return Outcome(summary, [out / SUMMARY], {"rows": summary.get("rows"), "rejected": summary.get("rejected"),
+    return Outcome(summary, folder_artifacts(out), {"rows": summary.get("rows"), "rejected": summary.get("rejected"),
                                               "teachers": [str(c) for c in ckpts]})
 
 
@@ -136,7 +137,7 @@ def _select(ctx: StepContext) -> Outcome:
     log(f"[gen {g}] selected {summary['rows_selected']} of {summary['rows_in']} pseudo-labels "
         f"({summary['weighted_rows_selected']} after balancing duplicates)")
     _warn_selection(g, summary, None, meta.class_names, pl.threshold)
-    return Outcome(summary, [out / SUMMARY])
+    return Outcome(summary, folder_artifacts(out))
 
 
 SELECT = Step("select", _select, lambda run, g: run.selected_dir(g), SUMMARY, needs=(LABEL,),
