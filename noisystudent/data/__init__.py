@@ -216,6 +216,17 @@ def _manifest(cfg: "DataConfig") -> DataBundle:
     return _finish(cfg, labeled, unlabeled, test, classes, val)
 
 
+def _paired(cfg: "DataConfig") -> DataBundle:
+    """Paired items (docs/crossmodal.md): every source a :class:`~.paired.PairedSource`."""
+    from .paired_readers import paired_sources
+
+    if cfg.unlabeled_format != "list":
+        raise ConfigError("data.unlabeled_format", "paired data reads its unlabeled items as one manifest or "
+                          f"parallel trees (list), got {cfg.unlabeled_format!r}")
+    labeled, unlabeled, test, val = paired_sources(cfg)
+    return _finish(cfg, labeled, unlabeled, test, list(labeled.classes), val)
+
+
 def _streaming(cfg: "DataConfig") -> Optional[Any]:
     """The unlabeled :class:`~.streaming.StreamSource` when ``data.unlabeled_format`` streams, else None."""
     if cfg.unlabeled_format == "list" or not cfg.unlabeled:
@@ -257,9 +268,9 @@ def create_data(cfg: "DataConfig") -> DataBundle:
     """
     from .conditions import apply_conditions
 
-    builders = {"fashion_mnist": _fashion_mnist, "folder": _folder, "manifest": _manifest}
+    builders = {"fashion_mnist": _fashion_mnist, "folder": _folder, "manifest": _manifest, "paired": _paired}
     if cfg.kind not in builders:
-        raise ConfigError("data.kind", f"must be one of fashion_mnist, folder, manifest; got {cfg.kind!r}")
+        raise ConfigError("data.kind", f"must be one of {', '.join(builders)}; got {cfg.kind!r}")
     if cfg.kind == "fashion_mnist" and cfg.unlabeled_format != "list":
         raise ConfigError("data.unlabeled_format", f"applies to kinds folder and manifest, not fashion_mnist "
                           f"(got {cfg.unlabeled_format!r})")
