@@ -111,6 +111,12 @@ class Teaching:
             return PairTransform(train_tf, train_tf)
         return train_tf
 
+    def dataset(self, source: Any, transform: Callable, targets: Any = None):
+        """The training dataset over ``source`` (a cross-modal setting reads two modalities an item)."""
+        from noisystudent.data.torch_dataset import SourceDataset
+
+        return SourceDataset(source, transform, targets=targets)
+
     def prepare(self, batch: Batch, mixup: bool = True) -> tuple[Batch, torch.Tensor]:
         """Split paired views into ``x_labeled``/``x_unlabeled`` (student) and ``x_teacher``, mix both
         identically under ``function_matching`` (labels of labeled rows become the mixed probability
