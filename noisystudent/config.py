@@ -209,6 +209,9 @@ class DistillConfig:
     method: dict = field(default_factory=lambda: {"name": "hinton"}, metadata=validate.kind("method"))
     # what the online teacher sees: fixed, independent, consistent (default) or function_matching
     teaching: TeachingConfig = field(default_factory=TeachingConfig)
+    # unlabeled images per labeled one in each batch, taught by the online teacher alone (KD needs no label;
+    # cross-modal distillation's unlabeled pairs). 0: the labeled images only (Sarfraz et al.'s protocol)
+    unlabeled_ratio: float = field(default=0.0, metadata=validate.range(0, 1000))
 
 
 

@@ -17,11 +17,13 @@ import numpy as np
 
 from noisystudent.checkpoint import load_checkpoint
 from noisystudent.data import DataBundle, create_data
+from noisystudent.data.paired import view_of
 from noisystudent.errors import UserError
 from noisystudent.io import read_json, write_json
 from noisystudent.engine import PseudoLabeledSet, TrainJob, spec_for
 from pipelines.config import ExperimentConfig
 
+from .crossmodal import student_modality
 from .state import RunDir, step_name
 
 
@@ -71,21 +73,28 @@ def record_conditions(run: RunDir, data: DataBundle) -> None:
 def _train_step(run: RunDir, cfg: ExperimentConfig, step: str, out: Path, *, model_cfg, train_cfg, labeled, test, classes,
                 generation: int, role: str, progress: bool, job_cfg: Optional[ExperimentConfig] = None,
                 pseudo: Optional[PseudoLabeledSet] = None, method: Optional[dict] = None,
-                teacher: Optional[Path] = None, val=None, teaching=None) -> dict:
+                teacher: Optional[Path] = None, val=None, teaching=None, modality: Optional[str] = None,
+                unlabeled=None, unlabeled_ratio: float = 0.0) -> dict:
     """Build one :class:`TrainJob`, train it as ``cfg.ray`` says, and record ``step`` as done.
 
     ``method`` is the resolved distillation method (None: supervised, or noisy_student with ``pseudo``);
     ``teacher`` the checkpoint an online method runs and fidelity is measured against; ``val`` the
     validation images (val_acc in the job's history and metrics, what promotion compares); ``teaching``
-    what an online teacher sees (``TeachingConfig``)."""
+    what an online teacher sees (``TeachingConfig``). ``modality`` (paired data): the one the model reads; every
+    source is read in it (docs/crossmodal.md). ``unlabeled`` images join at ``unlabeled_ratio`` for an online teacher."""
     from .train_ray import train
+
+    from .crossmodal import modality_job_parts
+
+    model_cfg, labeled, test, val, pseudo, unlabeled = modality_job_parts(cfg, model_cfg, modality, labeled, test, val,
+                                                                          pseudo, unlabeled)
 
     t0 = time.perf_counter()
     init = model_cfg.init
     if init == "teacher":
         init = str(teacher) if teacher is not None else None
     job = TrainJob(
-        spec=spec_for(model_cfg, cfg.data, classes),
+        spec=spec_for(model_cfg, cfg.data, classes, modality),
         model_cfg=model_cfg,
         train_cfg=train_cfg,
         labeled=labeled,
@@ -104,6 +113,9 @@ def _train_step(run: RunDir, cfg: ExperimentConfig, step: str, out: Path, *, mod
         val=val,
         teaching=teaching,
         init_ckpt=init,
+        unlabeled=unlabeled,
+        unlabeled_ratio=unlabeled_ratio,
+        teacher_modality=cfg.teacher.modality if role == "distill" else None,
     )
     metrics = train(job, cfg.ray)
     run.mark_done(step, time.perf_counter() - t0, [out / "model.pt", out / "metrics.json", out / "history.csv"],
@@ -126,7 +138,8 @@ def train_teacher(run: RunDir, cfg: ExperimentConfig, force: bool = False, progr
     held = f" ({len(data.val)} more held out for validation)" if data.val is not None else " (no validation split)"
     _log(f"[gen 0] teacher {cfg.teacher.name} on {len(data.labeled)} labeled images{held}")
     return _train_step(run, cfg, step, out, model_cfg=cfg.teacher, train_cfg=cfg.teacher_train, labeled=data.labeled,
-                       test=data.test, classes=data.classes, generation=0, role="teacher", progress=progress, val=data.val)
+                       test=data.test, classes=data.classes, generation=0, role="teacher", progress=progress, val=data.val,
+                       modality=cfg.teacher.modality)
 
 
 def train_baseline(run: RunDir, cfg: ExperimentConfig, role: str, labels_per_class: Optional[int], progress: bool = True,
@@ -152,7 +165,7 @@ def train_baseline(run: RunDir, cfg: ExperimentConfig, role: str, labels_per_cla
     _log(f"[baseline] {role}: {model_cfg.name} on {len(data.labeled)} labeled images, {train_cfg.epochs} epochs")
     return _train_step(run, cfg, step, out, model_cfg=model_cfg, train_cfg=train_cfg,
                        labeled=data.labeled, test=data.test, classes=data.classes, generation=0, role=role,
-                       progress=progress, job_cfg=replace(cfg, data=data_cfg))
+                       progress=progress, job_cfg=replace(cfg, data=data_cfg), modality=student_modality(cfg, model_cfg))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,7 +285,7 @@ def label(run: RunDir, cfg: ExperimentConfig, g: int, teachers: Optional[list[st
     what = f"{data.unlabeled.num_partitions} partitions" if streaming else f"{len(data.unlabeled)} images"
     _log(f"[gen {g}] labeling {what} with {', '.join(c.parent.name for c in ckpts)}")
     summary = label_images(
-        data.unlabeled,
+        view_of(data.unlabeled, load_checkpoint(ckpts[0]).spec.modality),  # the teacher reads its own modality
         [str(c) for c in ckpts],
         out,
         temperature=pl.temperature,
@@ -376,7 +389,8 @@ def train_student(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = Fals
         _log(f"[gen {g}] distillation method {method['name']} " + " ".join(f"{k}={v}" for k, v in method.items() if k != "name"))
     return _train_step(run, cfg, step, out, model_cfg=model_cfg, train_cfg=cfg.student.train, labeled=data.labeled,
                        test=data.test, classes=data.classes, generation=g, role="student", progress=progress, pseudo=pseudo,
-                       method=method, teacher=teacher_checkpoint(run, g), val=data.val, teaching=cfg.student.teaching)
+                       method=method, teacher=teacher_checkpoint(run, g), val=data.val, teaching=cfg.student.teaching,
+                       modality=student_modality(cfg, model_cfg))
 
 
 def distill(run: RunDir, cfg: ExperimentConfig, force: bool = False, progress: bool = True) -> dict:
@@ -394,7 +408,11 @@ def distill(run: RunDir, cfg: ExperimentConfig, force: bool = False, progress: b
     record_conditions(run, data)
     teacher = Path(cfg.distill.teacher) if cfg.distill.teacher else None
     if teacher is not None:
-        load_checkpoint(teacher, expected_classes=data.classes)  # fail early, in the driver, naming the file
+        ck = load_checkpoint(teacher, expected_classes=data.classes)  # fail early, in the driver, naming the file
+        if cfg.data.modalities is not None:  # its input channels must be its modality's (exit 2 naming the field)
+            from noisystudent.distill.crossmodal import check_teacher_input
+
+            check_teacher_input(ck.spec, cfg.teacher.modality, cfg.data.modalities, "teacher.modality")
     model_cfg = cfg.student.ladder[0]
     from noisystudent.distill import get_method
 
@@ -404,7 +422,9 @@ def distill(run: RunDir, cfg: ExperimentConfig, force: bool = False, progress: b
          + f" on {len(data.labeled)} labeled images")
     return _train_step(run, cfg, step, out, model_cfg=model_cfg, train_cfg=cfg.student.train, labeled=data.labeled,
                        test=data.test, classes=data.classes, generation=0, role="distill", progress=progress,
-                       method=method, teacher=teacher, val=data.val, teaching=cfg.distill.teaching)
+                       method=method, teacher=teacher, val=data.val, teaching=cfg.distill.teaching,
+                       modality=student_modality(cfg, model_cfg), unlabeled=data.unlabeled,
+                       unlabeled_ratio=cfg.distill.unlabeled_ratio)
 
 
 def evaluate_generation(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = False) -> dict:
@@ -476,7 +496,7 @@ def _val_correct(data: DataBundle, ckpt: Path) -> tuple[np.ndarray, np.ndarray]:
     ck = load_checkpoint(ckpt, expected_classes=data.classes)
     spec = ck.spec
     tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
-    idx, probs = predict_probs(ck.build_model(), data.val, tf, progress=False, desc="validate")
+    idx, probs = predict_probs(ck.build_model(), view_of(data.val, spec.modality), tf, progress=False, desc="validate")
     return idx, probs.argmax(1) == np.asarray(data.val.labels)[idx]
 
 
