@@ -81,3 +81,43 @@ def test_parallel_trees_pair_by_relative_path_without_extension(tmp_path):
         src = paired_folders(tmp_path, MODS, "sig", labeled=True)
     assert src.image_ids() == ["a/0", "a/2", "b/1"] and src.labels.tolist() == [0, 0, 1]
     assert src.load(2).shape == (1, 16, 2) and src.view("rgb").load(2)[0, 0, 0] == 1
+
+
+def _shards(tmp_path, n=6, drop_sig=()):
+    """Two Parquet shards of a paired manifest (image_id, rgb, sig)."""
+    _manifest(tmp_path, n=n)
+    rows = [{"image_id": f"item{k}", "rgb": f"rgb/{k}.png", "sig": "" if k in drop_sig else f"sig/{k}.png"} for k in range(n)]
+    for s in range(2):
+        pd.DataFrame(rows[s::2]).to_parquet(tmp_path / f"shard-{s}.parquet")
+    return str(tmp_path / "shard-*.parquet")
+
+
+def test_sharded_paired_manifest_streams_the_viewed_column_keyed_by_image_id(tmp_path):
+    from noisystudent.data.paired_stream import PairedStreamSource
+    from noisystudent.data.streaming import selected_files
+    from noisystudent.errors import ImageDecodeError
+
+    src = PairedStreamSource(_shards(tmp_path, drop_sig=(2,)), MODS, "rgb")
+    ids, raws = next(src.read_partition(0, 10))
+    assert ids == ["item0", "item2", "item4"] and raws[1].endswith("rgb/2.png")
+    assert src.decode(ids[0], raws[0]).shape == (12, 12, 3)
+    sig = view_of(src, "sig")
+    ids, raws = next(sig.read_partition(0, 10))
+    assert isinstance(raws[1], ImageDecodeError) and "missing modality sig" in raws[1].reason
+    assert sig.decode(ids[0], raws[0]).shape == (1, 16, 2)
+    chosen = selected_files(sig, ["item5", "item0"])  # what the student reads: every modality, in selection order
+    assert chosen.image_ids() == ["item5", "item0"] and chosen.modality == "sig"
+    assert chosen.view("rgb").load(0)[0, 0, 0] == 50 and chosen.load(1).shape == (1, 16, 2)
+
+
+def test_streamed_labeling_reads_the_teachers_modality(tmp_path, ray_session):
+    from noisystudent.checkpoint import ModelSpec, save_checkpoint
+    from noisystudent.data.paired_stream import PairedStreamSource
+    from pseudo_labels import label_images
+
+    spec = ModelSpec("resnet8", 2, 3, 12, [0.5] * 3, [0.5] * 3, ["a", "b"], modality="rgb")
+    save_checkpoint(tmp_path / "t.pt", spec.build(inference=False), spec)
+    src = view_of(PairedStreamSource(_shards(tmp_path, drop_sig=(2,)), MODS, "sig"), "rgb")
+    summary = label_images(src, [str(tmp_path / "t.pt")], tmp_path / "labels", batch_size=4, progress=False)
+    labels = pd.read_parquet(tmp_path / "labels")
+    assert summary["rows"] == 6 and sorted(labels["image_id"]) == [f"item{k}" for k in range(6)]  # item2 has its rgb

@@ -220,9 +220,11 @@ def _paired(cfg: "DataConfig") -> DataBundle:
     """Paired items (docs/crossmodal.md): every source a :class:`~.paired.PairedSource`."""
     from .paired_readers import paired_sources
 
-    if cfg.unlabeled_format != "list":
-        raise ConfigError("data.unlabeled_format", "paired data reads its unlabeled items as one manifest or "
-                          f"parallel trees (list), got {cfg.unlabeled_format!r}")
+    if cfg.unlabeled_format not in ("list", "manifest_shards"):
+        raise ConfigError("data.unlabeled_format", "paired data reads its unlabeled items as one manifest, parallel "
+                          f"trees (list) or sharded paired manifests (manifest_shards), got {cfg.unlabeled_format!r}")
+    if cfg.unlabeled_format != "list" and cfg.unlabeled_limit is not None:
+        raise ConfigError("data.unlabeled_limit", "cannot subset a streaming source; leave it null")
     labeled, unlabeled, test, val = paired_sources(cfg)
     return _finish(cfg, labeled, unlabeled, test, list(labeled.classes), val)
 

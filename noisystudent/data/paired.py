@@ -115,6 +115,6 @@ class PairedSource(ImageSource):
 
 def view_of(source: Optional[ImageSource], modality: Optional[str]) -> Optional[ImageSource]:
     """``source`` read in ``modality`` when it is paired and a modality is named; else ``source`` itself."""
-    if source is None or modality is None or not isinstance(source, PairedSource):
+    if source is None or modality is None or not hasattr(source, "view"):  # PairedSource, PairedStreamSource
         return source
     return source.view(modality)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -151,15 +151,20 @@ def modalities_of(cfg) -> dict[str, Modality]:
     return {name: Modality(m.kind, m.channels) for name, m in cfg.modalities.items()}
 
 
-def paired_sources(cfg) -> tuple[PairedSource, Optional[PairedSource], Optional[PairedSource], Optional[PairedSource]]:
+def paired_sources(cfg) -> tuple[PairedSource, Optional[Any], Optional[PairedSource], Optional[PairedSource]]:
     """``(labeled, unlabeled, test, val)`` of a ``data.kind: paired`` section, each read in the first declared
-    modality (consumers take :meth:`PairedSource.view` of the one their model reads). Labels of the
+    modality (consumers take :meth:`PairedSource.view` of the one their model reads); the unlabeled items a
+    :class:`~.paired_stream.PairedStreamSource` with ``data.unlabeled_format: manifest_shards``. Labels of the
     unlabeled items, when the manifest has them, become hidden labels (pseudo-label quality only)."""
     mods, first, missing = modalities_of(cfg), next(iter(cfg.modalities)), cfg.missing_modality
     labeled = read_paired(cfg.labeled, mods, first, labeled=True, missing=missing, field="data.labeled")
     classes = list(labeled.classes)
     unlabeled = None
-    if cfg.unlabeled:
+    if cfg.unlabeled and cfg.unlabeled_format == "manifest_shards":  # streamed, never listed on the driver
+        from .paired_stream import PairedStreamSource
+
+        unlabeled = PairedStreamSource(cfg.unlabeled, mods, first, id_column=cfg.unlabeled_id_column)
+    elif cfg.unlabeled:
         unlabeled = read_paired(cfg.unlabeled, mods, first, labeled=False, classes=classes, missing=missing,
                                 verify=False, field="data.unlabeled")
         if unlabeled.labels is not None:
