@@ -8,6 +8,9 @@ A study file (YAML)::
       distill.method.name: [supervised, hinton]
       data.label_noise.rate: [0.0, 0.4]
       seed: [0, 1]
+    variants:                     # optional: rows that each change a few fields (one factor at a time),
+      - {student.ratio: 1}        # crossed with the grid (e.g. seeds); the base itself is a row too
+      - {pseudo_labels.threshold: 0.0, pseudo_labels.per_class: null}
     random:                       # optional: num_samples draws of one value per field, seeded
       num_samples: 2
       seed: 0
@@ -74,7 +77,8 @@ TRIAL_STEP = "distill/student"
 # data fields holding paths: relative ones are resolved against the driver's working directory when the
 # study is loaded, because Tune runs each trial in its own working directory
 DATA_PATH_FIELDS = ("root", "labeled", "unlabeled", "test", "val")
-STUDY_KEYS = {"base", "set", "name", "grid", "random", "resources", "max_concurrent", "max_failures", "teacher", "kind"}
+STUDY_KEYS = {"base", "set", "name", "grid", "random", "resources", "max_concurrent", "max_failures", "teacher", "kind",
+              "variants"}
 LOOP_STEP = "gen-1/label"
 # pseudo_labels fields the labeling job reads: the labels every loop trial of a teacher shares depend on them
 LABEL_FIELDS = ("temperature", "topk")
@@ -133,6 +137,16 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
         node[last] = value
 
 
+def _variant_name(overrides: dict) -> str:
+    """A variant's row label: its fields and values (``base`` for the study's base)."""
+    if not overrides:
+        return "base"
+    def short(v):
+        return v.get("name", v) if isinstance(v, dict) else v
+
+    return ", ".join(f"{k.split('.', 1)[-1] if k.count('.') else k}={short(v)}" for k, v in overrides.items())
+
+
 def _digest(obj: Any, n: int = 10) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
@@ -172,6 +186,12 @@ def load_study(path: str | Path) -> Study:
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
         raise ConfigError("study.grid", "must map dotted config fields to non-empty lists of values")
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
+    variants = spec.get("variants")
+    if variants is not None:
+        if not isinstance(variants, list) or any(not isinstance(v, dict) for v in variants):
+            raise ConfigError("study.variants", "must be a list of mappings of dotted config fields to values")
+        rows = [{}] + [dict(v) for v in variants]
+        combos = [{"variant": _variant_name(v), **v, **c} for v in rows for c in combos]
     rnd = spec.get("random")
     if rnd:
         choices = rnd.get("choices") or {}
@@ -192,7 +212,8 @@ def load_study(path: str | Path) -> Study:
     def resolve(overrides: dict) -> dict:
         data = copy.deepcopy(base)
         for k, v in overrides.items():
-            set_dotted(data, k, v)
+            if k != "variant":
+                set_dotted(data, k, v)
         data.setdefault("ray", {})["workers"] = 0  # a trial trains inside its Tune actor
         if kind == "distill":
             data["student"] = {**(data.get("student") or {}), "generations": 0}
@@ -507,6 +528,8 @@ def summary(rows: list[dict], seed_fields: Optional[list[str]] = None):
     fields = [c for c in df.columns if c not in reserved]
     seeds = seed_fields if seed_fields is not None else [c for c in fields if c.split(".")[-1] == "seed"]
     keys = [c for c in fields if c not in seeds]
+    if "variant" in keys:  # one row per variant (its own fields are in its name) and grid value
+        keys = ["variant"] + [c for c in keys if c != "variant" and df[c].notna().all()]
     for col in keys:
         df[col] = df[col].astype(str)
     agg = {"test_acc": ["mean", "std"], "fidelity": ["mean", "std"], "trial": "count"}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from noisystudent.data import create_data
+from noisystudent.errors import ConfigError
 from noisystudent.data.conditions import FASHION_MNIST_ASYMMETRIC, flip_labels, long_tail_counts, long_tail_keep
 from pipelines.config import config_from_dict
 
@@ -345,4 +346,29 @@ def test_loop_study_labels_once_and_runs_a_generation_per_trial(tmp_path, requir
     # fields the labeling job reads cannot vary across one teacher's trials
     path.write_text(LOOP_STUDY.format(root=require_fmnist) + "random: {num_samples: 1, choices: {pseudo_labels.temperature: [2.0]}}\n")
     with pytest.raises(ConfigError, match="pseudo_labels.temperature"):
+        load_study(path)
+
+
+def test_study_variants_are_rows_crossed_with_the_grid(tmp_path, require_fmnist):
+    """``variants``: one factor at a time; each variant (and the base) is crossed with the grid's seeds, and the
+    summary has one row per variant."""
+    from pipelines.study import load_study, summary
+
+    path = tmp_path / "study.yaml"
+    path.write_text(LOOP_STUDY.format(root=require_fmnist).replace(
+        "grid:\n  pseudo_labels.threshold: [0.0, 0.5]\n  student.ladder.0.init: [null, teacher]",
+        "grid:\n  seed: [0, 1]\nvariants:\n  - {student.ratio: 1}\n  - {pseudo_labels.threshold: 0.7, student.loss: hard}"))
+    s = load_study(path)
+    assert len(s.trials) == 6 and len({t.id for t in s.trials}) == 6
+    names = sorted({t.overrides["variant"] for t in s.trials})
+    assert names == ["base", "ratio=1", "threshold=0.7, loss=hard"]
+    hard = [t for t in s.trials if t.overrides["variant"].startswith("threshold")]
+    assert all(t.cfg["student"]["loss"] == "hard" and t.cfg["pseudo_labels"]["threshold"] == 0.7 for t in hard)
+    rows = [{"trial": t.id, **t.overrides, "status": "done", "test_acc": 0.5 + 0.1 * t.cfg["seed"], "fidelity": 0.9}
+            for t in s.trials]
+    table = summary(rows)
+    assert sorted(table["variant"]) == names and (table["seeds"] == 2).all()
+    assert table["test_acc_mean"].tolist() == pytest.approx([0.55] * 3)
+    with pytest.raises(ConfigError, match="study.variants"):
+        path.write_text(LOOP_STUDY.format(root=require_fmnist) + "variants: {a: 1}\n")
         load_study(path)
