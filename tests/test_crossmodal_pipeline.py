@@ -3,7 +3,6 @@ labeling reads the teacher's modality and whose student trains on its own from t
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -11,6 +10,7 @@ from click.testing import CliRunner
 from noisystudent.checkpoint import load_checkpoint
 from noisystudent.cli import main
 from pipelines.config import config_from_dict
+from pseudo_labels import read_labels
 
 from test_crossmodal_distill import SIDE, write_pairs
 
@@ -66,7 +66,7 @@ def test_distill_and_the_loop_teach_the_signal_student_from_the_image_teacher(tm
     run_all(cfg, run.root, progress=False)
     teacher = load_checkpoint(run.teacher_dir())
     assert teacher.spec.modality == "img" and teacher.metrics["test_acc"] > 0.9
-    labels = pd.read_parquet(run.labels_dir(1))
+    labels = read_labels(run.labels_dir(1))
     assert sorted(labels["image_id"]) == sorted(f"unl{k}" for k in range(120))  # labeled on the image modality
     student = load_checkpoint(run.student_dir(1))
     assert student.spec.modality == "sig" and student.spec.name == "signal_cnn_s"

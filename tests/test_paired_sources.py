@@ -113,11 +113,11 @@ def test_sharded_paired_manifest_streams_the_viewed_column_keyed_by_image_id(tmp
 def test_streamed_labeling_reads_the_teachers_modality(tmp_path, ray_session):
     from noisystudent.checkpoint import ModelSpec, save_checkpoint
     from noisystudent.data.paired_stream import PairedStreamSource
-    from pseudo_labels import label_images
+    from pseudo_labels import label_images, read_labels
 
     spec = ModelSpec("resnet8", 2, 3, 12, [0.5] * 3, [0.5] * 3, ["a", "b"], modality="rgb")
     save_checkpoint(tmp_path / "t.pt", spec.build(inference=False), spec)
     src = view_of(PairedStreamSource(_shards(tmp_path, drop_sig=(2,)), MODS, "sig"), "rgb")
     summary = label_images(src, [str(tmp_path / "t.pt")], tmp_path / "labels", batch_size=4, progress=False)
-    labels = pd.read_parquet(tmp_path / "labels")
+    labels = read_labels(tmp_path / "labels")
     assert summary["rows"] == 6 and sorted(labels["image_id"]) == [f"item{k}" for k in range(6)]  # item2 has its rgb
