@@ -23,7 +23,7 @@ from noisystudent.io import read_json, write_json
 from noisystudent.engine import PseudoLabeledSet, TrainJob, spec_for
 from pipelines.config import ExperimentConfig
 
-from .crossmodal import student_modality
+from .crossmodal import student_modality, with_modality_noise
 from .state import RunDir, step_name
 
 
@@ -380,6 +380,7 @@ def train_student(run: RunDir, cfg: ExperimentConfig, g: int, force: bool = Fals
         raise UserError(f"generation {g} has no selected pseudo-labels; run `noisystudent select {run.root} --generation {g}` first")
     data = load_data(cfg)
     model_cfg = cfg.student_model(g)
+    model_cfg = with_modality_noise(cfg, model_cfg, student_modality(cfg, model_cfg))  # what the log shows is what trains
     pseudo = pseudo_set(run, cfg, g)
     _log(f"[gen {g}] student {model_cfg.name} (drop {model_cfg.drop_rate}, drop path {model_cfg.drop_path_rate}, "
          f"RandAugment n={model_cfg.noise.randaugment_n} m={model_cfg.noise.randaugment_m}) on {len(data.labeled)} labeled + "
