@@ -420,7 +420,11 @@ def distill(run: RunDir, cfg: ExperimentConfig, force: bool = False, progress: b
     mode = cfg.distill.teaching.mode
     _log(f"[distill] {model_cfg.name} from {teacher or 'no teacher'} with {method['name']}"
          + (f" ({mode} teaching)" if get_method(method["name"]).teacher_for(method) == "online" else "")
-         + f" on {len(data.labeled)} labeled images")
+         + f" on {len(data.labeled)} labeled images"
+         + (f" and the unlabeled ones ({cfg.distill.unlabeled_ratio:g} a labeled one a batch)"
+            if cfg.distill.unlabeled_ratio > 0 and data.unlabeled is not None else "")
+         + (f", the teacher reading {cfg.teacher.modality}, the student {student_modality(cfg, model_cfg)}"
+            if cfg.data.modalities is not None else ""))
     return _train_step(run, cfg, step, out, model_cfg=model_cfg, train_cfg=cfg.student.train, labeled=data.labeled,
                        test=data.test, classes=data.classes, generation=0, role="distill", progress=progress,
                        method=method, teacher=teacher, val=data.val, teaching=cfg.distill.teaching,
