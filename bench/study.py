@@ -4,7 +4,7 @@
 Hinton KD and FitNet on a ResNet-8 at symmetric label noise 0 and 0.4, 2 seeds; one ResNet-20 teacher
 per noise level, trained on the same noisy labels) into ``runs/bench_study`` and prints the summary over
 seeds. It is an ordinary study: a killed benchmark resumes when run again (finished trials are kept).
-Measured at 32.5 min on 2 CPU cores (2 trials at a time). ``--report-only`` redraws ``docs/bench-study.json`` and
+Measured figures: ``docs/benchmarks.md`` (bench-study). ``--report-only`` redraws ``docs/bench-study.json`` and
 ``.png`` from the study folder. ``--quick`` is a smoke run of a
 few minutes (20 labels a class, 1 epoch of a few steps, 500 test images) into ``bench/results/study``.
 """

@@ -191,7 +191,8 @@ def load_study(path: str | Path) -> Study:
         if not isinstance(variants, list) or any(not isinstance(v, dict) for v in variants):
             raise ConfigError("study.variants", "must be a list of mappings of dotted config fields to values")
         rows = [{}] + [dict(v) for v in variants]
-        combos = [{"variant": _variant_name(v), **v, **c} for v in rows for c in combos]
+        # grid-major: every variant of the first seed runs before the second seed's (a partial study covers all rows)
+        combos = [{"variant": _variant_name(v), **v, **c} for c in combos for v in rows]
     rnd = spec.get("random")
     if rnd:
         choices = rnd.get("choices") or {}
