@@ -9,7 +9,7 @@ CONFIG ?= configs/fashion_mnist.yaml
 export RAY_AUTH_MODE ?= token
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 
-.PHONY: install data test test-all run run-full bench bench-accuracy bench-small bench-kd bench-kd-online bench-patience bench-anomaly report clean clean-runs help
+.PHONY: install data test test-all run run-full bench bench-accuracy bench-small bench-kd bench-kd-online bench-patience bench-anomaly bench-crossmodal report clean clean-runs help
 
 help:
 	@echo "make run             the full Noisy Student loop on Fashion-MNIST (CPU-sized default)"
@@ -33,6 +33,9 @@ help:
 	@echo "make clean-runs      delete runs/: every run's results and the cached converged oracle"
 	@echo "make bench-study     a Ray Tune study: supervised / hinton / fitnet at label noise 0 and 0.4, 2 seeds, the"
 	@echo "                     summary over seeds, docs/bench-study.json/.png (33 min on 2 cores; --quick: minutes)"
+	@echo "make bench-crossmodal an image teacher teaches a 2x28 intensity-profile student (Fashion-MNIST pairs): profile"
+	@echo "                     alone vs distill over unlabeled pairs vs the loop, 2 seeds, docs/bench-crossmodal.json/.png"
+	@echo "                     (python -m bench.crossmodal --quick: minutes)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -102,6 +105,9 @@ clean:
 .PHONY: bench-study
 bench-study: install
 	$(BIN)/python -m bench.study
+
+bench-crossmodal: install
+	$(BIN)/python -m bench.crossmodal --threads 2
 
 clean-runs:
 	@echo "deleting runs/: every run folder's results (models, pseudo-labels, reports) and runs/cache (the converged oracle)"

@@ -115,6 +115,9 @@ class ModelSpec:
     classes: list[str]
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    # cross-modal (docs/crossmodal.md): the data.modalities entry the model reads; image_size is then
+    # [1, length] for a signal. None: plain images (every checkpoint written before modalities)
+    modality: Optional[str] = None
 
     def build(self, inference: bool = True) -> torch.nn.Module:
         """Build the model; for inference the noise rates are zero (teachers label clean)."""
@@ -196,8 +199,9 @@ def save_checkpoint(
 
 
 _SPEC_TYPES: dict[str, tuple] = {
-    "name": (str,), "num_classes": (int,), "in_chans": (int,), "image_size": (int,), "mean": (list,),
+    "name": (str,), "num_classes": (int,), "in_chans": (int,), "image_size": (int, list), "mean": (list,),
     "std": (list,), "classes": (list,), "drop_rate": (int, float), "drop_path_rate": (int, float),
+    "modality": (str, type(None)),
 }
 _REQUIRED_SPEC = ("name", "num_classes", "in_chans", "image_size", "mean", "std", "classes")
 

@@ -24,6 +24,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from . import modality as _modality  # noqa: F401  (registers the `modalities` field kind)
 from . import validate
 from .errors import ConfigError, UserError
 
@@ -107,6 +108,8 @@ class ModelConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     # distillation method of this rung ({name, ...params}); null: the student section's method
     method: Optional[dict] = field(default=None, metadata=validate.kind("method"))
+    # cross-modal: the data.modalities entry this model reads (teacher.modality; a rung's null: student.modality)
+    modality: Optional[str] = None
     # weights the model starts from: null (random, the paper's from-scratch student), `teacher` (the model
     # that teaches this rung; the same architecture), or a checkpoint path (model.pt or its folder)
     init: Optional[str] = None
@@ -150,7 +153,7 @@ class DataConfig:
     with ``path[,label]``).
     """
 
-    kind: Literal["fashion_mnist", "cifar10", "cifar100", "folder", "manifest"] = "fashion_mnist"
+    kind: Literal["fashion_mnist", "cifar10", "cifar100", "folder", "manifest", "paired"] = "fashion_mnist"
     root: str = "/usr/share/datasets/fashion-mnist"
     labels_per_class: Optional[int] = field(default=100, metadata=validate.range(1))
     unlabeled_limit: Optional[int] = field(default=None, metadata=validate.range(1))
@@ -183,6 +186,11 @@ class DataConfig:
     # the flips and kept images are written to the run folder (data_conditions.json, .parquet)
     label_noise: Optional[LabelNoiseConfig] = None
     imbalance: Optional[ImbalanceConfig] = None
+    # kind paired (docs/crossmodal.md): {name: {kind, channels, size, mean, std, noise}} per modality; labeled,
+    # unlabeled, test and val are paired manifests (image_id + one column per modality) or parallel trees
+    modalities: Optional[dict] = field(default=None, metadata=validate.kind("modalities"))
+    # an item lacking a modality: `skip` (left out and listed, like an unreadable image) or `error`
+    missing_modality: Literal["skip", "error"] = "skip"
 
 
 
@@ -222,11 +230,17 @@ class DistillConfig:
     method: dict = field(default_factory=lambda: {"name": "hinton"}, metadata=validate.kind("method"))
     # what the online teacher sees: fixed, independent, consistent (default) or function_matching
     teaching: TeachingConfig = field(default_factory=TeachingConfig)
+    # unlabeled images per labeled one in each batch, taught by the online teacher alone (KD needs no label;
+    # cross-modal distillation's unlabeled pairs). 0: the labeled images only (Sarfraz et al.'s protocol)
+    unlabeled_ratio: float = field(default=0.0, metadata=validate.range(0, 1000))
 
 
 
 def check_data(d: DataConfig, prefix: str = "data") -> None:
     """Cross-field rules of a data section (one message naming the field)."""
+    if (d.kind == "paired") != (d.modalities is not None):
+        raise ConfigError(f"{prefix}.modalities", "is required with data.kind paired" if d.kind == "paired"
+                          else f"applies to data.kind paired only, not {d.kind}")
     n = d.in_chans
     if len(d.mean) != n:
         raise ConfigError(f"{prefix}.mean", f"needs {n} value(s) for in_chans={n}, got {len(d.mean)}")
@@ -234,7 +248,7 @@ def check_data(d: DataConfig, prefix: str = "data") -> None:
         raise ConfigError(f"{prefix}.std", f"needs {n} value(s) for in_chans={n}, got {len(d.std)}")
     if any(s <= 0 for s in d.std):
         raise ConfigError(f"{prefix}.std", "values must be > 0")
-    if d.kind in ("folder", "manifest"):
+    if d.kind in ("folder", "manifest", "paired"):
         for key in ("labeled", "test"):
             if not getattr(d, key):
                 raise ConfigError(f"{prefix}.{key}", f"is required when data.kind is {d.kind}")

@@ -140,6 +140,10 @@ def create_transform(
 
     ``seed`` fixes the augmentation stream; None derives it from torch's global generator.
     """
+    if isinstance(image_size, (list, tuple)):  # a signal modality's [1, length] (docs/crossmodal.md)
+        from .signal_transform import signal_transform
+
+        return signal_transform(image_size, in_chans, mean, std, noise)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
     mean_t, std_t = _check_stats(in_chans, mean, std)

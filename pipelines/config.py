@@ -92,6 +92,8 @@ class StudentConfig:
     method: Optional[dict] = field(default=None, metadata=validate.kind("method"))
     # what an online teacher sees (methods with an online teacher only; offline labels are `fixed`)
     teaching: TeachingConfig = field(default_factory=TeachingConfig)
+    # cross-modal (docs/crossmodal.md): the data.modalities entry the students read (a rung's modality wins)
+    modality: Optional[str] = None
 
     def method_for(self, rung: "ModelConfig") -> dict:
         """The resolved method of a ladder rung: its own, else this section's, else ``noisy_student``."""
@@ -148,6 +150,13 @@ class ExperimentConfig:
 
 def _check(cfg: ExperimentConfig) -> ExperimentConfig:
     check_data(cfg.data)
+    from noisystudent.modality import check_modality_name
+
+    check_modality_name(cfg.teacher.modality, cfg.data.modalities, "teacher.modality")
+    check_modality_name(cfg.student.modality, cfg.data.modalities, "student.modality")
+    for i, rung in enumerate(cfg.student.ladder):
+        if rung.modality is not None:
+            check_modality_name(rung.modality, cfg.data.modalities, f"student.ladder[{i}].modality")
     if not cfg.student.ladder:
         raise ConfigError("student.ladder", "needs at least one model")
     for where, t in (("teacher_train", cfg.teacher_train), ("student.train", cfg.student.train)):

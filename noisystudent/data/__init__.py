@@ -239,6 +239,19 @@ def _manifest(cfg: "DataConfig") -> DataBundle:
     return _finish(cfg, labeled, unlabeled, test, classes, val)
 
 
+def _paired(cfg: "DataConfig") -> DataBundle:
+    """Paired items (docs/crossmodal.md): every source a :class:`~.paired.PairedSource`."""
+    from .paired_readers import paired_sources
+
+    if cfg.unlabeled_format not in ("list", "manifest_shards"):
+        raise ConfigError("data.unlabeled_format", "paired data reads its unlabeled items as one manifest, parallel "
+                          f"trees (list) or sharded paired manifests (manifest_shards), got {cfg.unlabeled_format!r}")
+    if cfg.unlabeled_format != "list" and cfg.unlabeled_limit is not None:
+        raise ConfigError("data.unlabeled_limit", "cannot subset a streaming source; leave it null")
+    labeled, unlabeled, test, val = paired_sources(cfg)
+    return _finish(cfg, labeled, unlabeled, test, list(labeled.classes), val)
+
+
 def _streaming(cfg: "DataConfig") -> Optional[Any]:
     """The unlabeled :class:`~.streaming.StreamSource` when ``data.unlabeled_format`` streams, else None."""
     if cfg.unlabeled_format == "list" or not cfg.unlabeled:
@@ -281,7 +294,7 @@ def create_data(cfg: "DataConfig") -> DataBundle:
     from .conditions import apply_conditions
 
     builders = {"fashion_mnist": _fashion_mnist, "cifar10": _cifar, "cifar100": _cifar, "folder": _folder,
-                "manifest": _manifest}
+                "manifest": _manifest, "paired": _paired}
     if cfg.kind not in builders:
         raise ConfigError("data.kind", f"must be one of {', '.join(builders)}; got {cfg.kind!r}")
     if cfg.kind in ALL_LABELS_PER_CLASS and cfg.unlabeled_format != "list":

@@ -90,6 +90,11 @@ def _parse_labels(path: Path, column, classes: Optional[list[str]]) -> tuple[np.
     return arr, names, False
 
 
+# public names for the paired manifest reader (noisystudent.data.paired_readers)
+read_table = _read_table
+parse_labels = _parse_labels
+
+
 class ManifestSource(FileSource):
     """Images listed in ``path`` (.csv or .parquet); labeled if the manifest has a ``label`` column.
 

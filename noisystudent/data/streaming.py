@@ -331,6 +331,8 @@ def selected_files(source: StreamSource, image_ids: Any) -> Any:
     Folder partitions: ids are relative to the folder. Manifest shards: ids are the paths as written,
     absolute or relative to the manifests' (common) folder. WebDataset and Parquet-bytes sources cannot be
     read one image at a time cheaply; training on their selection is refused with a :class:`UserError`."""
+    if hasattr(source, "selected"):  # sharded paired manifests: every modality of the selected items
+        return source.selected(image_ids)
     if source.format not in ("manifest_shards", "folder_partitions"):
         raise UserError(f"data.unlabeled_format: a student cannot train on the selection of a {source.format} "
                         "source yet (no random access to one image); label a manifest_shards or folder_partitions "

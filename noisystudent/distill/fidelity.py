@@ -20,7 +20,8 @@ from noisystudent.evaluate import predict_probs
 
 def fidelity(student: torch.nn.Module, teacher: Checkpoint, source: ImageSource, transform: Callable,
              device: str | torch.device = "cpu", batch_size: int = 256,
-             teacher_transform: Optional[Callable] = None) -> dict[str, float]:
+             teacher_transform: Optional[Callable] = None,
+             teacher_source: Optional[ImageSource] = None) -> dict[str, float]:
     """``{"test_fidelity": agreement, "teacher_test_acc": the teacher's accuracy on the same images}``.
 
     ``transform`` is the student's eval transform; ``teacher_transform`` the teacher's (None: the same),
@@ -28,7 +29,8 @@ def fidelity(student: torch.nn.Module, teacher: Checkpoint, source: ImageSource,
     view it was taught with, not on the student's (a 32 px teacher shown 28 px images agrees less)."""
     t_model = teacher.build_model(device)
     s_idx, s_probs = predict_probs(student, source, transform, batch_size=batch_size, device=device, progress=False)
-    t_idx, t_probs = predict_probs(t_model, source, teacher_transform or transform, batch_size=batch_size,
+    # teacher_source: the same items in the teacher's modality (cross-modal), index-aligned with source
+    t_idx, t_probs = predict_probs(t_model, teacher_source if teacher_source is not None else source, teacher_transform or transform, batch_size=batch_size,
                                    device=device, progress=False)
     common, si, ti = np.intersect1d(s_idx, t_idx, return_indices=True)
     if len(common) == 0:

@@ -57,11 +57,13 @@ def mix(x: torch.Tensor, perm: torch.Tensor, lam: float) -> torch.Tensor:
     return x.mul(lam).add_(x[perm], alpha=1.0 - lam)
 
 
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """``x`` at ``size`` x ``size`` (bilinear, antialiased when shrinking); unchanged when already there."""
-    if x.shape[-1] == size and x.shape[-2] == size:
+def resize(x: torch.Tensor, size: int | list[int]) -> torch.Tensor:
+    """``x`` at ``size`` x ``size`` (or ``[h, w]``: a signal's ``[1, length]``; bilinear, antialiased when
+    shrinking); unchanged when already there."""
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if x.shape[-1] == w and x.shape[-2] == h:
         return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
 
 
 @dataclass
@@ -86,11 +88,13 @@ class Teaching:
             raise ValueError(f"teaching mode must be one of {', '.join(MODES)}, got {mode!r}")
         t_size = cfg.get("teacher_image_size") or teacher_size or student_size
         return cls(mode=mode, mixup_alpha=float(cfg.get("mixup_alpha", 1.0)), student_size=student_size,
-                   teacher_size=int(t_size), num_classes=num_classes)
+                   teacher_size=t_size if isinstance(t_size, (list, tuple)) else int(t_size), num_classes=num_classes)
 
     @property
     def view_size(self) -> int:
         """The side views are drawn at: the larger model's, so neither model sees an upsampled image."""
+        if not isinstance(self.student_size, int) or not isinstance(self.teacher_size, int):
+            return self.student_size  # a signal's [1, length]: no shared view is drawn
         return max(self.student_size, self.teacher_size)
 
     @property
@@ -106,6 +110,12 @@ class Teaching:
         if self.mode == "independent":
             return PairTransform(train_tf, train_tf)
         return train_tf
+
+    def dataset(self, source: Any, transform: Callable, targets: Any = None):
+        """The training dataset over ``source`` (a cross-modal setting reads two modalities an item)."""
+        from noisystudent.data.torch_dataset import SourceDataset
+
+        return SourceDataset(source, transform, targets=targets)
 
     def prepare(self, batch: Batch, mixup: bool = True) -> tuple[Batch, torch.Tensor]:
         """Split paired views into ``x_labeled``/``x_unlabeled`` (student) and ``x_teacher``, mix both

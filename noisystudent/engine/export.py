@@ -26,6 +26,8 @@ def teacher_eval_transform(tr: Training, teacher: Checkpoint) -> Optional[Callab
     An online teacher saw the student's normalisation at its teaching size (``teacher_image_size``, by
     default its checkpoint's); an offline one labeled the images with its own eval transform."""
     s = tr.job.spec
+    if getattr(tr.trainee.teaching, "teacher_modality", None):  # cross-modal: the teacher's own modality and view
+        return tr.trainee.teaching.teacher_transform
     if tr.trainee.teacher is not None:
         size = tr.trainee.teaching.teacher_size
         return None if size == s.image_size else create_transform(size, s.in_chans, s.mean, s.std, None)
@@ -74,8 +76,12 @@ def final_evaluation(tr: Training, final: torch.nn.Module, spec: ModelSpec, done
             teacher = tr.trainee.teacher.checkpoint if tr.trainee.teacher is not None else load_checkpoint(job.teacher_ckpt)
             if job.teachers and tr.trainee.teacher is not None:
                 teacher = tr.trainee.teacher  # an ensemble: fidelity to its mixture (it builds as one model)
+            from ..data.paired import view_of
+
             metrics.update(fidelity(final, teacher, job.test, tr.evaluator.transform, device=tr.device,
-                                    teacher_transform=teacher_eval_transform(tr, teacher)))
+                                    teacher_transform=teacher_eval_transform(tr, teacher),
+                                    teacher_source=view_of(job.test, getattr(tr.trainee.teaching, "teacher_modality",
+                                                                             None) or getattr(getattr(teacher, "spec", None), "modality", None))))
     return metrics
 
 

@@ -137,6 +137,13 @@ class TrainJob:
     # an online ensemble instead of teacher_ckpt alone: (checkpoint, normalised weight) per teacher
     # (noisystudent.distill.ensemble); teacher_ckpt is then the first, for messages
     teachers: Optional[list] = None
+    # unlabeled images an online teacher teaches on beside the labeled ones (distill.unlabeled_ratio of them
+    # per labeled image in a batch); not used by a job with pseudo-labels
+    unlabeled: Optional[ImageSource] = None
+    unlabeled_ratio: float = 0.0
+    # cross-modal (docs/crossmodal.md): the modality the online teacher reads, with the job's sources paired
+    # (a PairedSource read in the student's modality); None: the teacher checkpoint's own, else the student's input
+    teacher_modality: Optional[str] = None
 
     @property
     def train_section(self) -> str:
@@ -154,8 +161,17 @@ class TrainJob:
         return max(1, int(round(self.student.ratio * self.train_cfg.batch_size)))
 
 
-def spec_for(model_cfg: ModelConfig, data_cfg, classes: list[str]) -> ModelSpec:
-    """The :class:`ModelSpec` of a configured model on a configured data set."""
+def spec_for(model_cfg: ModelConfig, data_cfg, classes: list[str], modality: Optional[str] = None) -> ModelSpec:
+    """The :class:`ModelSpec` of a configured model on a configured data set; with ``modality`` (paired data)
+    the input settings are that modality's (``data.modalities``)."""
+    if modality is not None:
+        from ..modality import input_shape
+
+        m = data_cfg.modalities[modality]
+        mean, std = m.stats
+        return ModelSpec(name=model_cfg.name, num_classes=len(classes), in_chans=m.channels,
+                         image_size=input_shape(m), mean=mean, std=std, classes=list(classes),
+                         drop_rate=model_cfg.drop_rate, drop_path_rate=model_cfg.drop_path_rate, modality=modality)
     return ModelSpec(
         name=model_cfg.name,
         num_classes=len(classes),

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.torch_dataset import SourceDataset, collate_skip_none
+from ..data.torch_dataset import collate_skip_none
 from ..distill.teaching import Teaching
 from ..transforms import create_transform
 from .job import TrainHooks, TrainJob
@@ -58,6 +58,8 @@ def to_device(batch, device: torch.device, noise: Optional[Callable] = None):
     if batch is None or len(batch) == 0 or batch[0] is None or len(batch[0]) == 0:
         return None
     x, y, _idx = batch
+    if isinstance(x, (list, tuple)):  # (student, teacher) inputs of a cross-modal job
+        return tuple(v.to(device, non_blocking=True) for v in x), y.to(device, non_blocking=True)
     x = x.to(device, non_blocking=True)
     return (noise(x) if noise is not None else x), y.to(device, non_blocking=True)
 
@@ -96,18 +98,22 @@ def build_data(job: TrainJob, hooks: TrainHooks, teaching: Teaching, use_pseudo:
     train_tf = uint8_tf or train_tf
     # --
     eval_tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
-    labeled_ds = SourceDataset(job.labeled, train_tf)
+    labeled_ds = teaching.dataset(job.labeled, train_tf)
     unl_loader, n_pseudo = None, 0
     if use_pseudo:
         from ..data.torch_dataset import RepeatedDataset
 
         pseudo = job.pseudo
-        unl_ds = SourceDataset(pseudo.source, train_tf, targets=pseudo.dataset_targets())
+        unl_ds = teaching.dataset(pseudo.source, train_tf, targets=pseudo.dataset_targets())
         # duplicates by binary search over cumulative weights, not an expanded list of indices (issue 17)
         expanded = RepeatedDataset(unl_ds, pseudo.weights)
         unl_loader = hooks.prepare_loader(make_loader(expanded, job.unlabeled_batch, cfg.num_workers, job.seed + 1,
                                                       hooks.rank, hooks.world_size))
         n_pseudo = int(pseudo.weights.sum())
+    elif job.unlabeled is not None and job.unlabeled_ratio > 0:  # unlabeled rows for an online teacher (distill)
+        batch = max(1, int(round(job.unlabeled_ratio * cfg.batch_size)))
+        unl_loader = hooks.prepare_loader(make_loader(teaching.dataset(job.unlabeled, train_tf), batch,
+                                                      cfg.num_workers, job.seed + 1, hooks.rank, hooks.world_size))
     lab_loader = hooks.prepare_loader(make_loader(labeled_ds, cfg.batch_size, cfg.num_workers, job.seed, hooks.rank,
                                                   hooks.world_size))
     return JobData(labeled=lab_loader, unlabeled=unl_loader, eval_transform=eval_tf, n_pseudo=n_pseudo,

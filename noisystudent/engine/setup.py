@@ -35,11 +35,24 @@ def job_method(job: TrainJob, use_pseudo: bool) -> dict:
     return resolve_method_config({"name": "supervised"}, "method")
 
 
+def teacher_modality(job: TrainJob, teacher_spec) -> Optional[str]:
+    """The modality a cross-modal job's teacher reads (``job.teacher_modality``, else its checkpoint's), or None
+    when the teacher reads the student's own input."""
+    m = job.teacher_modality or teacher_spec.modality
+    return m if m is not None and m != job.spec.modality else None
+
+
 def load_teacher(job: TrainJob, device: torch.device, stages) -> OnlineTeacher:
-    """The job's teacher checkpoint, frozen on ``device``, refused when its channels differ from the student's."""
+    """The job's teacher checkpoint, frozen on ``device``, refused when its channels differ from the student's
+    (or, cross-modal, from those of the modality it reads)."""
     ckpt = load_checkpoint(job.teacher_ckpt, expected_classes=job.spec.classes)
     s, t = job.spec, ckpt.spec
-    if s.in_chans != t.in_chans:  # a different side is fine: the teaching setting resizes each model's view
+    reads = job.teacher_modality or t.modality
+    if reads is not None and hasattr(job.labeled, "modalities"):  # paired data: the teacher's modality decides
+        from ..distill.crossmodal import check_teacher_input
+
+        check_teacher_input(t, reads, job.labeled.modalities, "teacher.modality")
+    elif s.in_chans != t.in_chans:  # a different side is fine: the teaching setting resizes each model's view
         raise UserError(f"teacher {job.teacher_ckpt} takes {t.in_chans}-channel images, the student "
                         f"{s.in_chans}-channel ones")
     return OnlineTeacher(ckpt, device, stages=stages)
@@ -129,9 +142,15 @@ def build_trainee(job: TrainJob, hooks: TrainHooks, device: torch.device) -> Tra
                         "use it in `noisystudent run`, or an online method (e.g. hinton) with `noisystudent distill`")
     model = hooks.prepare_model(StudentStep(student, method))
     # the teaching setting applies to an online teacher only (stored labels were made on clean images)
-    teaching = Teaching.from_config(job.teaching if teacher is not None else None, spec.image_size,
-                                    teacher.checkpoint.spec.image_size if teacher is not None else None,
-                                    spec.num_classes)
+    cross = teacher_modality(job, teacher.checkpoint.spec) if teacher is not None else None
+    if cross is not None:  # the teacher reads another modality of the same items (docs/crossmodal.md)
+        from ..distill.crossmodal import CrossModalTeaching
+
+        teaching = CrossModalTeaching.create(job.teaching, spec, teacher.checkpoint.spec, cross)
+    else:
+        teaching = Teaching.from_config(job.teaching if teacher is not None else None, spec.image_size,
+                                        teacher.checkpoint.spec.image_size if teacher is not None else None,
+                                        spec.num_classes)
     return Trainee(model=model, core=getattr(model, "module", model), method_cfg=method_cfg, teacher=teacher,
                    teaching=teaching, use_pseudo=use_pseudo)
 

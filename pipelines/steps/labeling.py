@@ -58,7 +58,10 @@ def _label(ctx: StepContext) -> Outcome:
     pl = cfg.pseudo_labels
     what = f"{data.unlabeled.num_partitions} partitions" if streaming else f"{len(data.unlabeled)} images"
     log(f"[gen {g}] labeling {what} with {', '.join(c.parent.name for c in ckpts)}")
-    summary = label_images(data.unlabeled, [str(c) for c in ckpts], out, temperature=pl.temperature, topk=pl.topk,
+    from noisystudent.data.paired import view_of
+
+    teacher_view = view_of(data.unlabeled, load_checkpoint(ckpts[0]).spec.modality)  # the teacher reads its modality
+    summary = label_images(teacher_view, [str(c) for c in ckpts], out, temperature=pl.temperature, topk=pl.topk,
                            batch_size=pl.batch_size, num_actors=pl.num_actors, num_gpus_per_actor=pl.num_gpus_per_actor,
                            num_cpus_per_actor=pl.num_cpus_per_actor, force=ctx.force, progress=ctx.progress,
                            weights=weights)

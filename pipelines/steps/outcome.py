@@ -74,7 +74,9 @@ def _val_correct(data: DataBundle, ckpt: Path) -> tuple[np.ndarray, np.ndarray]:
     ck = load_checkpoint(ckpt, expected_classes=data.classes)
     spec = ck.spec
     tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
-    idx, probs = predict_probs(ck.build_model(), data.val, tf, progress=False, desc="validate")
+    from noisystudent.data.paired import view_of
+
+    idx, probs = predict_probs(ck.build_model(), view_of(data.val, spec.modality), tf, progress=False, desc="validate")
     return idx, probs.argmax(1) == np.asarray(data.val.labels)[idx]
 
 

@@ -13,6 +13,8 @@ from noisystudent.config import to_dict
 from noisystudent.errors import ConfigError, UserError
 from noisystudent.engine import PseudoLabeledSet, TrainJob, spec_for
 
+from pipelines.crossmodal import student_modality, with_modality_noise
+
 from .base import Outcome, Step, StepContext, log
 from .data import load_data, record_conditions
 from .labeling import SELECT, pseudo_set
@@ -28,21 +30,26 @@ MODEL_RECORD = "metrics.json"
 def _train(ctx: StepContext, out: Path, *, model_cfg, train_cfg, labeled, test, classes, generation: int, role: str,
            job_cfg: Optional["ExperimentConfig"] = None, pseudo: Optional[PseudoLabeledSet] = None,
            method: Optional[dict] = None, teacher: Optional[Path] = None, val=None, teaching=None,
-           teachers: Optional[list] = None) -> Outcome:
+           teachers: Optional[list] = None, modality: Optional[str] = None, unlabeled=None,
+           unlabeled_ratio: float = 0.0) -> Outcome:
     """Build one :class:`TrainJob` and train it as ``cfg.ray`` says; the model's files are the artifacts.
 
     ``method`` is the resolved distillation method (None: supervised, or noisy_student with ``pseudo``);
     ``teacher`` the checkpoint an online method runs and fidelity is measured against; ``val`` the
     validation images (val_acc in the job's history and metrics, what promotion compares); ``teaching``
     what an online teacher sees (``TeachingConfig``)."""
+    from pipelines.crossmodal import modality_job_parts
     from pipelines.train_ray import train
 
     cfg = ctx.cfg
+    # paired data (docs/crossmodal.md): every source read in the model's modality
+    model_cfg, labeled, test, val, pseudo, unlabeled = modality_job_parts(cfg, model_cfg, modality, labeled, test, val,
+                                                                          pseudo, unlabeled)
     init = model_cfg.init
     if init == "teacher":
         init = str(teacher) if teacher is not None else None
     job = TrainJob(
-        spec=spec_for(model_cfg, cfg.data, classes),
+        spec=spec_for(model_cfg, cfg.data, classes, modality),
         model_cfg=model_cfg,
         train_cfg=train_cfg,
         labeled=labeled,
@@ -62,6 +69,9 @@ def _train(ctx: StepContext, out: Path, *, model_cfg, train_cfg, labeled, test, 
         teaching=teaching,
         init_ckpt=init,
         teachers=teachers,
+        unlabeled=unlabeled,
+        unlabeled_ratio=unlabeled_ratio,
+        teacher_modality=cfg.teacher.modality if role == "distill" else None,
     )
     metrics = train(job, cfg.ray)
     return Outcome(metrics, [out / "model.pt", out / "metrics.json", out / "history.csv"],
@@ -76,7 +86,8 @@ def _teacher(ctx: StepContext) -> Outcome:
     held = f" ({len(data.val)} more held out for validation)" if data.val is not None else " (no validation split)"
     log(f"[gen 0] teacher {cfg.teacher.name} on {len(data.labeled)} labeled images{held}")
     return _train(ctx, ctx.run.teacher_dir(), model_cfg=cfg.teacher, train_cfg=cfg.teacher_train, labeled=data.labeled,
-                  test=data.test, classes=data.classes, generation=0, role="teacher", val=data.val)
+                  test=data.test, classes=data.classes, generation=0, role="teacher", val=data.val,
+                  modality=cfg.teacher.modality)
 
 
 TEACHER_STEP = Step(TEACHER, _teacher, lambda run, g: run.teacher_dir(), MODEL_RECORD,
@@ -88,6 +99,7 @@ def _student(ctx: StepContext) -> Outcome:
     cfg, g = ctx.cfg, ctx.g
     data = load_data(cfg)
     model_cfg = cfg.student_model(g)
+    model_cfg = with_modality_noise(cfg, model_cfg, student_modality(cfg, model_cfg))  # what the log shows trains
     pseudo = pseudo_set(ctx.run, cfg, g)
     log(f"[gen {g}] student {model_cfg.name} (drop {model_cfg.drop_rate}, drop path {model_cfg.drop_path_rate}, "
         f"RandAugment n={model_cfg.noise.randaugment_n} m={model_cfg.noise.randaugment_m}) on {len(data.labeled)} labeled + "
@@ -99,7 +111,9 @@ def _student(ctx: StepContext) -> Outcome:
                   test=data.test, classes=data.classes, generation=g, role="student", pseudo=pseudo, method=method,
                   teacher=teacher_checkpoint(ctx.run, g), val=data.val, teaching=cfg.student.teaching,
                   teachers=online_ensemble(model_cfg.teachers, teacher_checkpoint(ctx.run, g),
-                                           f"student.ladder[{cfg.student.ladder.index(model_cfg)}].teachers", data.classes))
+                                           f"student.ladder[{cfg.student.ladder.index(cfg.student_model(g))}].teachers",
+                                           data.classes),
+                  modality=student_modality(cfg, model_cfg))
 
 
 STUDENT = Step("student", _student, lambda run, g: run.student_dir(g), MODEL_RECORD, needs=(SELECT,),
@@ -125,7 +139,8 @@ def _baseline(ctx: StepContext) -> Outcome:
         train_cfg = replace(train_cfg, num_workers=opts["loader_workers"])
     log(f"[baseline] {role}: {model_cfg.name} on {len(data.labeled)} labeled images, {train_cfg.epochs} epochs")
     return _train(ctx, ctx.run.baseline_dir(role), model_cfg=model_cfg, train_cfg=train_cfg, labeled=data.labeled,
-                  test=data.test, classes=data.classes, generation=0, role=role, job_cfg=replace(cfg, data=data_cfg))
+                  test=data.test, classes=data.classes, generation=0, role=role, job_cfg=replace(cfg, data=data_cfg),
+                  modality=student_modality(cfg, model_cfg))
 
 
 def baseline(role: str) -> Step:
@@ -148,7 +163,11 @@ def _distill(ctx: StepContext) -> Outcome:
     record_conditions(ctx.run, data)
     teacher = Path(cfg.distill.teacher) if cfg.distill.teacher else None
     if teacher is not None:
-        load_checkpoint(teacher, expected_classes=data.classes)  # fail early, in the driver, naming the file
+        ck = load_checkpoint(teacher, expected_classes=data.classes)  # fail early, in the driver, naming the file
+        if cfg.data.modalities is not None:  # its input channels must be its modality's (exit 2 naming the field)
+            from noisystudent.distill.crossmodal import check_teacher_input
+
+            check_teacher_input(ck.spec, cfg.teacher.modality, cfg.data.modalities, "teacher.modality")
     ensemble = online_ensemble(cfg.distill.teachers, teacher, "distill.teachers", data.classes)
     if ensemble:
         teacher = Path(ensemble[0][0])
@@ -156,10 +175,16 @@ def _distill(ctx: StepContext) -> Outcome:
     mode = cfg.distill.teaching.mode
     log(f"[distill] {model_cfg.name} from {teacher or 'no teacher'} with {method['name']}"
         + (f" ({mode} teaching)" if get_method(method["name"]).teacher_for(method) == "online" else "")
-        + f" on {len(data.labeled)} labeled images")
+        + f" on {len(data.labeled)} labeled images"
+        + (f" and the unlabeled ones ({cfg.distill.unlabeled_ratio:g} a labeled one a batch)"
+           if cfg.distill.unlabeled_ratio > 0 and data.unlabeled is not None else "")
+        + (f", the teacher reading {cfg.teacher.modality}, the student {student_modality(cfg, model_cfg)}"
+           if cfg.data.modalities is not None else ""))
     return _train(ctx, ctx.run.distill_dir(), model_cfg=model_cfg, train_cfg=cfg.student.train, labeled=data.labeled,
                   test=data.test, classes=data.classes, generation=0, role="distill", method=method, teacher=teacher,
-                  val=data.val, teaching=cfg.distill.teaching, teachers=ensemble)
+                  val=data.val, teaching=cfg.distill.teaching, teachers=ensemble,
+                  modality=student_modality(cfg, model_cfg), unlabeled=data.unlabeled,
+                  unlabeled_ratio=cfg.distill.unlabeled_ratio)
 
 
 def online_ensemble(refs, teacher: Optional[Path], field: str, classes) -> Optional[list[tuple[str, float]]]:
