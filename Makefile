@@ -98,15 +98,13 @@ bench-scale: install
 	$(BIN)/python -m bench.scale --sizes 100000,1000000,3000000 --student-sizes 100000,1000000
 
 # The bench environment of bench-peers: its own venv, never a dependency of the package. One torch, the
-# project's pin (bench/peers/constraints.txt); semilearn and torchaudio go in with --no-deps, since
-# semilearn asks for torchaudio and no torchaudio release matches torch 2.14.1 (docs/bench-peers.md).
+# project's pin (bench/peers/constraints.txt applies to every install, so nothing can pull another).
 PEERS_VENV ?= .venv-peers
 $(PEERS_VENV)/.installed: bench/peers/requirements.txt bench/peers/constraints.txt
 	$(PYTHON) -m venv $(PEERS_VENV)
 	$(PEERS_VENV)/bin/pip install -q --upgrade pip
 	$(PEERS_VENV)/bin/pip install -q -c bench/peers/constraints.txt torch==2.14.1 torchvision==0.29.1
 	$(PEERS_VENV)/bin/pip install -q -c bench/peers/constraints.txt -r bench/peers/requirements.txt
-	$(PEERS_VENV)/bin/pip install -q --no-deps semilearn==0.3.2 torchaudio==$(PEERS_TORCHAUDIO)
 	$(PEERS_VENV)/bin/python -m bench.peers.check_env
 	touch $@
 

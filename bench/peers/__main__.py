@@ -28,6 +28,9 @@ from bench.peers.table import figure, format_table, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 USB_ARMS = ("fixmatch", "pseudolabel")
+# Ray gives its raylet a fixed 30 s to register; on a machine loaded far past its cores it may not, and our
+# arm (a resumable run folder) is then simply started again
+RAY_START_TIMEOUT, RAY_START_TRIES = "node timed out during startup", 4
 
 
 def _parse_sets(values: list[str]) -> dict[str, Any]:
@@ -77,7 +80,13 @@ def _arm(name: str, seed: int, cmd: list[str], work: Path, env: dict, fresh: boo
         return json.loads(out.read_text(encoding="utf-8"))
     print(f"[{name} seed {seed}] {' '.join(cmd[:6])} ...", flush=True)
     log = work / f"{name}-seed{seed}.log"
-    rc, wall, cpu = run_measured(cmd, env=env, log=log)
+    wall = cpu = 0.0
+    for attempt in range(1, RAY_START_TRIES + 1):
+        rc, w, c = run_measured(cmd, env=env, log=log)
+        wall, cpu = wall + w, cpu + c  # a failed start's cost counts too
+        if rc == 0 or RAY_START_TIMEOUT not in log.read_text(encoding="utf-8", errors="replace"):
+            break
+        print(f"[{name} seed {seed}] Ray did not start in time (try {attempt}/{RAY_START_TRIES}); again", flush=True)
     if rc != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
         raise SystemExit(f"error: arm {name} seed {seed} failed (exit {rc}); last lines of {log}:\n" + "\n".join(tail))
