@@ -35,9 +35,10 @@ def summarize(results: list[dict]) -> list[dict]:
 
 def format_table(rows: list[dict], protocol: dict, meta: dict) -> str:
     head = ["arm", "test accuracy (mean ± std)", "seeds", "CPU min", "wall min", "student steps"]
-    body = [[r["label"], f"{r['test_acc_mean']:.4f} ± {r['test_acc_std']:.4f}", str(len(r["seeds"])),
-             f"{r['cpu_min_mean']:.1f}", f"{r['wall_min_mean']:.1f}", ",".join(str(s) for s in r["steps"])] for r in rows]
+    body = []
     for r in rows:
+        body.append([r["label"], f"{r['test_acc_mean']:.4f} ± {r['test_acc_std']:.4f}", str(len(r["seeds"])),
+                     f"{r['cpu_min_mean']:.1f}", f"{r['wall_min_mean']:.1f}", ",".join(str(s) for s in r["steps"])])
         if r["arm"] == "ours":
             body.append(["  (its generation-0 teacher)", f"{r['teacher_acc_mean']:.4f} ± {r['teacher_acc_std']:.4f}",
                          str(len(r["seeds"])), "", "", ""])
