@@ -48,7 +48,7 @@ def _tree(root: int) -> dict[int, float]:
 
 
 def run_measured(cmd: Sequence[str], env: Optional[dict] = None, log: Optional[Path] = None,
-                 interval: float = 0.5) -> tuple[int, float, float]:
+                 interval: float = 1.0) -> tuple[int, float, float]:
     """Run ``cmd`` (output to ``log``, else inherited); return ``(exit code, wall seconds, CPU seconds)``."""
     out = open(log, "w", encoding="utf-8") if log is not None else None
     seen: dict[int, float] = {}
