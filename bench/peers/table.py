@@ -25,6 +25,8 @@ def summarize(results: list[dict]) -> list[dict]:
                "cpu_min_mean": statistics.fmean(r["cpu_s"] for r in rs) / 60,
                "wall_min_mean": statistics.fmean(r["wall_s"] for r in rs) / 60,
                "steps": [r.get("student_steps", r.get("steps")) for r in rs]}
+        if all("test_acc_no_ema" in r for r in rs):  # USB reports its EMA model; its last weights too
+            row["test_acc_no_ema_mean"], row["test_acc_no_ema_std"] = _stats([r["test_acc_no_ema"] for r in rs])
         if arm == "ours":
             t_mean, t_std = _stats([r["teacher_acc"] for r in rs])
             row.update({"teacher_acc_mean": t_mean, "teacher_acc_std": t_std,
@@ -34,13 +36,15 @@ def summarize(results: list[dict]) -> list[dict]:
 
 
 def format_table(rows: list[dict], protocol: dict, meta: dict) -> str:
-    head = ["arm", "test accuracy (mean ± std)", "seeds", "CPU min", "wall min", "student steps"]
+    head = ["arm", "test accuracy (mean ± std)", "last weights, no EMA", "seeds", "CPU min", "wall min", "student steps"]
     body = []
     for r in rows:
-        body.append([r["label"], f"{r['test_acc_mean']:.4f} ± {r['test_acc_std']:.4f}", str(len(r["seeds"])),
+        no_ema = (f"{r['test_acc_no_ema_mean']:.4f} ± {r['test_acc_no_ema_std']:.4f}" if "test_acc_no_ema_mean" in r
+                  else "")
+        body.append([r["label"], f"{r['test_acc_mean']:.4f} ± {r['test_acc_std']:.4f}", no_ema, str(len(r["seeds"])),
                      f"{r['cpu_min_mean']:.1f}", f"{r['wall_min_mean']:.1f}", ",".join(str(s) for s in r["steps"])])
         if r["arm"] == "ours":
-            body.append(["  (its generation-0 teacher)", f"{r['teacher_acc_mean']:.4f} ± {r['teacher_acc_std']:.4f}",
+            body.append(["  (its generation-0 teacher)", f"{r['teacher_acc_mean']:.4f} ± {r['teacher_acc_std']:.4f}", "",
                          str(len(r["seeds"])), "", "", ""])
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head] + body]
