@@ -12,7 +12,7 @@ Sections (each check records ``ok`` or its error and the run goes on):
   (``Labeler._probs``) on pre-transformed CPU batches, compared with a bare ``model.half()`` loop on the
   same batches (copy to the GPU, forward, softmax, back to numpy). *ceiling* is the model's pure fp16
   forward on a GPU-resident batch (no copies). Probabilities are checked against the fp32 model.
-- ``training``: :func:`noisystudent.train.run_training` in-process (what ``ray.workers: 0`` runs) on
+- ``training``: :func:`noisystudent.engine.run_training` in-process (what ``ray.workers: 0`` runs) on
   synthetic images with the teacher noise of ``configs/fashion_mnist.yaml``, against a bare loop with the
   same model, transform, DataLoader (same workers), nesterov SGD, batch size and autocast dtype. Two
   epochs each; the second is timed (the first starts workers and warms cuDNN). *ceiling* is the bare
@@ -21,7 +21,7 @@ Sections (each check records ``ok`` or its error and the run goes on):
   job (soft pseudo-labels, EMA, evaluation), ``amp: fp16`` with loss scaling, and resume from ``last.pt``
   after an injected failure.
 - ``ddp``: single-process DDP (world size 1, NCCL on CUDA, gloo on CPU, ``tcp://127.0.0.1``) wrapping
-  the model of ``run_training`` through :class:`~noisystudent.train.TrainHooks`, as Ray Train's
+  the model of ``run_training`` through :class:`~noisystudent.engine.TrainHooks`, as Ray Train's
   ``prepare_model`` does (the loaders shard by rank themselves), plus an ``all_reduce``.
 
 Output: a table on stdout and JSON to ``$OUT/gpu_check.json`` when ``$OUT`` is set, else
@@ -310,7 +310,7 @@ def labeling(sizes: Sizes, dev: torch.device) -> None:
 
 def train_job(out: Path, spec: ModelSpec, images: np.ndarray, labels: np.ndarray, sizes: Sizes, dev: torch.device,
               amp: str, noise: NoiseConfig = TEACHER_NOISE, epochs: int = 2, **extra: Any):
-    from noisystudent.train import TrainJob
+    from noisystudent.engine import TrainJob
 
     tcfg = TrainConfig(epochs=epochs, batch_size=sizes.train_batch, lr=0.05, num_workers=sizes.workers, amp=amp,
                        ema_decay=extra.pop("ema_decay", None))
@@ -396,7 +396,7 @@ def ceiling_train(spec: ModelSpec, sizes: Sizes, dev: torch.device, amp_dtype: O
 
 
 def training(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
-    from noisystudent.train import TrainHooks, resolve_amp, run_training
+    from noisystudent.engine import TrainHooks, resolve_amp, run_training
 
     auto = resolve_amp("auto", dev)
     auto_name = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[auto]
@@ -495,7 +495,7 @@ def training(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
 
     @check("student job: soft pseudo-labels, drop path, EMA, evaluate on device")
     def _():
-        from noisystudent.train import PseudoLabeledSet
+        from noisystudent.engine import PseudoLabeledSet
 
         rng = np.random.default_rng(3)
         unl = ArraySource(images_for(n, size, ch, seed=3))
@@ -568,7 +568,7 @@ def methods(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
     from noisystudent.checkpoint import load_checkpoint, save_checkpoint
     from noisystudent.config import TeachingConfig
     from noisystudent.distill import list_methods, resolve_method_config
-    from noisystudent.train import resolve_amp, run_training
+    from noisystudent.engine import resolve_amp, run_training
 
     auto = resolve_amp("auto", dev)
     auto_name = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[auto]
@@ -782,7 +782,7 @@ def ddp(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from noisystudent.train import TrainHooks, run_training
+    from noisystudent.engine import TrainHooks, run_training
 
     backend = "nccl" if dev.type == "cuda" else "gloo"
     name, size, ch = TRAIN_MODELS[0]

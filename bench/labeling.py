@@ -47,7 +47,7 @@ def make_teacher(cfg: Any, bundle: Any, path: Path, steps: int, device: str = "c
     import torch.nn.functional as F
 
     from noisystudent.checkpoint import save_checkpoint
-    from noisystudent.train import spec_for
+    from noisystudent.engine import spec_for
     from noisystudent.transforms import create_transform
 
     spec = spec_for(cfg.teacher, cfg.data, bundle.classes)

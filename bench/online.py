@@ -1,6 +1,6 @@
 """The online teacher's cost: a distillation step of ``run_training`` against a bare PyTorch loop.
 
-What is compared. *Ours* is :func:`noisystudent.train.run_training` with ``method: {name: hinton}``
+What is compared. *Ours* is :func:`noisystudent.engine.run_training` with ``method: {name: hinton}``
 (defaults T = 4, alpha = 0.9) and ``teacher_ckpt`` a ResNet-26 checkpoint, so every step runs the frozen
 teacher on the student's batch (:class:`noisystudent.distill.teacher.OnlineTeacher`). The student is set
 up exactly as in the ``teacher`` rows (:mod:`bench.throughput`): the config's teacher model (ResNet-14,
@@ -137,7 +137,7 @@ def planned_runs(sizes: Sizes) -> int:
 def bench_online(cfg: Any, bundle: Any, sizes: Sizes, threads: int, device: str, bar: Any = None) -> list[Row]:
     """One row: ``run_training`` with ``hinton`` and an online ResNet-26 teacher vs the bare loop."""
     from noisystudent.distill import resolve_method_config
-    from noisystudent.train import run_training
+    from noisystudent.engine import run_training
 
     images = bundle.labeled.load_all()
     labels = np.asarray(bundle.labeled.labels)

@@ -228,7 +228,7 @@ def _student_epoch(selected: Path, max_steps: Optional[int], sampler: str, reade
 
     from noisystudent.data.torch_dataset import RepeatedDataset, SourceDataset, TopKTargets, collate_skip_none
     from pseudo_labels import read_metadata
-    from noisystudent.train import _loader
+    from noisystudent.engine import make_loader
     from pseudo_labels.selection_io import read_selection_arrow, read_selection_targets, topk_arrays
 
     torch.set_num_threads(1)
@@ -247,7 +247,7 @@ def _student_epoch(selected: Path, max_steps: Optional[int], sampler: str, reade
         del ids
         ds = RepeatedDataset(SourceDataset(src, None, targets=targets), weights)
         if sampler == "engine":
-            loader = _loader(ds, BATCH, num_workers=0, seed=0)
+            loader = make_loader(ds, BATCH, num_workers=0, seed=0)
         else:
             g = torch.Generator()
             g.manual_seed(0)

@@ -1,6 +1,6 @@
 """Training throughput: ``run_training`` (in-process and on Ray Train) against a bare PyTorch loop.
 
-What is compared. *Ours* is :func:`noisystudent.train.run_training` on the Fashion-MNIST labeled split
+What is compared. *Ours* is :func:`noisystudent.engine.run_training` on the Fashion-MNIST labeled split
 with the teacher of ``configs/fashion_mnist.yaml`` (ResNet-14, dropout 0.2, RandAugment n=2 m=9, flip,
 pad-and-crop 2), batch 64 and a fixed number of steps (``TrainConfig.steps_per_epoch``, one epoch,
 ``test=None`` so nothing is evaluated). *Bare* is the loop anyone would write by hand: the same model
@@ -93,7 +93,7 @@ def bare_train(spec: Any, noise: Any, images: np.ndarray, labels: np.ndarray, tr
 
 def teacher_job(cfg: Any, bundle: Any, noise: Any, steps: int, out_dir: Path, device: str) -> Any:
     """The teacher job of the config with a fixed number of steps, one epoch and no evaluation."""
-    from noisystudent.train import TrainJob, spec_for
+    from noisystudent.engine import TrainJob, spec_for
 
     mcfg = dataclasses.replace(cfg.teacher, noise=noise)
     tcfg = dataclasses.replace(cfg.teacher_train, epochs=1, steps_per_epoch=steps, batch_size=BATCH_SIZE,
@@ -117,7 +117,7 @@ def clean_noise() -> Any:
 
 def bench_teacher(cfg: Any, bundle: Any, sizes: Sizes, threads: int, device: str, bar: Any = None) -> list[Row]:
     """Rows: ``run_training`` vs the bare loop, with the config's noise and with clean inputs."""
-    from noisystudent.train import run_training
+    from noisystudent.engine import run_training
 
     images = bundle.labeled.load_all()
     labels = np.asarray(bundle.labeled.labels)

@@ -1,13 +1,14 @@
-"""Configuration of the core: data, models, noise, training jobs and distillation, and the validator.
+"""Configuration of the core: data, models, noise, training jobs and distillation.
 
-Why dataclasses and a hand-written validator instead of a schema library: the stack is fixed by the
-user (no pydantic), and the rules are few: every key must be known, every value must have the declared
-type, numbers must lie in their range. Errors raise :class:`ConfigError` naming the dotted field
-(``student.ladder[1].drop_path_rate``), which the CLI prints as one line with exit code 2.
+Each section is a dataclass validated by :func:`noisystudent.validate.build` (every key known, every
+value of the declared type, numbers in their :func:`~noisystudent.validate.range`); errors raise
+:class:`ConfigError` naming the dotted field (``student.ladder[1].drop_path_rate``), which the CLI
+prints as one line with exit code 2. A ``method`` field is of the ``method`` kind, validated by the
+method registry (:mod:`noisystudent.distill`), which this module does not import.
 
 The sections here are what one training job needs. The experiment file a user writes (one YAML: these
 sections plus the generation loop's ``student`` ladder and promotion, ``pseudo_labels`` and ``ray``) is
-:class:`pipelines.config.ExperimentConfig`, validated by the same :func:`_build`: the core knows no
+:class:`pipelines.config.ExperimentConfig`, validated by the same :func:`~noisystudent.validate.build`: the core knows no
 generations and no Ray.
 
 CLI flags override the file (``apply_overrides``), never the reverse; the resolved config is frozen into
@@ -17,62 +18,62 @@ the run folder as ``config.yaml`` at the first step.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
 
+from . import validate
 from .errors import ConfigError, UserError
 
 
-def _range(lo=None, hi=None, lo_open=False, hi_open=False):
-    return {"range": (lo, hi, lo_open, hi_open)}
+# deprecated private aliases, kept one release for branches written against them: use noisystudent.validate
+_range = validate.range
+_build = validate.build
 
 
 @dataclass
 class NoiseConfig:
     """Input noise for training (RandAugment plus flips and crops). The teacher labels clean images."""
 
-    randaugment_n: int = field(default=2, metadata=_range(0, 14))
-    randaugment_m: float = field(default=9.0, metadata=_range(0, 30))
+    randaugment_n: int = field(default=2, metadata=validate.range(0, 14))
+    randaugment_m: float = field(default=9.0, metadata=validate.range(0, 30))
     hflip: bool = True
-    crop_padding: int = field(default=2, metadata=_range(0, 64))
-    random_erasing: float = field(default=0.0, metadata=_range(0, 1))
+    crop_padding: int = field(default=2, metadata=validate.range(0, 64))
+    random_erasing: float = field(default=0.0, metadata=validate.range(0, 1))
 
 
 @dataclass
 class TrainConfig:
     """One supervised (or student) training job."""
 
-    epochs: int = field(default=10, metadata=_range(1, 10_000))
-    batch_size: int = field(default=128, metadata=_range(1, 65_536))
+    epochs: int = field(default=10, metadata=validate.range(1, 10_000))
+    batch_size: int = field(default=128, metadata=validate.range(1, 65_536))
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = field(default=0.1, metadata=_range(0, 10, lo_open=True))
-    momentum: float = field(default=0.9, metadata=_range(0, 1))
-    weight_decay: float = field(default=5e-4, metadata=_range(0, 1))
-    warmup_epochs: float = field(default=0.0, metadata=_range(0, 1000))
-    label_smoothing: float = field(default=0.0, metadata=_range(0, 1, hi_open=True))
+    lr: float = field(default=0.1, metadata=validate.range(0, 10, lo_open=True))
+    momentum: float = field(default=0.9, metadata=validate.range(0, 1))
+    weight_decay: float = field(default=5e-4, metadata=validate.range(0, 1))
+    warmup_epochs: float = field(default=0.0, metadata=validate.range(0, 1000))
+    label_smoothing: float = field(default=0.0, metadata=validate.range(0, 1, hi_open=True))
     # exponential moving average of the weights, evaluated and exported instead of the last ones; it covers
     # the method's modules too (ONE's branches and gate, DML's peers), so what is exported stays one model
-    ema_decay: Optional[float] = field(default=None, metadata=_range(0, 1, hi_open=True))
-    num_workers: int = field(default=0, metadata=_range(0, 256))
-    steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))
+    ema_decay: Optional[float] = field(default=None, metadata=validate.range(0, 1, hi_open=True))
+    num_workers: int = field(default=0, metadata=validate.range(0, 256))
+    steps_per_epoch: Optional[int] = field(default=None, metadata=validate.range(1))
     # Step budget. Without these, a job runs epochs x steps_per_epoch optimizer steps, an epoch being one
     # pass over the data unless steps_per_epoch is set: 50 epochs of 100 images at batch 64 are 50 steps.
     # total_steps: exactly this many steps, whatever the data size, split into `epochs` rounds (each one
     # evaluation point, checkpoint and history row).
-    total_steps: Optional[int] = field(default=None, metadata=_range(1))
+    total_steps: Optional[int] = field(default=None, metadata=validate.range(1))
     # min_steps: a floor for the epoch budget: when epochs x steps_per_epoch comes to fewer steps, each
     # epoch is lengthened so the job runs min_steps (epochs: 30 + min_steps: 1000 is 30 passes over a big
     # set and 1,000 steps on 100 images). Not applied to total_steps. 0: no floor
-    min_steps: int = field(default=0, metadata=_range(0))
+    min_steps: int = field(default=0, metadata=validate.range(0))
     # a job planned below this many optimizer steps warns before it starts, naming the number and the
     # settings that raise it; 0 never warns
-    warn_below_steps: int = field(default=200, metadata=_range(0))
-    eval_every: int = field(default=1, metadata=_range(1))
+    warn_below_steps: int = field(default=200, metadata=validate.range(0))
+    eval_every: int = field(default=1, metadata=validate.range(1))
     # DDP multiplies the global batch by the number of workers; scale lr with it (Goyal et al., 2017)
     scale_lr_with_workers: bool = True
     # mixed precision: auto = bf16 on CUDA (fp16 + loss scaling where the GPU lacks bf16), off on CPU
@@ -87,11 +88,11 @@ class ModelConfig:
     :func:`config_from_dict`), so turning a noise off for the teacher turns it off for every rung."""
 
     name: str = "resnet14"
-    drop_rate: float = field(default=0.0, metadata=_range(0, 1, hi_open=True))
-    drop_path_rate: float = field(default=0.0, metadata=_range(0, 1, hi_open=True))
+    drop_rate: float = field(default=0.0, metadata=validate.range(0, 1, hi_open=True))
+    drop_path_rate: float = field(default=0.0, metadata=validate.range(0, 1, hi_open=True))
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     # distillation method of this rung ({name, ...params}); null: the student section's method
-    method: Optional[dict] = field(default=None, metadata={"method": True})
+    method: Optional[dict] = field(default=None, metadata=validate.kind("method"))
     # weights the model starts from: null (random, the paper's from-scratch student), `teacher` (the model
     # that teaches this rung; the same architecture), or a checkpoint path (model.pt or its folder)
     init: Optional[str] = None
@@ -105,9 +106,9 @@ class LabelNoiseConfig:
     class (Fashion-MNIST: T-shirt<->Shirt, Pullover<->Coat, Trouser<->Dress, Sandal->Sneaker->Ankle
     boot->Sandal, Bag->Pullover; other data c -> c+1 mod C)."""
 
-    rate: float = field(default=0.0, metadata=_range(0, 1))
+    rate: float = field(default=0.0, metadata=validate.range(0, 1))
     kind: Literal["symmetric", "asymmetric"] = "symmetric"
-    seed: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=validate.range(0))
 
 
 @dataclass
@@ -116,8 +117,8 @@ class ImbalanceConfig:
     ``n_c = round(n_max * ratio ** (-c / (C - 1)))`` images (at least 1), ``n_max`` the smallest class's
     available count, so the first class has ``ratio`` times as many images as the last (Cao et al. 2019)."""
 
-    ratio: float = field(default=1.0, metadata=_range(1, 10_000))
-    seed: int = field(default=0, metadata=_range(0))
+    ratio: float = field(default=1.0, metadata=validate.range(1, 10_000))
+    seed: int = field(default=0, metadata=validate.range(0))
 
 
 @dataclass
@@ -132,9 +133,9 @@ class DataConfig:
 
     kind: Literal["fashion_mnist", "folder", "manifest"] = "fashion_mnist"
     root: str = "/usr/share/datasets/fashion-mnist"
-    labels_per_class: Optional[int] = field(default=100, metadata=_range(1))
-    unlabeled_limit: Optional[int] = field(default=None, metadata=_range(1))
-    test_limit: Optional[int] = field(default=None, metadata=_range(1))
+    labels_per_class: Optional[int] = field(default=100, metadata=validate.range(1))
+    unlabeled_limit: Optional[int] = field(default=None, metadata=validate.range(1))
+    test_limit: Optional[int] = field(default=None, metadata=validate.range(1))
     split_seed: int = 0
     labeled: Optional[str] = None
     unlabeled: Optional[str] = None
@@ -153,10 +154,10 @@ class DataConfig:
     # share of each class's labeled images held out for validation (stratified, seeded by split_seed);
     # at least val_min_per_class a class. A class with fewer than 2 x val_min_per_class labeled images
     # makes no split at all (a warning; decisions then have no validation signal). 0: no split
-    val_fraction: float = field(default=0.1, metadata=_range(0, 0.5))
-    val_min_per_class: int = field(default=2, metadata=_range(1))
-    image_size: int = field(default=28, metadata=_range(8, 4096))
-    in_chans: int = field(default=1, metadata=_range(1, 3))
+    val_fraction: float = field(default=0.1, metadata=validate.range(0, 0.5))
+    val_min_per_class: int = field(default=2, metadata=validate.range(1))
+    image_size: int = field(default=28, metadata=validate.range(8, 4096))
+    in_chans: int = field(default=1, metadata=validate.range(1, 3))
     mean: list[float] = field(default_factory=lambda: [0.2860])
     std: list[float] = field(default_factory=lambda: [0.3530])
     # data conditions of studies, on the labeled training images only (test and validation stay clean);
@@ -184,8 +185,8 @@ class TeachingConfig:
     """
 
     mode: Literal["fixed", "independent", "consistent", "function_matching"] = "consistent"
-    mixup_alpha: float = field(default=1.0, metadata=_range(0, 100, lo_open=True))
-    teacher_image_size: Optional[int] = field(default=None, metadata=_range(8, 4096))
+    mixup_alpha: float = field(default=1.0, metadata=validate.range(0, 100, lo_open=True))
+    teacher_image_size: Optional[int] = field(default=None, metadata=validate.range(8, 4096))
 
 
 
@@ -197,86 +198,9 @@ class DistillConfig:
     protocol of Sarfraz et al.: teacher and student see the same labeled data)."""
 
     teacher: Optional[str] = None  # checkpoint (model.pt or its folder); --teacher overrides
-    method: dict = field(default_factory=lambda: {"name": "hinton"}, metadata={"method": True})
+    method: dict = field(default_factory=lambda: {"name": "hinton"}, metadata=validate.kind("method"))
     # what the online teacher sees: fixed, independent, consistent (default) or function_matching
     teaching: TeachingConfig = field(default_factory=TeachingConfig)
-
-
-
-# --------------------------------------------------------------------------------------------------
-# validation
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, name: str, meta: dict) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], name, meta)
-    if value is None:
-        raise ConfigError(name, f"must be {_type_name(tp)}, got null")
-    if meta.get("method"):
-        from .distill import (
-            resolve_method_config,  # local import: the registry imports torch
-        )
-
-        return resolve_method_config(value, name)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(name, f"must be one of {', '.join(map(str, args))}; got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(name, f"must be a list, got {type(value).__name__} {value!r}")
-        (item_tp,) = args
-        return [_convert(v, item_tp, f"{name}[{i}]", {}) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, name)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(name, f"must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(name, f"must be an integer, got {value!r}")
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(name, f"must be a number, got {value!r}")
-        value = float(value)
-    elif tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(name, f"must be a string, got {value!r}")
-    if "range" in meta:
-        lo, hi, lo_open, hi_open = meta["range"]
-        if lo is not None and (value < lo or (lo_open and value == lo)):
-            raise ConfigError(name, f"must be {'>' if lo_open else '>='} {lo}, got {value!r}")
-        if hi is not None and (value > hi or (hi_open and value == hi)):
-            raise ConfigError(name, f"must be {'<' if hi_open else '<='} {hi}, got {value!r}")
-    return value
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if isinstance(data, cls):
-        data = dataclasses.asdict(data)
-    if not isinstance(data, dict):
-        raise ConfigError(prefix or "<root>", f"must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
-        raise ConfigError(where, f"unknown key; known keys here: {', '.join(fields)}")
-    kwargs = {}
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else key
-        kwargs[key] = _convert(value, hints[key], name, dict(fields[key].metadata))
-    return cls(**kwargs)
 
 
 

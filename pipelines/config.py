@@ -4,7 +4,7 @@ One YAML file per experiment (``configs/*.yaml``). The sections a single trainin
 ``teacher``, ``teacher_train``, ``student.train``, noise, ``distill``) are the core's
 (:mod:`noisystudent.config`); the ones only the loop and the Ray layer read live here: the student
 ``ladder`` and ``generations``, promotion, ``pseudo_labels`` (the labeling job and selection) and
-``ray``. Validation is the core's validator (:func:`noisystudent.config._build`: every key known, every
+``ray``. Validation is the core's validator (:func:`noisystudent.validate.build`: every key known, every
 value typed and in range, errors naming the dotted field), so the YAML a user writes is one tree.
 """
 
@@ -22,8 +22,6 @@ from noisystudent.config import (
     NoiseConfig,
     TeachingConfig,
     TrainConfig,
-    _build,
-    _range,
     apply_overrides,
     check_data,
     check_model,
@@ -32,6 +30,7 @@ from noisystudent.config import (
     read_mapping,
     to_dict,
 )
+from noisystudent import validate
 from noisystudent.errors import ConfigError
 
 __all__ = ["ExperimentConfig", "PseudoLabelConfig", "RayConfig", "StudentConfig", "config_from_dict", "dump_config",
@@ -47,15 +46,15 @@ class PseudoLabelConfig:
     ``0`` means auto: K = number of selected images / number of classes.
     """
 
-    temperature: float = field(default=1.0, metadata=_range(0, 100, lo_open=True))
-    topk: Optional[int] = field(default=None, metadata=_range(1))
+    temperature: float = field(default=1.0, metadata=validate.range(0, 100, lo_open=True))
+    topk: Optional[int] = field(default=None, metadata=validate.range(1))
     soft: bool = True
-    threshold: float = field(default=0.0, metadata=_range(0, 1))
-    per_class: Optional[int] = field(default=0, metadata=_range(0))
-    batch_size: int = field(default=512, metadata=_range(1))
-    num_actors: int = field(default=1, metadata=_range(1, 1024))
-    num_gpus_per_actor: float = field(default=0.0, metadata=_range(0, 8))
-    num_cpus_per_actor: float = field(default=1.0, metadata=_range(0, 256))
+    threshold: float = field(default=0.0, metadata=validate.range(0, 1))
+    per_class: Optional[int] = field(default=0, metadata=validate.range(0))
+    batch_size: int = field(default=512, metadata=validate.range(1))
+    num_actors: int = field(default=1, metadata=validate.range(1, 1024))
+    num_gpus_per_actor: float = field(default=0.0, metadata=validate.range(0, 8))
+    num_cpus_per_actor: float = field(default=1.0, metadata=validate.range(0, 256))
 
 
 
@@ -63,16 +62,16 @@ class PseudoLabelConfig:
 class StudentConfig:
     """The noised student and the generation loop."""
 
-    generations: int = field(default=3, metadata=_range(0, 100))
+    generations: int = field(default=3, metadata=validate.range(0, 100))
     ladder: list[ModelConfig] = field(default_factory=lambda: [ModelConfig(name="resnet20", drop_rate=0.3, drop_path_rate=0.1)])
     train: TrainConfig = field(default_factory=TrainConfig)
-    ratio: float = field(default=3.0, metadata=_range(0, 1000))
+    ratio: float = field(default=3.0, metadata=validate.range(0, 1000))
     loss: Literal["soft", "hard", "hinton"] = "soft"
-    temperature: float = field(default=1.0, metadata=_range(0, 100, lo_open=True))
-    alpha: float = field(default=0.5, metadata=_range(0, 1))
-    unlabeled_weight: float = field(default=1.0, metadata=_range(0, 1000))
-    finetune_epochs: int = field(default=0, metadata=_range(0, 10_000))
-    finetune_lr: float = field(default=0.01, metadata=_range(0, 10, lo_open=True))
+    temperature: float = field(default=1.0, metadata=validate.range(0, 100, lo_open=True))
+    alpha: float = field(default=0.5, metadata=validate.range(0, 1))
+    unlabeled_weight: float = field(default=1.0, metadata=validate.range(0, 1000))
+    finetune_epochs: int = field(default=0, metadata=validate.range(0, 10_000))
+    finetune_lr: float = field(default=0.01, metadata=validate.range(0, 10, lo_open=True))
     # which model teaches generation g + 1 (pipelines/promotion.py): `unless_worse` the student unless the
     # validation images show it worse (significantly, or by more than promote_margin); `if_better` only a
     # student at least as good as its teacher; `always` the student (the paper's loop). A refused student is
@@ -80,13 +79,13 @@ class StudentConfig:
     promote: Literal["always", "if_better", "unless_worse"] = "unless_worse"
     # one-sided exact McNemar level on the validation images below which a student is "significantly worse";
     # null: the policy's own (unless_worse 0.05; if_better 1, i.e. every student below is refused)
-    promote_alpha: Optional[float] = field(default=None, metadata=_range(0, 1))
+    promote_alpha: Optional[float] = field(default=None, metadata=validate.range(0, 1))
     # unless_worse: a student more than this far below its teacher's validation accuracy is refused whatever
     # the test says (a collapse shows on few images before it is significant)
-    promote_margin: float = field(default=0.05, metadata=_range(0, 1))
+    promote_margin: float = field(default=0.05, metadata=validate.range(0, 1))
     # distillation method of every rung ({name, ...params}; `noisystudent methods` lists them). null: the
     # Noisy Student loss of `loss`, `temperature`, `alpha`, `unlabeled_weight` above (older configs)
-    method: Optional[dict] = field(default=None, metadata={"method": True})
+    method: Optional[dict] = field(default=None, metadata=validate.kind("method"))
     # what an online teacher sees (methods with an online teacher only; offline labels are `fixed`)
     teaching: TeachingConfig = field(default_factory=TeachingConfig)
 
@@ -106,14 +105,14 @@ class StudentConfig:
 @dataclass
 class RayConfig:
     address: Optional[str] = None
-    num_cpus: Optional[int] = field(default=None, metadata=_range(1))
+    num_cpus: Optional[int] = field(default=None, metadata=validate.range(1))
     # 0 trains in the driver process; N >= 1 trains on Ray Train with N workers (DDP when N > 1)
-    workers: int = field(default=1, metadata=_range(0, 4096))
-    gpus_per_worker: float = field(default=0.0, metadata=_range(0, 8))
-    max_failures: int = field(default=1, metadata=_range(-1, 1000))
+    workers: int = field(default=1, metadata=validate.range(0, 4096))
+    gpus_per_worker: float = field(default=0.0, metadata=validate.range(0, 8))
+    max_failures: int = field(default=1, metadata=validate.range(-1, 1000))
     # torch threads of each Ray Train worker (torch.set_num_threads); null: Ray's OMP_NUM_THREADS, the
     # worker's CPUs. 1: on 2 cores with another job running, 2 threads collapse in OpenMP barriers
-    torch_threads: Optional[int] = field(default=1, metadata=_range(1, 1024))
+    torch_threads: Optional[int] = field(default=1, metadata=validate.range(1, 1024))
 
 
 
@@ -130,9 +129,9 @@ class ExperimentConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     # the all-labels oracle sees ~60x more images per epoch than the teacher; it gets its own budget
-    oracle_epochs: int = field(default=5, metadata=_range(1, 10_000))
+    oracle_epochs: int = field(default=5, metadata=validate.range(1, 10_000))
     # the converged oracle of the accuracy benchmark: the same model and labels, trained to convergence
-    oracle_converged_epochs: int = field(default=30, metadata=_range(1, 10_000))
+    oracle_converged_epochs: int = field(default=30, metadata=validate.range(1, 10_000))
 
     def student_model(self, generation: int) -> ModelConfig:
         """The ladder's model for ``generation`` (1-based); the last rung repeats for later generations."""
@@ -185,7 +184,7 @@ def _inherit_teacher_noise(data: dict) -> dict:
     student = data.get("student") if isinstance(data.get("student"), dict) else None
     if not isinstance(noise, dict):
         return data  # validation names teacher.noise
-    base = dataclasses.asdict(_build(NoiseConfig, noise, "teacher.noise"))
+    base = dataclasses.asdict(validate.build(NoiseConfig, noise, "teacher.noise"))
     data = dict(data)
     if student is None or "ladder" not in student:
         ladder = [{**dataclasses.asdict(m), "noise": None} for m in StudentConfig().ladder]
@@ -206,10 +205,12 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     """Validate a config mapping (a loaded YAML file) into an :class:`ExperimentConfig`.
 
     Ladder rungs inherit the teacher's noise fields they do not set (:func:`_inherit_teacher_noise`)."""
+    import noisystudent.distill  # noqa: F401  (registers the validator of the `method` fields)
+
     data = data or {}
     if isinstance(data, dict):
         data = _inherit_teacher_noise(data)
-    return _check(_build(ExperimentConfig, data, ""))
+    return _check(validate.build(ExperimentConfig, data, ""))
 
 
 def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> ExperimentConfig:

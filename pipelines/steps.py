@@ -19,7 +19,7 @@ from noisystudent.checkpoint import load_checkpoint
 from noisystudent.data import DataBundle, create_data
 from noisystudent.errors import UserError
 from noisystudent.io import read_json, write_json
-from noisystudent.train import PseudoLabeledSet, TrainJob, spec_for
+from noisystudent.engine import PseudoLabeledSet, TrainJob, spec_for
 from pipelines.config import ExperimentConfig
 
 from .state import RunDir, step_name

@@ -8,6 +8,9 @@ A study file (YAML)::
       distill.method.name: [supervised, hinton]
       data.label_noise.rate: [0.0, 0.4]
       seed: [0, 1]
+    variants:                     # optional: rows that each change a few fields (one factor at a time),
+      - {student.ratio: 1}        # crossed with the grid (e.g. seeds); the base itself is a row too
+      - {pseudo_labels.threshold: 0.0, pseudo_labels.per_class: null}
     random:                       # optional: num_samples draws of one value per field, seeded
       num_samples: 2
       seed: 0
@@ -16,6 +19,8 @@ A study file (YAML)::
     max_concurrent: null          # cap on parallel trials (null: as many as resources allow)
     max_failures: 1               # retries of a failed trial before it is listed as failed
     teacher: null                 # a checkpoint every trial distills from; null: one teacher per data condition
+    kind: distill                 # distill: a trial is one distillation job; loop: a trial is the Noisy Student
+                                  # loop (student.generations generations) from its data condition's teacher
 
 The study folder::
 
@@ -26,7 +31,15 @@ The study folder::
     DIR/results.parquet           one row per trial; DIR/errors.json the trials that failed
     DIR/report/index.html         summary over seeds (best in bold), heatmap.png, failed trials
 
-Each trial is the ``distill`` step (:func:`pipelines.steps.distill`) on its own run folder, trained
+``kind: loop`` studies the loop's own ingredients (threshold, balancing, ratio, soft/hard, the rung's
+method and init, steps): the teacher of each data condition labels its unlabeled images once, in the
+driver, and every trial starts from a run folder holding that teacher and those generation-1 labels
+(hard links), then runs select -> student -> evaluate -> promote for each generation as ``noisystudent
+run`` does (later generations label inside the trial, which needs a CPU left beside the trial's own:
+``pseudo_labels.num_actors: 1`` and ``max_concurrent: 1`` on 2 cores). Fields the labeling job reads
+(``pseudo_labels.temperature``, ``topk``) cannot vary across the trials of one teacher.
+
+Each ``distill`` trial is the ``distill`` step (:func:`pipelines.steps.distill`) on its own run folder, trained
 in-process inside its Tune trial (``ray.workers: 0``: a trial is one Tune actor holding ``resources``;
 it does not start Ray Train workers). Run folders are the source of truth: a trial whose folder says
 done is not scheduled again, an unfinished one resumes from its ``last.pt``. So a killed study is
@@ -64,7 +77,11 @@ TRIAL_STEP = "distill/student"
 # data fields holding paths: relative ones are resolved against the driver's working directory when the
 # study is loaded, because Tune runs each trial in its own working directory
 DATA_PATH_FIELDS = ("root", "labeled", "unlabeled", "test", "val")
-STUDY_KEYS = {"base", "set", "name", "grid", "random", "resources", "max_concurrent", "max_failures", "teacher"}
+STUDY_KEYS = {"base", "set", "name", "grid", "random", "resources", "max_concurrent", "max_failures", "teacher", "kind",
+              "variants"}
+LOOP_STEP = "gen-1/label"
+# pseudo_labels fields the labeling job reads: the labels every loop trial of a teacher shares depend on them
+LABEL_FIELDS = ("temperature", "topk")
 
 
 @dataclass
@@ -86,6 +103,7 @@ class Study:
     max_failures: int = 1
     teacher: Optional[str] = None
     base_cfg: dict = field(default_factory=dict)  # the validated base (to_dict), ray.workers 0
+    kind: str = "distill"
 
     @property
     def fields(self) -> list[str]:
@@ -117,6 +135,16 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
         node["name"] = value
     else:
         node[last] = value
+
+
+def _variant_name(overrides: dict) -> str:
+    """A variant's row label: its fields and values (``base`` for the study's base)."""
+    if not overrides:
+        return "base"
+    def short(v):
+        return v.get("name", v) if isinstance(v, dict) else v
+
+    return ", ".join(f"{k.split('.', 1)[-1] if k.count('.') else k}={short(v)}" for k, v in overrides.items())
 
 
 def _digest(obj: Any, n: int = 10) -> str:
@@ -158,6 +186,13 @@ def load_study(path: str | Path) -> Study:
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
         raise ConfigError("study.grid", "must map dotted config fields to non-empty lists of values")
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
+    variants = spec.get("variants")
+    if variants is not None:
+        if not isinstance(variants, list) or any(not isinstance(v, dict) for v in variants):
+            raise ConfigError("study.variants", "must be a list of mappings of dotted config fields to values")
+        rows = [{}] + [dict(v) for v in variants]
+        # grid-major: every variant of the first seed runs before the second seed's (a partial study covers all rows)
+        combos = [{"variant": _variant_name(v), **v, **c} for c in combos for v in rows]
     rnd = spec.get("random")
     if rnd:
         choices = rnd.get("choices") or {}
@@ -167,15 +202,22 @@ def load_study(path: str | Path) -> Study:
         draws = [{k: rng.choice(v) for k, v in choices.items()} for _ in range(int(rnd.get("num_samples", 1)))]
         combos = [{**c, **d} for c in combos for d in draws]
     teacher = spec.get("teacher")
+    kind = spec.get("kind", "distill")
+    if kind not in ("distill", "loop"):
+        raise ConfigError("study.kind", f"must be distill or loop, got {kind!r}")
+    if kind == "loop" and teacher:
+        raise ConfigError("study.teacher", "a loop study trains its teachers (one per data condition); leave it out")
     resources = {"cpu": 1, "gpu": 0, **(spec.get("resources") or {})}
     trials, seen = [], set()
 
     def resolve(overrides: dict) -> dict:
         data = copy.deepcopy(base)
         for k, v in overrides.items():
-            set_dotted(data, k, v)
+            if k != "variant":
+                set_dotted(data, k, v)
         data.setdefault("ray", {})["workers"] = 0  # a trial trains inside its Tune actor
-        data["student"] = {**(data.get("student") or {}), "generations": 0}
+        if kind == "distill":
+            data["student"] = {**(data.get("student") or {}), "generations": 0}
         try:
             cfg = config_from_dict(data)
         except UserError as exc:
@@ -198,10 +240,15 @@ def load_study(path: str | Path) -> Study:
             continue
         seen.add(tid)
         tkey = teacher_key(cfg, base.get("seed", 0))
+        if kind == "loop":
+            for f in LABEL_FIELDS:
+                if d["pseudo_labels"][f] != base_cfg["pseudo_labels"][f]:
+                    raise ConfigError(f"study.grid.pseudo_labels.{f}", "the labels of a loop study are made once per "
+                                      "teacher; vary it in separate studies")
         trials.append(Trial(tid, overrides, d, tkey))
     return Study(name=str(spec.get("name") or path.stem), base=base, grid=grid, trials=trials, resources=resources,
                  max_concurrent=spec.get("max_concurrent"), max_failures=int(spec.get("max_failures", 1)),
-                 teacher=str(Path(teacher).resolve()) if teacher else None, base_cfg=base_cfg)
+                 teacher=str(Path(teacher).resolve()) if teacher else None, base_cfg=base_cfg, kind=kind)
 
 
 def teacher_key(cfg: ExperimentConfig, seed: int) -> str:
@@ -238,6 +285,11 @@ def _run_job(config: dict) -> None:
         cfg = run.freeze_config(config_from_dict(config["cfg"]))
         if config["stage"] == "teacher":
             m = steps.train_teacher(run, cfg, progress=False)
+        elif config["stage"] == "loop":
+            from .loop import run_all
+
+            run_all(cfg, run.root, progress=False, tracking=None)
+            m = loop_result(run)
         else:
             m = steps.distill(run, cfg, progress=False)
     except UserError as exc:  # Tune copies a trial's exception; ours take a field and a message
@@ -291,9 +343,11 @@ def run_study(study_file: str | Path, study_dir: str | Path, ray_address: Option
         study.teacher = str(Path(teacher).resolve())
     study_dir = Path(study_dir).resolve()
     study_dir.mkdir(parents=True, exist_ok=True)
-    write_json(study_dir / "study.json", {"name": study.name, "grid": study.grid, "resources": study.resources,
+    write_json(study_dir / "study.json", {"name": study.name, "kind": study.kind, "grid": study.grid,
+                                          "resources": study.resources,
                                           "teacher": study.teacher, "base": study.base,
-                                          "trials": [{"id": t.id, "overrides": t.overrides, "teacher_key": t.teacher_key}
+                                          "trials": [{"id": t.id, "overrides": t.overrides, "teacher_key": t.teacher_key,
+                                                      "generations": t.cfg["student"]["generations"]}
                                                      for t in study.trials]})
     init_ray(ray_address, quiet=quiet)
     errors: dict[str, str] = {}
@@ -315,16 +369,24 @@ def run_study(study_file: str | Path, study_dir: str | Path, ray_address: Option
         terr = _fit(study, study_dir, "teachers", jobs)
         errors.update(terr)
 
+    if study.kind == "loop":  # stage 1b: each teacher labels its unlabeled images once, for every trial
+        for key in sorted({t.teacher_key for t in study.trials} - {k[len("teacher-"):] for k in errors}):
+            label_once(study_dir / "teachers" / key, quiet=quiet)
+
     # stage 2: the trials whose run folder is not finished
     jobs = []
     for t in study.trials:
         run = RunDir(study_dir / "trials" / t.id)
-        if run.is_done(TRIAL_STEP):
+        if trial_done(run, study.kind, t.cfg):
             continue
         if f"teacher-{t.teacher_key}" in errors:
             errors[t.id] = f"its teacher failed: {errors[f'teacher-{t.teacher_key}']}"
             continue
         cfg = copy.deepcopy(t.cfg)
+        if study.kind == "loop":
+            seed_loop_trial(study_dir / "teachers" / t.teacher_key, run)
+            jobs.append({"id": t.id, "stage": "loop", "run_dir": str(run.root), "cfg": cfg})
+            continue
         cfg["distill"]["teacher"] = teacher_of[t.teacher_key]
         jobs.append({"id": t.id, "stage": "trial", "run_dir": str(run.root), "cfg": cfg})
     if max_trials is not None:
@@ -334,6 +396,70 @@ def run_study(study_file: str | Path, study_dir: str | Path, ray_address: Option
     rows = collect(study_dir)
     write_report(study_dir, rows)
     return {"rows": rows, "errors": errors}
+
+
+# --------------------------------------------------------------------------------------------------
+# loop trials
+
+
+def label_once(teacher_dir: Path, quiet: bool = True) -> None:
+    """Generation 1's labels in the teacher's run folder (``gen-1/labels``), made once for every loop trial."""
+    from . import steps
+
+    run = RunDir(teacher_dir)
+    if not run.is_done(LOOP_STEP):
+        steps.label(run, run.load_config(), 1, progress=not quiet)
+
+
+def seed_loop_trial(teacher_dir: Path, run: RunDir) -> None:
+    """Start a loop trial's run folder from the teacher's: its model and generation-1 labels (hard links, a
+    copy where there are none) with their state entries. The trial's own config freezes on its first step."""
+    import os
+    import shutil
+
+    if run.is_done(LOOP_STEP):
+        return
+    src = RunDir(teacher_dir)
+    for step, folder in ((TEACHER_STEP, src.teacher_dir()), (LOOP_STEP, src.labels_dir(1))):
+        dst = run.root / folder.relative_to(src.root)
+        tmp = dst.with_name(dst.name + ".seed-tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in folder.iterdir():
+            if f.is_file() and not f.name.endswith(".pt") or f.name == "model.pt":
+                try:
+                    os.link(f, tmp / f.name)
+                except OSError:
+                    shutil.copy2(f, tmp / f.name)
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp, dst)
+    st = run.state()
+    for step in (TEACHER_STEP, LOOP_STEP):
+        st.setdefault("steps", {})[step] = {**src.step_info(step), "seeded_from": str(src.root)}
+    run._write_state(st)
+
+
+def trial_done(run: RunDir, kind: str, cfg: dict) -> bool:
+    if kind == "loop":
+        n = int(cfg["student"]["generations"])
+        return run.state_path.is_file() and (n == 0 or run.is_done(f"gen-{n}/promote") or "stopped" in run.state())
+    return run.is_done(TRIAL_STEP)
+
+
+def loop_result(run: RunDir) -> dict:
+    """A loop trial's figures: the last finished generation's test/validation accuracy and fidelity, every
+    generation's test accuracy (``gen<g>_test_acc``), the teacher's, and how many students were promoted."""
+    from .loop import status_rows
+
+    rows = [r for r in status_rows(run) if isinstance(r["generation"], int)]
+    done = [r for r in rows if r["test_acc"] is not None]
+    last = done[-1]
+    m = read_json(run.model_dir(last["generation"]) / "metrics.json")
+    out = {"test_acc": last["test_acc"], "val_acc": last.get("val_acc"), "fidelity": m.get("test_fidelity"),
+           "teacher_test_acc": rows[0]["test_acc"], "generations_done": last["generation"],
+           "promoted": sum(r.get("promoted") == "student" for r in rows[1:])}
+    out.update({f"gen{r['generation']}_test_acc": r["test_acc"] for r in done})
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,10 +479,25 @@ def collect(study_dir: str | Path) -> list[dict]:
     meta = read_json(study_dir / "study.json")
     errors = read_json(study_dir / "errors.json") if (study_dir / "errors.json").is_file() else {}
     rows = []
+    kind = meta.get("kind", "distill")
     for t in meta["trials"]:
         run = RunDir(study_dir / "trials" / t["id"])
         info = run.step_info(TRIAL_STEP) if run.state_path.is_file() else None
         row = {"trial": t["id"], **{k: v for k, v in t["overrides"].items()}}
+        if kind == "loop":
+            done = trial_done(run, kind, {"student": {"generations": t.get("generations", 1)}}) and run.exists()
+            err = errors.get(t["id"])
+            if done and not err:
+                r = loop_result(run)
+                row.update(status="done", seconds=sum(v.get("seconds", 0) for k, v in run.state()["steps"].items()
+                                                      if k.startswith("gen-") and not k.startswith("gen-0")), error=None,
+                           **{k: r.get(k) for k in ("test_acc", "fidelity", "teacher_test_acc", "val_acc", "promoted")},
+                           **{k: v for k, v in r.items() if k.startswith("gen")})
+            else:
+                row.update(status="failed" if err else "pending", test_acc=None, fidelity=None, teacher_test_acc=None,
+                           seconds=None, error=err)
+            rows.append(row)
+            continue
         if info is not None:
             m = read_json(run.distill_dir() / "metrics.json")
             row.update(status="done", test_acc=m.get("test_acc"), fidelity=m.get("test_fidelity"),
@@ -383,10 +524,13 @@ def summary(rows: list[dict], seed_fields: Optional[list[str]] = None):
     df = pd.DataFrame([r for r in rows if r.get("status") == "done"])
     if df.empty:
         return df
-    reserved = {"trial", "status", "test_acc", "fidelity", "teacher_test_acc", "seconds", "error"}
+    reserved = {"trial", "status", "test_acc", "fidelity", "teacher_test_acc", "seconds", "error", "val_acc",
+                "promoted", "generations_done"} | {c for c in df.columns if c.startswith("gen") and c.endswith("_test_acc")}
     fields = [c for c in df.columns if c not in reserved]
     seeds = seed_fields if seed_fields is not None else [c for c in fields if c.split(".")[-1] == "seed"]
     keys = [c for c in fields if c not in seeds]
+    if "variant" in keys:  # one row per variant (its own fields are in its name) and grid value
+        keys = ["variant"] + [c for c in keys if c != "variant" and df[c].notna().all()]
     for col in keys:
         df[col] = df[col].astype(str)
     agg = {"test_acc": ["mean", "std"], "fidelity": ["mean", "std"], "trial": "count"}

@@ -1,6 +1,6 @@
 """Run a training job on Ray Train (``TorchTrainer``), or in the driver process.
 
-``ray.workers = 0`` runs :func:`noisystudent.train.run_training` right here (no Ray at all; handy for
+``ray.workers = 0`` runs :func:`noisystudent.engine.run_training` right here (no Ray at all; handy for
 debugging and the fastest choice on a laptop). ``ray.workers = N >= 1`` launches N Ray Train workers:
 DDP over gloo on CPU or NCCL on GPU (Ray Train picks the backend), ``prepare_model`` /
 ``prepare_data_loader`` for sharding, and every epoch's state reported as a Ray Train checkpoint so a
@@ -20,7 +20,7 @@ from typing import Optional
 
 from noisystudent.errors import UserError
 from noisystudent.io import read_json
-from noisystudent.train import TrainHooks, TrainJob, run_training, warn_budget
+from noisystudent.engine import TrainHooks, TrainJob, run_training, warn_budget
 from pipelines.config import RayConfig
 
 

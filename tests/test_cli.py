@@ -100,6 +100,9 @@ def test_evaluate_and_predict(folder_run):
     assert len(df) == 16 + 1 and "2 unreadable images skipped" in res.output
     assert set(df["class_name"]) <= set(CLASSES) and df["confidence"].between(0, 1).all()
     assert all(len(k) == 3 for k in df["topk_classes"])
+    # the pseudo-label schema's rows: highest first, the first the label
+    assert all(k[0] == lab and list(p) == sorted(p, reverse=True)
+               for k, lab, p in zip(df["topk_classes"], df["label"], df["topk_probs"]))
 
 
 def _fmnist_checkpoint(path: Path) -> Path:

@@ -15,7 +15,7 @@ from noisystudent.checkpoint import load_checkpoint
 from noisystudent.data import create_data
 from noisystudent.distill import create_method, list_methods, method_defaults, resolve_method_config
 from noisystudent.errors import ConfigError, UserError
-from noisystudent.train import PseudoLabeledSet, TrainHooks, TrainJob, run_training, spec_for
+from noisystudent.engine import PseudoLabeledSet, TrainHooks, TrainJob, run_training, spec_for
 from pipelines.config import RayConfig, config_from_dict
 
 DATA = {"kind": "fashion_mnist", "labels_per_class": 30, "unlabeled_limit": 300, "test_limit": 300}

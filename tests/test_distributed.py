@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from noisystudent.data import create_data
-from noisystudent.train import TrainJob, spec_for
+from noisystudent.engine import TrainJob, spec_for
 from pipelines.config import RayConfig, config_from_dict
 from pipelines.train_ray import train
 

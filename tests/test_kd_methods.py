@@ -161,7 +161,7 @@ def test_engine_names_both_models_in_the_fsp_error(tmp_path, require_fmnist):
     """Through the engine: run_training builds the method with the student's and the teacher's names."""
     from noisystudent.checkpoint import save_checkpoint
     from noisystudent.data import create_data
-    from noisystudent.train import TrainJob, run_training, spec_for
+    from noisystudent.engine import TrainJob, run_training, spec_for
     from pipelines.config import config_from_dict
 
     cfg = config_from_dict({"data": {"kind": "fashion_mnist", "labels_per_class": 4, "unlabeled_limit": 10, "test_limit": 10},

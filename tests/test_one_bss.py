@@ -20,7 +20,7 @@ from noisystudent.distill.methods.bss import bss_attack
 from noisystudent.distill.teacher import OnlineTeacher
 from noisystudent.errors import ConfigError
 from noisystudent.models import create_model, is_model, stage_info
-from noisystudent.train import TrainHooks, run_training
+from noisystudent.engine import TrainHooks, run_training
 
 
 def info(model: str) -> list[dict]:

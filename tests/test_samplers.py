@@ -45,11 +45,11 @@ def test_the_permutation_is_one_compact_tensor():
 
 
 def test_engine_loaders_use_it_over_repeated_pseudo_labels():
-    from noisystudent.train import _loader
+    from noisystudent.engine import make_loader
 
     base = torch.utils.data.TensorDataset(torch.arange(5))
     ds = RepeatedDataset(base, [1, 3, 0, 1, 2])  # 7 positions, item 1 three times, item 2 never
-    dl = _loader(ds, batch_size=2, num_workers=0, seed=0)
+    dl = make_loader(ds, batch_size=2, num_workers=0, seed=0)
     assert isinstance(dl.sampler, ShuffleSampler)
     seen = sorted(int(x) for (b,) in dl for x in b)
     assert len(seen) == 6 and set(seen) <= {0, 1, 3, 4}  # drop_last: 3 full batches of the 7 positions

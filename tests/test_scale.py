@@ -322,7 +322,7 @@ def test_streaming_config_keys_are_validated(tmp_path, image_world):
 def test_student_reads_the_selection_of_a_streaming_source(image_world, tmp_path):
     """pseudo_set's path for streaming sources: the selected ids of manifest shards / folder partitions open as
     files (ids in one Arrow array); WebDataset and Parquet-bytes selections are refused naming the field."""
-    from noisystudent.train import PseudoLabeledSet
+    from noisystudent.engine import PseudoLabeledSet
     from pipelines.steps import selected_source
     from pseudo_labels.selection_io import read_selection_arrow, topk_arrays
 

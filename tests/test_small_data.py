@@ -50,7 +50,7 @@ def one_thread():
 def _folder_job(cfg, role="teacher"):
     """The teacher job the loop would build for ``cfg`` (nothing trained)."""
     from noisystudent.data import create_data
-    from noisystudent.train import TrainJob, spec_for
+    from noisystudent.engine import TrainJob, spec_for
 
     data = create_data(cfg.data)
     return TrainJob(spec=spec_for(cfg.teacher, cfg.data, data.classes), model_cfg=cfg.teacher, train_cfg=cfg.teacher_train,
@@ -60,7 +60,7 @@ def _folder_job(cfg, role="teacher"):
 def test_example_config_reads_the_folder_and_plans_enough_steps(fmnist_folder):
     """The shipped example, paths only changed: 8 training + 2 validation images a class, 600 teacher steps."""
     from bench.small import example_config
-    from noisystudent.train import budget_warning, plan_steps
+    from noisystudent.engine import budget_warning, plan_steps
 
     cfg = example_config(fmnist_folder)
     job, data = _folder_job(cfg)
@@ -83,7 +83,7 @@ def test_example_config_reads_the_folder_and_plans_enough_steps(fmnist_folder):
 def test_under_budget_job_warns_before_it_starts(fmnist_folder, tmp_path, one_thread):
     """A real (2-step) teacher job on the folder warns before its first epoch, and once."""
     from bench.small import example_config
-    from noisystudent.train import TrainHooks, run_training
+    from noisystudent.engine import TrainHooks, run_training
 
     cfg = example_config(fmnist_folder, {"teacher_train.min_steps": 0, "teacher_train.epochs": 2, "teacher.name": "resnet8",
                                          "data.image_size": 16})
@@ -167,7 +167,7 @@ def test_wrn_names_validate():
 def _job(cfg: TrainConfig, labeled=100, pseudo=None, ratio=3.0):
     from types import SimpleNamespace
 
-    from noisystudent.train import TrainJob
+    from noisystudent.engine import TrainJob
 
     student = SimpleNamespace(ratio=ratio) if pseudo is not None else None
     pl = None
@@ -178,7 +178,7 @@ def _job(cfg: TrainConfig, labeled=100, pseudo=None, ratio=3.0):
 
 
 def test_step_plan_from_each_setting():
-    from noisystudent.train import plan_steps
+    from noisystudent.engine import plan_steps
 
     # one pass over 100 labeled images at batch 64 is one step: 50 epochs are 50 steps
     p = plan_steps(_job(TrainConfig(epochs=50, batch_size=64)))
@@ -201,7 +201,7 @@ def test_step_plan_from_each_setting():
 
 
 def test_budget_warning_names_the_number_and_the_settings():
-    from noisystudent.train import budget_warning, plan_steps, warn_budget
+    from noisystudent.engine import budget_warning, plan_steps, warn_budget
 
     job = _job(TrainConfig(epochs=1, batch_size=64), pseudo=1000, ratio=3.0)
     msg = budget_warning(job, plan_steps(job))

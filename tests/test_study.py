@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from noisystudent.data import create_data
+from noisystudent.errors import ConfigError
 from noisystudent.data.conditions import FASHION_MNIST_ASYMMETRIC, flip_labels, long_tail_counts, long_tail_keep
 from pipelines.config import config_from_dict
 
@@ -283,3 +284,91 @@ def test_bench_study_gains_over_supervised():
     assert abs(g[("hinton", 0.4)]["gain"] - 0.02) < 1e-9 and g[("hinton", 0.4)]["beyond_spread"]
     assert not g[("hinton", 0.0)]["beyond_spread"]  # a loss is never "beyond spread"
     assert not g[("fitnet", 0.4)]["beyond_spread"]  # +0.0005 against a spread of 0.0007
+
+
+LOOP_STUDY = """
+name: tiny-loop
+kind: loop
+base:
+  name: tiny
+  seed: 0
+  device: cpu
+  data: {{root: {root}, labels_per_class: 20, test_limit: 100, unlabeled_limit: 60, val_fraction: 0.2}}
+  teacher: {{name: resnet8}}
+  teacher_train: {{epochs: 1, total_steps: 3, batch_size: 32, warn_below_steps: 0}}
+  pseudo_labels: {{num_actors: 1, batch_size: 64}}
+  student:
+    generations: 1
+    ladder: [{{name: resnet8}}]
+    train: {{epochs: 1, total_steps: 2, batch_size: 16, warn_below_steps: 0}}
+  ray: {{torch_threads: 1}}
+grid:
+  pseudo_labels.threshold: [0.0, 0.5]
+  student.ladder.0.init: [null, teacher]
+resources: {{cpu: 1}}
+max_failures: 0
+"""
+
+
+def test_loop_study_labels_once_and_runs_a_generation_per_trial(tmp_path, require_fmnist, ray_session):
+    """``kind: loop``: one teacher, its labels made once in the driver and hard-linked into every trial,
+    each trial a generation of the loop (select -> student -> evaluate -> promote) with its own settings."""
+    import pandas as pd
+
+    from noisystudent.errors import ConfigError
+    from pipelines.study import load_study, run_study, status
+
+    path = tmp_path / "study.yaml"
+    path.write_text(LOOP_STUDY.format(root=require_fmnist))
+    d = tmp_path / "study"
+    out = run_study(path, d)
+    assert out["errors"] == {}, out["errors"]
+    assert status(d)["counts"] == {"done": 4}
+    (teacher,) = list((d / "teachers").iterdir())
+    label_files = sorted((teacher / "gen-1" / "labels").glob("*.parquet"))
+    assert label_files
+    for trial in (d / "trials").iterdir():
+        st = json.loads((trial / "state.json").read_text())["steps"]
+        assert st["gen-1/label"]["seeded_from"] == str(teacher) and "gen-1/promote" in st
+        linked = trial / "gen-1" / "labels" / label_files[0].name
+        assert linked.stat().st_ino == label_files[0].stat().st_ino  # a hard link, not a second labeling job
+    df = pd.read_parquet(d / "results.parquet")
+    assert set(df.columns) >= {"pseudo_labels.threshold", "student.ladder.0.init", "test_acc", "gen1_test_acc",
+                               "teacher_test_acc", "promoted"}
+    assert df["test_acc"].between(0, 1).all() and (df["gen1_test_acc"] == df["test_acc"]).all()
+    # each trial selected with its own threshold from the same 60 labels
+    by_threshold = {}
+    for t in (d / "trials").iterdir():
+        sel = json.loads((t / "gen-1" / "selected" / "summary.json").read_text())
+        assert sel["rows_in"] == 60
+        by_threshold.setdefault(sel["threshold"], set()).add(sel["rows_after_threshold"])
+    assert by_threshold[0.0] == {60} and max(by_threshold[0.5]) <= 60
+    # fields the labeling job reads cannot vary across one teacher's trials
+    path.write_text(LOOP_STUDY.format(root=require_fmnist) + "random: {num_samples: 1, choices: {pseudo_labels.temperature: [2.0]}}\n")
+    with pytest.raises(ConfigError, match="pseudo_labels.temperature"):
+        load_study(path)
+
+
+def test_study_variants_are_rows_crossed_with_the_grid(tmp_path, require_fmnist):
+    """``variants``: one factor at a time; each variant (and the base) is crossed with the grid's seeds, and the
+    summary has one row per variant."""
+    from pipelines.study import load_study, summary
+
+    path = tmp_path / "study.yaml"
+    path.write_text(LOOP_STUDY.format(root=require_fmnist).replace(
+        "grid:\n  pseudo_labels.threshold: [0.0, 0.5]\n  student.ladder.0.init: [null, teacher]",
+        "grid:\n  seed: [0, 1]\nvariants:\n  - {student.ratio: 1}\n  - {pseudo_labels.threshold: 0.7, student.loss: hard}"))
+    s = load_study(path)
+    assert len(s.trials) == 6 and len({t.id for t in s.trials}) == 6
+    names = sorted({t.overrides["variant"] for t in s.trials})
+    assert names == ["base", "ratio=1", "threshold=0.7, loss=hard"]
+    hard = [t for t in s.trials if t.overrides["variant"].startswith("threshold")]
+    assert all(t.cfg["student"]["loss"] == "hard" and t.cfg["pseudo_labels"]["threshold"] == 0.7 for t in hard)
+    rows = [{"trial": t.id, **t.overrides, "status": "done", "test_acc": 0.5 + 0.1 * t.cfg["seed"], "fidelity": 0.9}
+            for t in s.trials]
+    table = summary(rows)
+    assert sorted(table["variant"]) == names and (table["seeds"] == 2).all()
+    assert table["test_acc_mean"].tolist() == pytest.approx([0.55] * 3)
+    with pytest.raises(ConfigError, match="study.variants"):
+        path.write_text(LOOP_STUDY.format(root=require_fmnist) + "variants: {a: 1}\n")
+        load_study(path)

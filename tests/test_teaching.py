@@ -15,7 +15,7 @@ from noisystudent.checkpoint import load_checkpoint
 from noisystudent.distill.base import Batch
 from noisystudent.distill.teaching import PairTransform, Teaching, mix, mixup_plan
 from noisystudent.errors import ConfigError
-from noisystudent.train import TrainHooks, _resume, _setup, run_training
+from noisystudent.engine import TrainHooks, run_training, setup
 from noisystudent.transforms import create_transform
 from pipelines.config import config_from_dict
 
@@ -45,23 +45,23 @@ def test_pair_transform_fixed_gives_the_clean_image_to_the_teacher(world):  # no
 
 
 def test_consistent_teacher_sees_exactly_the_students_tensors(world, tmp_path):  # noqa: F811
-    lp = _setup(job_with(world, tmp_path, {"name": "hinton"}, {"mode": "consistent"}), TrainHooks(), torch.device("cpu"))
-    x, y, _ = next(iter(lp.lab_loader))
-    batch, y_hard = lp.teaching.prepare(Batch(x_labeled=x, y=y))
-    assert torch.equal(lp.teaching.teacher_input(batch), batch.inputs)
+    tr = setup(job_with(world, tmp_path, {"name": "hinton"}, {"mode": "consistent"}), TrainHooks(), torch.device("cpu"))
+    x, y, _ = next(iter(tr.data.labeled))
+    batch, y_hard = tr.trainee.teaching.prepare(Batch(x_labeled=x, y=y))
+    assert torch.equal(tr.trainee.teaching.teacher_input(batch), batch.inputs)
     assert torch.equal(y_hard, y) and batch.x_teacher is None
 
 
 @pytest.mark.parametrize("mode", ["fixed", "independent"])
 def test_paired_modes_give_the_teacher_its_own_view(world, tmp_path, mode):  # noqa: F811
-    lp = _setup(job_with(world, tmp_path, {"name": "hinton"}, {"mode": mode}), TrainHooks(), torch.device("cpu"))
-    x, y, idx = next(iter(lp.lab_loader))
+    tr = setup(job_with(world, tmp_path, {"name": "hinton"}, {"mode": mode}), TrainHooks(), torch.device("cpu"))
+    x, y, idx = next(iter(tr.data.labeled))
     assert x.shape[1] == 2  # (B, 2 views, C, H, W)
-    batch, _ = lp.teaching.prepare(Batch(x_labeled=x, y=y))
-    t_in = lp.teaching.teacher_input(batch)
+    batch, _ = tr.trainee.teaching.prepare(Batch(x_labeled=x, y=y))
+    t_in = tr.trainee.teaching.teacher_input(batch)
     assert t_in.shape == batch.inputs.shape and not torch.equal(t_in, batch.inputs)
     if mode == "fixed":  # the teacher's rows are the eval transform of the very images
-        clean = torch.stack([PairTransform._apply(lp.eval_tf, np.asarray(world[1].labeled.load(int(i)))) for i in idx])
+        clean = torch.stack([PairTransform._apply(tr.evaluator.transform, np.asarray(world[1].labeled.load(int(i)))) for i in idx])
         assert torch.allclose(t_in, clean)
 
 
@@ -170,10 +170,11 @@ def test_dml_cohort_resumes_after_a_kill_with_every_member_restored(world, tmp_p
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     saved = {k: v for k, v in state["method"].items() if k.startswith("peers.")}
     assert any(k.startswith("peers.0.") for k in saved) and any(k.startswith("peers.1.") for k in saved)
-    lp = _setup(job, TrainHooks(), torch.device("cpu"))
-    fresh = {k: v.clone() for k, v in lp.core.method.state_dict().items()}
-    start, history = _resume(lp, (tmp_path / "last.pt").read_bytes(), tmp_path / "last.pt")
-    restored = lp.core.method.state_dict()
+    tr = setup(job, TrainHooks(), torch.device("cpu"))
+    fresh = {k: v.clone() for k, v in tr.trainee.core.method.state_dict().items()}
+    tr.state.load_bytes((tmp_path / "last.pt").read_bytes(), tmp_path / "last.pt")
+    start, history = tr.state.epochs_done, tr.state.history
+    restored = tr.trainee.core.method.state_dict()
     assert start == 1 and len(history) == 1
     assert all(torch.equal(restored[k], saved[k]) for k in saved)
     assert any(not torch.equal(fresh[k], saved[k]) for k in saved if saved[k].is_floating_point())

@@ -12,7 +12,7 @@ import torch
 from noisystudent.checkpoint import load_checkpoint, save_checkpoint
 from noisystudent.data import create_data
 from noisystudent.errors import UserError
-from noisystudent.train import PseudoLabeledSet, TrainJob, run_training, spec_for
+from noisystudent.engine import PseudoLabeledSet, TrainJob, run_training, spec_for
 from pipelines.config import config_from_dict
 
 
@@ -93,7 +93,7 @@ def test_resume_continues_from_last_epoch(require_fmnist, tmp_path):
     data = create_data(cfg.data)
     job = lambda: TrainJob(spec=spec_for(cfg.teacher, cfg.data, data.classes), model_cfg=cfg.teacher,  # noqa: E731
                            train_cfg=cfg.teacher_train, labeled=data.labeled, test=None, out_dir=tmp_path, progress=False)
-    from noisystudent.train import TrainHooks
+    from noisystudent.engine import TrainHooks
 
     with pytest.raises(RuntimeError, match="injected"):
         run_training(job(), TrainHooks(fail_at_epoch=2))
@@ -132,7 +132,7 @@ def test_amp_modes_train_on_cpu(tmp_path, amp, recorded):
     from noisystudent.checkpoint import ModelSpec
     from noisystudent.config import ModelConfig, NoiseConfig, TrainConfig
     from noisystudent.data.base import ImageSource
-    from noisystudent.train import resolve_amp
+    from noisystudent.engine import resolve_amp
 
     class Tiny(ImageSource):
         def __init__(self, images, labels):

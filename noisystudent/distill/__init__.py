@@ -3,11 +3,11 @@
 A method says what it needs (no teacher, offline pseudo-labels from Parquet, or an online teacher that
 runs on the very batch the student sees; which stages of the student and teacher it taps; any extra
 trainable modules) and computes its loss from the student's and teacher's outputs. The engine
-(:mod:`noisystudent.train`) owns everything else: loaders, optimizer (extra modules included),
+(:mod:`noisystudent.engine`) owns everything else: loaders, optimizer (extra modules included),
 checkpoints and resume, DDP, autocast, logging. It knows no loss by name.
 
 Add a method: write ``methods/<name>.py`` with a :class:`DistillMethod` subclass decorated with
-:func:`register_method`, and import it in ``methods/__init__.py``.
+:func:`register_method`; the package finds it in its folder (no import line to add).
 """
 
 from noisystudent.distill._registry import (

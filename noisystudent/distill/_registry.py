@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+from noisystudent import validate
 from noisystudent.errors import ConfigError
 
 _METHODS: dict[str, type] = {}
@@ -48,8 +49,6 @@ def method_defaults(name: str) -> dict[str, Any]:
 
 def resolve_method_config(value: Any, field: str) -> dict[str, Any]:
     """Validate ``{name: ..., <params>}`` (or a bare name) and return it with every default filled in."""
-    from noisystudent.config import _build  # the config module's validator: one set of rules and messages
-
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, dict):
@@ -64,7 +63,7 @@ def resolve_method_config(value: Any, field: str) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{field}.{unknown[0]}", f"unknown parameter of method {name!r}; its parameters: "
                           f"{', '.join(known) or '(none)'}")
-    built = _build(cls.Params, params, field)
+    built = validate.build(cls.Params, params, field)
     cls.check_params(built, field)
     return {"name": name, **dataclasses.asdict(built)}
 
@@ -80,3 +79,7 @@ def create_method(config: dict[str, Any], *, student_info: list[dict], teacher_i
     params = cls.Params(**{k: v for k, v in config.items() if k != "name"})
     return cls(params, student_info=student_info, teacher_info=teacher_info, num_classes=num_classes,
                label_smoothing=label_smoothing, field=field, student_spec=student_spec)
+
+
+# config sections declare their method fields as validate.kind("method"); this registry validates them
+validate.register_kind("method", resolve_method_config)

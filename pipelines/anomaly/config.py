@@ -4,7 +4,7 @@ A separate file from :class:`~pipelines.config.ExperimentConfig` because a detec
 a Noisy Student run but the training settings (:class:`~noisystudent.config.TrainConfig`) and where Ray
 runs (:class:`~pipelines.config.RayConfig`), which it reuses; it lives beside the code that runs it, out
 of the core, because of that ``ray`` section. Validation is the same validator
-(:func:`noisystudent.config._build`): an unknown key, a wrong type or a value out of range raises
+(:func:`noisystudent.validate.build`): an unknown key, a wrong type or a value out of range raises
 :class:`~noisystudent.errors.ConfigError` naming the dotted field (``train.lr``, ``teacher.weights``).
 
 Example (``configs/anomaly/``)::
@@ -26,8 +26,6 @@ from typing import Any, Literal, Optional
 from noisystudent.config import (
     NoiseConfig,
     TrainConfig,
-    _build,
-    _range,
     apply_overrides,
     check_model,
     check_train,
@@ -35,6 +33,7 @@ from noisystudent.config import (
     read_mapping,
     to_dict,
 )
+from noisystudent import validate
 from noisystudent.errors import ConfigError
 
 from ..config import RayConfig
@@ -54,9 +53,9 @@ class AnomalyDataConfig:
     kind: Literal["folder", "fashion_mnist"] = "folder"
     train: Optional[str] = None
     val: Optional[str] = None
-    val_fraction: float = field(default=0.1, metadata=_range(0, 0.9))
+    val_fraction: float = field(default=0.1, metadata=validate.range(0, 0.9))
     split_seed: int = 0
-    train_limit: Optional[int] = field(default=None, metadata=_range(1))
+    train_limit: Optional[int] = field(default=None, metadata=validate.range(1))
     root: str = "/usr/share/datasets/fashion-mnist"
     normal_class: Optional[str] = None
 
@@ -74,8 +73,8 @@ class AnomalyTeacherConfig:
     checkpoint: Optional[str] = None
     weights: Optional[str] = None
     model: Optional[str] = None
-    image_size: int = field(default=224, metadata=_range(8, 4096))
-    in_chans: int = field(default=3, metadata=_range(1, 3))
+    image_size: int = field(default=224, metadata=validate.range(8, 4096))
+    in_chans: int = field(default=3, metadata=validate.range(1, 3))
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
@@ -93,7 +92,7 @@ class ThresholdConfig:
     """An image is flagged when its score exceeds the threshold; the threshold is the score that at most
     ``fpr`` of the validation normals exceed (it needs about 1 / ``fpr`` validation images to mean it)."""
 
-    fpr: float = field(default=0.05, metadata=_range(0, 1, hi_open=True))
+    fpr: float = field(default=0.05, metadata=validate.range(0, 1, hi_open=True))
 
 
 @dataclass
@@ -101,11 +100,11 @@ class ScoreConfig:
     """Defaults of ``noisystudent anomaly score`` (its flags override them): the Ray Data actor pool, the
     shard size, and whether each image's map is stored."""
 
-    batch_size: int = field(default=128, metadata=_range(1))
-    num_actors: int = field(default=1, metadata=_range(1, 1024))
-    num_gpus_per_actor: float = field(default=0.0, metadata=_range(0, 8))
-    num_cpus_per_actor: float = field(default=1.0, metadata=_range(0, 256))
-    chunk_size: int = field(default=4096, metadata=_range(1))
+    batch_size: int = field(default=128, metadata=validate.range(1))
+    num_actors: int = field(default=1, metadata=validate.range(1, 1024))
+    num_gpus_per_actor: float = field(default=0.0, metadata=validate.range(0, 8))
+    num_cpus_per_actor: float = field(default=1.0, metadata=validate.range(0, 256))
+    chunk_size: int = field(default=4096, metadata=validate.range(1))
     save_maps: bool = True
 
 
@@ -174,7 +173,7 @@ def _check(cfg: AnomalyConfig) -> AnomalyConfig:
 
 def anomaly_config_from_dict(data: Any) -> AnomalyConfig:
     """Validate a mapping (a loaded YAML file) into an :class:`AnomalyConfig`; errors name the field."""
-    return _check(_build(AnomalyConfig, data if data is not None else {}, ""))
+    return _check(validate.build(AnomalyConfig, data if data is not None else {}, ""))
 
 
 def load_anomaly_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> AnomalyConfig:

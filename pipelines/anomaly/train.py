@@ -180,7 +180,7 @@ def normal_sources(cfg: AnomalyConfig, in_chans: int) -> tuple[Any, Any]:
 
 
 def _device(cfg: AnomalyConfig) -> str:
-    from noisystudent.train import resolve_device
+    from noisystudent.engine import resolve_device
 
     return str(resolve_device(cfg.device))
 
@@ -189,7 +189,7 @@ def train_student(run: DetectorRun, cfg: AnomalyConfig, teacher: Checkpoint, tra
                   fail_at_epoch: Optional[int] = None) -> dict:
     """The student (the teacher's architecture, random init) trained with method stpm; resumes from last.pt."""
     from noisystudent.config import ModelConfig
-    from noisystudent.train import TrainJob
+    from noisystudent.engine import TrainJob
     from pipelines.train_ray import train as train_job
 
     spec = ModelSpec(**{**teacher.spec.__dict__, "drop_rate": 0.0, "drop_path_rate": 0.0})

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from noisystudent.config import _range
+from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
 from noisystudent.errors import ConfigError
@@ -56,8 +56,8 @@ class AttentionTransfer(DistillMethod):
     class Params:
         student_stages: list[int] = field(default_factory=lambda: [0, 1, 2])
         teacher_stages: list[int] = field(default_factory=lambda: [0, 1, 2])
-        p: float = field(default=2.0, metadata=_range(0, 16, lo_open=True))
-        beta: float = field(default=1000.0, metadata=_range(0, 1e7))
+        p: float = field(default=2.0, metadata=validate.range(0, 16, lo_open=True))
+        beta: float = field(default=1000.0, metadata=validate.range(0, 1e7))
 
     @classmethod
     def check_params(cls, params, field: str) -> None:

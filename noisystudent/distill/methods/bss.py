@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from noisystudent.config import _range
+from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
 from noisystudent.distill.methods.hinton import kd_kl
@@ -81,15 +81,15 @@ class BSS(DistillMethod):
 
     @dataclass
     class Params:
-        temperature: float = field(default=3.0, metadata=_range(0, 100, lo_open=True))
-        attack_steps: int = field(default=10, metadata=_range(1, 1000))
-        step_size: float = field(default=0.3, metadata=_range(0, 100, lo_open=True))
-        sample_ratio: float = field(default=0.25, metadata=_range(0, 1, lo_open=True))
+        temperature: float = field(default=3.0, metadata=validate.range(0, 100, lo_open=True))
+        attack_steps: int = field(default=10, metadata=validate.range(1, 1000))
+        step_size: float = field(default=0.3, metadata=validate.range(0, 100, lo_open=True))
+        sample_ratio: float = field(default=0.25, metadata=validate.range(0, 1, lo_open=True))
         target: Literal["sampled", "runner_up"] = "sampled"
-        kd_weight_start: float = field(default=4.0, metadata=_range(0, 1e4))
-        kd_weight_end: float = field(default=1.0, metadata=_range(0, 1e4))
-        bss_weight: float = field(default=2.0, metadata=_range(0, 1e4))
-        bss_until: float = field(default=0.75, metadata=_range(0, 1, lo_open=True))  # fraction of training
+        kd_weight_start: float = field(default=4.0, metadata=validate.range(0, 1e4))
+        kd_weight_end: float = field(default=1.0, metadata=validate.range(0, 1e4))
+        bss_weight: float = field(default=2.0, metadata=validate.range(0, 1e4))
+        bss_until: float = field(default=0.75, metadata=validate.range(0, 1, lo_open=True))  # fraction of training
 
     def weights(self) -> tuple[float, float]:
         """(KD weight, BSS weight) of the current epoch, the official linear schedules."""

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from noisystudent.config import _range
+from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
 from noisystudent.distill.methods.hinton import kd_kl
@@ -43,8 +43,8 @@ class DML(DistillMethod):
     class Params:
         # models of the other cohort members; "same" is the student's own model
         peers: list[str] = field(default_factory=lambda: ["same"])
-        temperature: float = field(default=1.0, metadata=_range(0, 100, lo_open=True))
-        kl_weight: float = field(default=1.0, metadata=_range(0, 1000))
+        temperature: float = field(default=1.0, metadata=validate.range(0, 100, lo_open=True))
+        kl_weight: float = field(default=1.0, metadata=validate.range(0, 1000))
         # which member the job exports as model.pt: best_val, student, or peer1 ... peerK-1
         export: str = "best_val"
 

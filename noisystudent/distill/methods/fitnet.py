@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import nn
 
-from noisystudent.config import _range
+from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
 from noisystudent.errors import ConfigError
@@ -40,8 +40,8 @@ class FitNet(DistillMethod):
     class Params:
         student_stage: int = -2  # the middle stage of the CIFAR models (the paper's guided layer)
         teacher_stage: int = -2
-        beta: float = field(default=100.0, metadata=_range(0, 1e6))
-        hint_epochs: int = field(default=0, metadata=_range(0, 100000))  # first stage: hints alone
+        beta: float = field(default=100.0, metadata=validate.range(0, 1e6))
+        hint_epochs: int = field(default=0, metadata=validate.range(0, 100000))  # first stage: hints alone
 
     def __init__(self, params, **kw):
         super().__init__(params, **kw)

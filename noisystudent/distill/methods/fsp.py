@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from noisystudent.config import _range
+from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
 from noisystudent.errors import ConfigError
@@ -63,8 +63,8 @@ class FSP(DistillMethod):
     @dataclass
     class Params:
         pairs: list[list[int]] = field(default_factory=lambda: [[0, 1], [1, 2]])
-        beta: float = field(default=1.0, metadata=_range(0, 1e7))
-        init_epochs: int = field(default=0, metadata=_range(0, 100000))
+        beta: float = field(default=1.0, metadata=validate.range(0, 1e7))
+        init_epochs: int = field(default=0, metadata=validate.range(0, 100000))
 
     @classmethod
     def check_params(cls, params, field: str) -> None:

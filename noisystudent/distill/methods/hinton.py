@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from noisystudent.config import _range
+from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
 
@@ -40,8 +40,8 @@ class Hinton(DistillMethod):
 
     @dataclass
     class Params:
-        temperature: float = field(default=4.0, metadata=_range(0, 100, lo_open=True))
-        alpha: float = field(default=0.9, metadata=_range(0, 1))
+        temperature: float = field(default=4.0, metadata=validate.range(0, 100, lo_open=True))
+        alpha: float = field(default=0.9, metadata=validate.range(0, 1))
         source: Literal["online", "offline"] = "online"
 
     teacher = "online"  # the default source; "offline" with source: offline

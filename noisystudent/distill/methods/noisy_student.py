@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from noisystudent.config import _range
+from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
 from noisystudent.losses import student_loss
@@ -27,9 +27,9 @@ class NoisyStudent(DistillMethod):
     @dataclass
     class Params:
         mode: Literal["soft", "hard", "hinton"] = "soft"
-        temperature: float = field(default=1.0, metadata=_range(0, 100, lo_open=True))
-        alpha: float = field(default=0.5, metadata=_range(0, 1))
-        unlabeled_weight: float = field(default=1.0, metadata=_range(0, 1000))
+        temperature: float = field(default=1.0, metadata=validate.range(0, 100, lo_open=True))
+        alpha: float = field(default=0.5, metadata=validate.range(0, 1))
+        unlabeled_weight: float = field(default=1.0, metadata=validate.range(0, 1000))
 
     def loss(self, student, teacher, batch):
         p = self.params

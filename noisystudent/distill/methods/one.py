@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from noisystudent.config import _range
+from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
 from noisystudent.distill.methods.hinton import kd_kl
@@ -48,9 +48,9 @@ class One(DistillMethod):
 
     @dataclass
     class Params:
-        branches: int = field(default=3, metadata=_range(2, 16))
-        temperature: float = field(default=3.0, metadata=_range(0, 100, lo_open=True))
-        rampup: float = field(default=0.0, metadata=_range(0, 1))  # sigmoid ramp-up of the KL weight
+        branches: int = field(default=3, metadata=validate.range(2, 16))
+        temperature: float = field(default=3.0, metadata=validate.range(0, 100, lo_open=True))
+        rampup: float = field(default=0.0, metadata=validate.range(0, 1))  # sigmoid ramp-up of the KL weight
         export: Literal["branch", "ensemble"] = "branch"
 
     def __init__(self, params, **kw):

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from noisystudent.config import _range
+from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
 
@@ -65,8 +65,8 @@ class RKD(DistillMethod):
     @dataclass
     class Params:
         mode: Literal["distance", "angle", "both"] = "both"
-        distance_weight: float = field(default=25.0, metadata=_range(0, 1e6))
-        angle_weight: float = field(default=50.0, metadata=_range(0, 1e6))
+        distance_weight: float = field(default=25.0, metadata=validate.range(0, 1e6))
+        angle_weight: float = field(default=50.0, metadata=validate.range(0, 1e6))
         student_stage: int = -1
         teacher_stage: int = -1
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from noisystudent.config import _range
+from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
 from noisystudent.errors import ConfigError
@@ -47,7 +47,7 @@ class SimilarityPreserving(DistillMethod):
     class Params:
         student_stages: list[int] = field(default_factory=lambda: [-1])
         teacher_stages: list[int] = field(default_factory=lambda: [-1])
-        gamma: float = field(default=3000.0, metadata=_range(0, 1e8))
+        gamma: float = field(default=3000.0, metadata=validate.range(0, 1e8))
 
     @classmethod
     def check_params(cls, params, field: str) -> None:

@@ -1,0 +1,5 @@
+"""``python -m noisystudent.cli``."""
+
+from . import main
+
+main()
