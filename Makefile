@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FMNIST ?= /usr/share/datasets/fashion-mnist
 RUN_DIR ?= runs/fashion_mnist
 CONFIG ?= configs/fashion_mnist.yaml
-# Ray's token authentication on for the embedded instance, decided before Python imports ray (README: Security)
+# Ray's token authentication on for the embedded instance, decided before Python imports ray (docs/security.md)
 export RAY_AUTH_MODE ?= token
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 

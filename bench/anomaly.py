@@ -14,12 +14,10 @@ set is scored on Ray Data (``noisystudent anomaly score``'s code path, maps stor
 
 Reported per class and as the mean: image AUROC of defects vs good, image AUROC of other classes vs
 good, pixel AUROC over the good and defective images against the masks, and the flag rates at the
-threshold (FPR on the clean test images, TPR of defects and of other classes). Reference figures on MVTec
-AD, a different data set (real industrial defects at 256 px, an ImageNet ResNet-18 teacher): the STPM
-paper's mean pixel AUROC 97.0 and image AUROC 95.5; anomalib's STFPM reproduction with ResNet-18
-reaches image 0.893 and pixel 0.951.
+threshold (FPR on the clean test images, TPR of defects and of other classes). Measured figures, time and
+the MVTec AD reference figures: ``docs/benchmarks.md`` (bench-anomaly).
 
-Sizes (39 min on 2 CPU cores, measured): a ResNet-14 teacher, 3 epochs on all 60,000 training images;
+Sizes: a ResNet-14 teacher, 3 epochs on all 60,000 training images;
 students 5 epochs on 5,400 images a class; 100 test images of each other class. ``--quick`` (a few
 minutes): a ResNet-8 teacher, 1 epoch on 12,000 images, classes 0 and 1, 2,000 training images a class,
 2 student epochs, 30 images of each other class; it writes under ``bench/results/`` unless ``--out`` says

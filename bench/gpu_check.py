@@ -111,6 +111,9 @@ class ArraySource(ImageSource):
     def load(self, i: int) -> np.ndarray:
         return self.images[self._idx[int(i)]]
 
+    def load_batch(self, indices) -> np.ndarray:
+        return self.images[self._idx[np.asarray(indices, dtype=np.int64)]]
+
     def _take(self, idx: np.ndarray) -> None:
         self._idx = self._idx[idx]
 
@@ -196,7 +199,7 @@ def check(name: str):
 
 
 def labeling(sizes: Sizes, dev: torch.device) -> None:
-    from noisystudent.data.streaming import IndexChunks
+    from pseudo_labels.chunks import IndexChunks
     from pseudo_labels.labeling import Labeler
 
     cuda = dev.type == "cuda"
@@ -697,7 +700,8 @@ def streaming(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from noisystudent.data.streaming import StreamSource, SyntheticStream
+    from bench.sources import SyntheticStream
+    from noisystudent.data.streaming import StreamSource
     from pseudo_labels.labeling import Labeler, _write_chunk
     from pseudo_labels.schema import LabelMetadata
     from pseudo_labels.sharded import PartitionWorker

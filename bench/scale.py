@@ -1,7 +1,7 @@
 """``make bench-scale``: label, select and train on 10^5 .. 10^6+ images with memory flat in their number.
 
 What is measured. A synthetic source made on the fly in the workers (no disk:
-:class:`~noisystudent.data.streaming.SyntheticStream`, 8x8 grayscale images that are a fixed function of
+:class:`~bench.sources.SyntheticStream`, 8x8 grayscale images that are a fixed function of
 their index) is labeled by a 1,000-class ResNet-8 teacher (random weights: throughput and memory do not
 depend on them) with ``topk=5``, through the real job (:func:`pseudo_labels.label_images`: partitions of
 10,000 images, an actor pool, shards written by the workers, the summary merged from shard footers), then
@@ -134,8 +134,9 @@ def bare_loop(ckpt: Path, n: int) -> float:
     import torch
 
     from noisystudent.checkpoint import load_checkpoint
-    from noisystudent.data.streaming import SyntheticStream
     from noisystudent.transforms import create_transform
+
+    from .sources import SyntheticStream
 
     old = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -152,9 +153,10 @@ def bare_loop(ckpt: Path, n: int) -> float:
 
 
 def label_and_select(n: int, ckpt: Path, work: Path, actors: int) -> dict[str, Any]:
-    from noisystudent.data.streaming import SyntheticStream
     from pseudo_labels import label_images
     from pseudo_labels.selection_io import select_folder
+
+    from .sources import SyntheticStream
 
     src = SyntheticStream(n, PARTITION, IMAGE, 1)
     out = {"images": n, "partitions": src.num_partitions}
@@ -181,7 +183,7 @@ class SyntheticImages(ImageSource):
     def __init__(self, ids: Any) -> None:
         import pyarrow.compute as pc
 
-        from noisystudent.data.streaming import SyntheticStream
+        from .sources import SyntheticStream
 
         super().__init__(1, None)
         self.index = pc.cast(pc.utf8_slice_codeunits(ids, 4), "int64").to_numpy()

@@ -4,7 +4,7 @@
 Hinton KD and FitNet on a ResNet-8 at symmetric label noise 0 and 0.4, 2 seeds; one ResNet-20 teacher
 per noise level, trained on the same noisy labels) into ``runs/bench_study`` and prints the summary over
 seeds. It is an ordinary study: a killed benchmark resumes when run again (finished trials are kept).
-Measured at 32.5 min on 2 CPU cores (2 trials at a time). ``--report-only`` redraws ``docs/bench-study.json`` and
+Measured figures: ``docs/benchmarks.md`` (bench-study). ``--report-only`` redraws ``docs/bench-study.json`` and
 ``.png`` from the study folder. ``--quick`` is a smoke run of a
 few minutes (20 labels a class, 1 epoch of a few steps, 500 test images) into ``bench/results/study``.
 """
@@ -60,6 +60,22 @@ def gains(table) -> list[dict]:
     return out
 
 
+def _method(r: dict) -> str:
+    """A trial's method label: the grid's method name, or a method mapping's name and mode (RKD-D/-A rows)."""
+    if r.get("distill.method.name"):
+        return str(r["distill.method.name"])
+    m = r.get("distill.method") or {}
+    return "-".join(str(x) for x in (m.get("name", "base"), m.get("mode")) if x) if isinstance(m, dict) else str(m)
+
+
+def _condition(r: dict) -> tuple[str, float]:
+    """A trial's data condition: label noise or class imbalance (their studies), else none."""
+    for key, what in (("data.label_noise.rate", "label noise"), ("data.imbalance.ratio", "imbalance ratio")):
+        if r.get(key) is not None:
+            return what, float(r[key])
+    return "no data condition", 0.0
+
+
 def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_stem: Path) -> dict:
     """``<out_stem>.json`` (trials, the summary over seeds, gains over supervised, teachers) and
     ``<out_stem>.png`` (test accuracy per method and label noise, seeds as points, teachers dashed)."""
@@ -74,14 +90,14 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
     write_json(out_stem.with_suffix(".json"), doc)
     plt = pyplot()
     done = [r for r in rows if r.get("status") == "done"]
-    methods = list(dict.fromkeys(r["distill.method.name"] for r in done))
-    levels = sorted({float(r["data.label_noise.rate"]) for r in done})
+    methods = list(dict.fromkeys(_method(r) for r in done))
+    levels = sorted({_condition(r)[1] for r in done})
+    what = _condition(done[0])[0] if done else "label noise"
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / max(len(methods), 1)
     for i, m in enumerate(methods):
         for j, lv in enumerate(levels):
-            accs = [100 * r["test_acc"] for r in done if r["distill.method.name"] == m
-                    and float(r["data.label_noise.rate"]) == lv]
+            accs = [100 * r["test_acc"] for r in done if _method(r) == m and _condition(r)[1] == lv]
             x = j + (i - (len(methods) - 1) / 2) * width
             ax.bar(x, sum(accs) / len(accs), width * 0.9, color=f"C{i}", label=m if j == 0 else None, alpha=0.8)
             ax.plot([x] * len(accs), accs, "k.", ms=4)
@@ -90,12 +106,13 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
         if t:
             ax.hlines(t[0], j - 0.45, j + 0.45, colors="gray", linestyles="--",
                       label="teacher (same noisy labels)" if j == 0 else None)
-    ax.set_xticks(range(len(levels)), [f"label noise {lv:g}" for lv in levels])
+    ax.set_xticks(range(len(levels)), [f"{what} {lv:g}" for lv in levels])
     lo = min([100 * r["test_acc"] for r in done] + [100 * t["test_acc"] for t in doc["teachers"]]) - 2
     hi = max([100 * r["test_acc"] for r in done] + [100 * t["test_acc"] for t in doc["teachers"]]) + 1
     ax.set_ylim(lo, hi)
     ax.set_ylabel("test accuracy % (bars: mean; dots: seeds)")
-    ax.set_title("bench-study: ResNet-8 students on Fashion-MNIST (5,000 labels) under symmetric label noise")
+    ax.set_title("bench-study: ResNet-8 students on Fashion-MNIST (5,000 labels) under symmetric label noise"
+                 if what == "label noise" else f"{study_dir.name}: test accuracy by method and {what}")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8, loc="lower left")
     save_figure(fig, out_stem.with_suffix(".png"))
@@ -105,6 +122,9 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
+    ap.add_argument("--study", default=str(STUDY), help="the study file (default: %(default)s); the Sarfraz et al. "
+                                                         "rows are configs/study_sarfraz_*.yaml")
+    ap.add_argument("--max-trials", type=int, default=None, help="run at most this many unfinished trials now")
     ap.add_argument("--ray-address", default=None)
     ap.add_argument("--report-only", action="store_true",
                     help="write the JSON, figure and table from the study folder's finished trials; run nothing")
@@ -113,13 +133,15 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     from pipelines.study import collect, format_summary, run_study, summary
 
-    study_file, study_dir = STUDY, Path("runs/bench_study")
-    out_stem = Path(args.out or ("bench/results/bench-study-quick" if args.quick else "docs/bench-study"))
+    study = Path(args.study)
+    name = "" if study == STUDY else "-" + study.stem
+    study_file, study_dir = study, Path(f"runs/bench_study{name.replace('-', '_')}")
+    out_stem = Path(args.out or (f"bench/results/bench-study{name}-quick" if args.quick else f"docs/bench-study{name}"))
     if args.quick:
-        spec = yaml.safe_load(STUDY.read_text())
-        spec["base"] = str(STUDY.parent.resolve() / spec["base"])
+        spec = yaml.safe_load(study.read_text())
+        spec["base"] = str(study.parent.resolve() / spec["base"])
         spec["set"] = {**spec.get("set", {}), **QUICK_SET}
-        study_dir = Path("bench/results/study")
+        study_dir = Path(f"bench/results/study{name}")
         study_dir.mkdir(parents=True, exist_ok=True)
         study_file = study_dir / "study.yaml"
         study_file.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -130,7 +152,7 @@ def main(argv=None) -> None:
         wall = json.loads(prev.read_text()).get("wall_seconds") if prev.is_file() else None
     else:
         t0 = time.perf_counter()
-        out = run_study(study_file, study_dir, ray_address=args.ray_address)
+        out = run_study(study_file, study_dir, ray_address=args.ray_address, max_trials=args.max_trials)
         rows, errors, wall = out["rows"], out["errors"], time.perf_counter() - t0
     table = summary(rows)
     print(format_summary(table))

@@ -42,6 +42,9 @@ class NoiseConfig:
     hflip: bool = True
     crop_padding: int = field(default=2, metadata=validate.range(0, 64))
     random_erasing: float = field(default=0.0, metadata=validate.range(0, 1))
+    # where the noise runs: cpu (albumentations, image by image in the loaders), device (whole uint8 batches
+    # where the model runs: noisystudent/batch_noise.py), auto (device when training on a GPU)
+    backend: Literal["auto", "cpu", "device"] = "auto"
 
 
 @dataclass
@@ -81,6 +84,17 @@ class TrainConfig:
 
 
 @dataclass
+class TeacherRef:
+    """One member of a weighted teacher ensemble (``pseudo_labels.teachers``, ``distill.teachers``, a rung's
+    ``teachers``): a checkpoint (``model.pt`` or its folder), or ``teacher`` for the model that teaches this
+    step (the promoted model of the generation before; in ``distill``, ``distill.teacher``), and its weight
+    (the weights are normalised to sum 1; noisystudent.distill.ensemble)."""
+
+    path: str = "teacher"
+    weight: float = field(default=1.0, metadata=validate.range(0))
+
+
+@dataclass
 class ModelConfig:
     """A model of the ladder with its own noise: student models get dropout, drop path and RandAugment.
 
@@ -96,6 +110,10 @@ class ModelConfig:
     # weights the model starts from: null (random, the paper's from-scratch student), `teacher` (the model
     # that teaches this rung; the same architecture), or a checkpoint path (model.pt or its folder)
     init: Optional[str] = None
+    # an online ensemble teaching this rung ([{path, weight}], `teacher` for the promoted model); null: the
+    # promoted model alone. Response methods learn from the weighted mixture; a feature method names the
+    # member it taps (its `tap` parameter)
+    teachers: Optional[list[TeacherRef]] = None
 
 
 @dataclass
@@ -126,12 +144,13 @@ class DataConfig:
     """Where labeled, unlabeled and test images come from.
 
     ``kind``: ``fashion_mnist`` (idx files under ``root``, seeded split of ``labels_per_class`` labeled
-    images per class, the rest unlabeled with hidden labels), ``folder`` (ImageFolder trees for
+    images per class, the rest unlabeled with hidden labels), ``cifar10``/``cifar100`` (the python-pickle
+    batches under ``root``, split the same way; :mod:`noisystudent.data.cifar`), ``folder`` (ImageFolder trees for
     ``labeled``/``test``, any folder of images for ``unlabeled``) or ``manifest`` (CSV/Parquet files
     with ``path[,label]``).
     """
 
-    kind: Literal["fashion_mnist", "folder", "manifest"] = "fashion_mnist"
+    kind: Literal["fashion_mnist", "cifar10", "cifar100", "folder", "manifest"] = "fashion_mnist"
     root: str = "/usr/share/datasets/fashion-mnist"
     labels_per_class: Optional[int] = field(default=100, metadata=validate.range(1))
     unlabeled_limit: Optional[int] = field(default=None, metadata=validate.range(1))
@@ -198,6 +217,8 @@ class DistillConfig:
     protocol of Sarfraz et al.: teacher and student see the same labeled data)."""
 
     teacher: Optional[str] = None  # checkpoint (model.pt or its folder); --teacher overrides
+    # an online ensemble instead of one teacher ([{path, weight}], `teacher` meaning distill.teacher)
+    teachers: Optional[list[TeacherRef]] = None
     method: dict = field(default_factory=lambda: {"name": "hinton"}, metadata=validate.kind("method"))
     # what the online teacher sees: fixed, independent, consistent (default) or function_matching
     teaching: TeachingConfig = field(default_factory=TeachingConfig)
@@ -217,11 +238,17 @@ def check_data(d: DataConfig, prefix: str = "data") -> None:
         for key in ("labeled", "test"):
             if not getattr(d, key):
                 raise ConfigError(f"{prefix}.{key}", f"is required when data.kind is {d.kind}")
-    if d.kind == "fashion_mnist" and d.val:
-        raise ConfigError(f"{prefix}.val", "fashion_mnist holds out data.val_fraction of labels_per_class; "
+    if d.kind in ALL_LABELS_PER_CLASS and d.val:
+        raise ConfigError(f"{prefix}.val", f"{d.kind} holds out data.val_fraction of labels_per_class; "
                                            "a val folder or manifest needs kind folder or manifest")
-    if d.kind == "fashion_mnist" and d.labels_per_class is None:
-        raise ConfigError(f"{prefix}.labels_per_class", "is required for fashion_mnist (use 6000 for all labels)")
+    if d.kind in ALL_LABELS_PER_CLASS and d.labels_per_class is None:
+        raise ConfigError(f"{prefix}.labels_per_class", f"is required for {d.kind} "
+                                                        f"(use {ALL_LABELS_PER_CLASS[d.kind]} for all labels)")
+
+
+# kinds split into labeled/unlabeled by labels_per_class, with the labels_per_class that labels every
+# training image (what the oracle baseline trains on)
+ALL_LABELS_PER_CLASS = {"fashion_mnist": 6000, "cifar10": 5000, "cifar100": 500}
 
 
 def check_train(t: TrainConfig, where: str) -> None:

@@ -1,4 +1,6 @@
-"""Losses for supervised, self-training and distillation targets.
+"""Functional losses for supervised, self-training and distillation targets: the one home of the
+cross-entropies and the KL that the distillation methods (``distill/methods/``) and the Noisy Student
+loss share.
 
 All take raw student logits. Targets for pseudo-labeled images are probability rows (soft labels from
 the teacher, already sharpened or softened by the labeling temperature) or class indices (hard labels).
@@ -18,16 +20,17 @@ def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor, weight:
     return loss.mean()
 
 
-def hinton_kd(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton et al. (2015) distillation term: KL(teacher_T || student_T) * T^2.
+def kd_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. (2015) distillation term: T^2 * KL(teacher_T || student_T), mean over rows, in fp32.
 
-    ``teacher_probs`` are the teacher's probabilities at temperature T (the labeling job stores them so);
-    the T^2 factor keeps gradient size independent of T.
+    ``teacher_probs`` are the teacher's probabilities at temperature T (the labeling job stores them so;
+    an online method softens its teacher's logits first); the T^2 factor keeps gradient size independent
+    of T. No rows: 0 (still in the graph).
     """
-    log_p = F.log_softmax(student_logits / temperature, dim=-1)
-    q = teacher_probs.clamp_min(1e-12)
-    kl = (teacher_probs * (q.log() - log_p)).sum(dim=-1).mean()
-    return kl * temperature**2
+    if student_logits.numel() == 0:
+        return student_logits.sum() * 0
+    log_p = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return F.kl_div(log_p, teacher_probs.float(), reduction="batchmean") * temperature**2
 
 
 def pseudo_label_loss(
@@ -50,7 +53,7 @@ def pseudo_label_loss(
     if mode == "hard":
         return F.cross_entropy(logits, hard)
     if mode == "hinton":
-        return alpha * F.cross_entropy(logits, hard) + (1 - alpha) * hinton_kd(logits, target_probs, temperature)
+        return alpha * F.cross_entropy(logits, hard) + (1 - alpha) * kd_kl(logits, target_probs, temperature)
     raise ValueError(f"unknown pseudo-label loss {mode!r}")
 
 

@@ -112,18 +112,27 @@ def _sharpness(delta: float) -> A.BasicTransform:
     return A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(sigma, sigma), p=1.0)
 
 
+def strengths(level: float) -> dict[str, float]:
+    """Each op's strength at ``level`` in [0, 1] (the table in the module docstring): the one source of the
+    magnitudes that the albumentations ops here and the batched ops of :mod:`noisystudent.batch_noise` use.
+
+    ``rotate`` and ``shear`` in degrees, ``translate`` a fraction of the side, ``enhance`` the factor's
+    distance from 1, ``bits`` kept by Posterize (8: none dropped), ``threshold`` of Solarize (>= 256: none)."""
+    return {"rotate": _MAX_ROTATE_DEG * level, "enhance": _MAX_ENHANCE * level, "bits": 8 - int(round(4 * level)),
+            "threshold": 256.0 * (1.0 - level), "shear": math.degrees(math.atan(_MAX_SHEAR * level)),
+            "translate": _MAX_TRANSLATE * level}
+
+
 def _ops(level: float, in_chans: int) -> dict[str, A.BaseCompose | A.BasicTransform]:
     """The op table at ``level`` in [0, 1]; the name order is the paper's."""
-    enhance = _MAX_ENHANCE * level
-    bits = 8 - int(round(4 * level))
-    threshold = 256.0 * (1.0 - level)  # pixels >= threshold are inverted; >= 256 means none
-    shear_deg = math.degrees(math.atan(_MAX_SHEAR * level))
-    translate = _MAX_TRANSLATE * level
+    st = strengths(level)
+    enhance, bits, threshold = st["enhance"], int(st["bits"]), st["threshold"]
+    shear_deg, translate = st["shear"], st["translate"]
     ops: dict[str, A.BaseCompose | A.BasicTransform] = {
         "Identity": A.NoOp(p=1.0),
         "AutoContrast": A.AutoContrast(method="pil", p=1.0),
         "Equalize": A.Equalize(mode="cv", by_channels=True, p=1.0),
-        "Rotate": _signed(lambda v: _affine(rotate=(v, v)), _MAX_ROTATE_DEG * level),
+        "Rotate": _signed(lambda v: _affine(rotate=(v, v)), st["rotate"]),
         "Solarize": (
             A.Solarize(threshold_range=(threshold / 255.0,) * 2, p=1.0) if threshold <= 255.0 else A.NoOp(p=1.0)
         ),
@@ -144,6 +153,12 @@ def _ops(level: float, in_chans: int) -> dict[str, A.BaseCompose | A.BasicTransf
 
 #: The op names of the paper, in its order (``Color`` is dropped for 1-channel images).
 RANDAUGMENT_OPS: tuple[str, ...] = tuple(_ops(0.0, 3))
+
+
+def randaugment_op(name: str, m: float, in_chans: int) -> A.BaseCompose | A.BasicTransform:
+    """One op of the table at magnitude ``m`` (0-30), with its random sign: what RandAugment applies when it
+    draws ``name`` (used to compare the albumentations and the batched backends op by op)."""
+    return _ops(float(m) / MAX_MAGNITUDE, in_chans)[name]
 
 
 def rand_augment(n: int, m: float, in_chans: int) -> A.BaseCompose:

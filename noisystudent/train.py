@@ -10,6 +10,7 @@ from noisystudent.engine import (  # noqa: F401
     TrainHooks,
     TrainJob,
     budget_warning,
+    init_weights,
     plan_steps,
     resolve_amp,
     resolve_device,

@@ -20,6 +20,7 @@ from noisystudent.config import (
     DistillConfig,
     ModelConfig,
     NoiseConfig,
+    TeacherRef,
     TeachingConfig,
     TrainConfig,
     apply_overrides,
@@ -55,6 +56,9 @@ class PseudoLabelConfig:
     num_actors: int = field(default=1, metadata=validate.range(1, 1024))
     num_gpus_per_actor: float = field(default=0.0, metadata=validate.range(0, 8))
     num_cpus_per_actor: float = field(default=1.0, metadata=validate.range(0, 256))
+    # a weighted ensemble labeling every generation ([{path, weight}]; `teacher`: the promoted model of the
+    # generation before); null: that model alone. `label --teacher ... --weights ...` overrides it
+    teachers: Optional[list[TeacherRef]] = None
 
 
 

@@ -9,26 +9,26 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from noisystudent.config import ALL_LABELS_PER_CLASS
 from pipelines.config import ExperimentConfig
 
 from . import steps
-from .state import RunDir, step_name
+from .state import RunDir
+from .steps import BASELINE_ROLES, baseline_step, generation_of, step_name
 
 
 def run_generation(run: RunDir, cfg: ExperimentConfig, g: int, progress: bool = True) -> dict:
-    """One generation; finished steps are skipped, an unfinished one resumes. Labels made by the same
-    teacher checkpoint for an earlier generation are reused, not made again (:mod:`pipelines.repeat`)."""
+    """One generation: every step of :data:`pipelines.steps.GENERATION` in order; finished steps are
+    skipped, an unfinished one resumes. Labels made by the same teacher checkpoint for an earlier
+    generation are reused, not made again (:mod:`pipelines.repeat`)."""
     from .repeat import reuse_labels, same_teacher_generation
 
     h = same_teacher_generation(run, g)
     if h is not None and reuse_labels(run, g, h):
-        steps._log(f"[gen {g}] labels: the same teacher labeled generation {h}; its labels are reused")
-    steps.label(run, cfg, g, progress=progress)
-    steps.select(run, cfg, g)
-    steps.train_student(run, cfg, g, progress=progress)
-    out = steps.evaluate_generation(run, cfg, g)
-    rec = steps.promote(run, g, cfg)
-    return {**out, **steps.promotion_fields(rec)}
+        steps.log(f"[gen {g}] labels: the same teacher labeled generation {h}; its labels are reused")
+    results = {step.name: steps.execute(step, steps.StepContext(run, cfg, g, progress=progress))
+               for step in steps.GENERATION}
+    return {**results["evaluate"], **steps.promotion_fields(results["promote"])}
 
 
 def _track(run: RunDir, backend: Optional[str]) -> None:
@@ -45,6 +45,27 @@ def _track(run: RunDir, backend: Optional[str]) -> None:
         warnings.warn(f"{backend} tracking failed: {exc}", stacklevel=2)
 
 
+def _stops_before(run: RunDir, cfg: ExperimentConfig, g: int) -> bool:
+    """Whether generation ``g`` would only repeat an earlier one (:func:`pipelines.repeat.repeated_generation`);
+    if so, say why (a log line, a PromotionWarning, ``stopped`` in ``state.json``)."""
+    import warnings
+
+    from noisystudent.errors import PromotionWarning
+
+    from .repeat import repeated_generation, stop_message
+
+    h = repeated_generation(run, cfg, g) if not run.is_done(step_name(g, steps.STUDENT.name)) else None
+    if h is None:
+        return False
+    msg = stop_message(run, cfg, g, h)
+    steps.log(f"[gen {g}] {msg}")
+    warnings.warn(msg, PromotionWarning, stacklevel=3)
+    st = run.state()
+    st["stopped"] = {"generation": g, "repeats": h, "reason": msg}
+    run._write_state(st)
+    return True
+
+
 def run_all(cfg: ExperimentConfig, run_dir: str | Path, generations: Optional[int] = None, progress: bool = True,
             baselines: bool = False, tracking: Optional[str] = "tensorboard") -> list[dict]:
     """Run (or resume) the whole loop; return one summary row per generation (0 = the teacher)."""
@@ -56,27 +77,14 @@ def run_all(cfg: ExperimentConfig, run_dir: str | Path, generations: Optional[in
     teacher = steps.train_teacher(run, cfg, progress=progress)
     rows.append({"generation": 0, "model": cfg.teacher.name, "test_acc": teacher.get("test_acc")})
     _track(run, tracking)
-    from .repeat import repeated_generation, stop_message
-
     for g in range(1, n + 1):
-        h = repeated_generation(run, cfg, g) if not run.is_done(step_name(g, "student")) else None
-        if h is not None:
-            import warnings
-
-            from noisystudent.errors import PromotionWarning
-
-            msg = stop_message(run, cfg, g, h)
-            steps._log(f"[gen {g}] {msg}")
-            warnings.warn(msg, PromotionWarning, stacklevel=2)
-            st = run.state()
-            st["stopped"] = {"generation": g, "repeats": h, "reason": msg}
-            run._write_state(st)
+        if _stops_before(run, cfg, g):
             break
         rows.append(run_generation(run, cfg, g, progress=progress))
         _track(run, tracking)
     if baselines:
         steps.train_baseline(run, cfg, "supervised", None, progress=progress)
-        steps.train_baseline(run, cfg, "oracle", 6000 if cfg.data.kind == "fashion_mnist" else None, progress=progress,
+        steps.train_baseline(run, cfg, "oracle", ALL_LABELS_PER_CLASS.get(cfg.data.kind), progress=progress,
                              epochs=cfg.oracle_epochs)
     _track(run, tracking)
     st = run.state()
@@ -85,42 +93,47 @@ def run_all(cfg: ExperimentConfig, run_dir: str | Path, generations: Optional[in
     return rows
 
 
-def status_rows(run: RunDir) -> list[dict]:
-    """One row per generation: model, steps done, test accuracy, pseudo-label accuracy, seconds."""
+def _status_row(run: RunDir, cfg: ExperimentConfig, g: int, st: dict) -> dict:
+    """Generation ``g``'s row of :func:`status_rows`."""
     from noisystudent.io import read_json
 
+    names = [s.name for s in steps.steps_for(g)]
+    done = [s for s in names if step_name(g, s) in st]
+    acc = None
+    mfile = run.model_dir(g) / "metrics.json"
+    model_step = steps.TEACHER_STEP if g == 0 else steps.STUDENT
+    if model_step.key(g) in st and mfile.is_file():
+        acc = read_json(mfile).get("test_acc")
+    gm = run.gen(g) / "metrics.json"
+    gen_metrics = read_json(gm) if (g > 0 and gm.is_file()) else {}
+    val_acc = read_json(mfile).get("val_acc") if acc is not None else None
+    promo = run.state().get("promotions", {}).get(str(g)) if g > 0 else None
+    return {
+        "generation": g,
+        "model": cfg.teacher.name if g == 0 else cfg.student_model(g).name,
+        "steps_done": f"{len(done)}/{len(names)}",
+        "done": done,
+        "test_acc": acc,
+        "val_acc": val_acc,
+        "pseudo_label_acc": gen_metrics.get("pseudo_label_acc"),
+        "pseudo_label_acc_selected": gen_metrics.get("pseudo_label_acc_selected"),
+        "seconds": round(sum(st[step_name(g, s)]["seconds"] for s in done), 1),
+        # which model taught this generation (gen-K/teacher|student) and whether its student teaches the next
+        "taught_by": steps.taught_by(run, g)["taught_by"] if g > 0 and run.teacher_of(g).is_file() else None,
+        "promoted": promo["promoted"] if promo else None,
+        "decision": promo["reason"] if promo else None,
+    }
+
+
+def status_rows(run: RunDir) -> list[dict]:
+    """One row per generation (the steps of :func:`pipelines.steps.steps_for`): model, steps done, test
+    accuracy, pseudo-label accuracy, seconds; then one per finished baseline."""
     cfg = run.load_config()
     st = run.state().get("steps", {})
-    rows = []
-    n = max([cfg.student.generations] + [int(s.split("/")[0][4:]) for s in st if s.startswith("gen-")])
-    for g in range(0, n + 1):
-        names = ["teacher"] if g == 0 else list(("label", "select", "student", "evaluate", "promote"))
-        done = [s for s in names if step_name(g, s) in st]
-        acc = None
-        mfile = run.model_dir(g) / "metrics.json"
-        if step_name(g, names[0] if g == 0 else "student") in st and mfile.is_file():
-            acc = read_json(mfile).get("test_acc")
-        gm = run.gen(g) / "metrics.json"
-        gen_metrics = read_json(gm) if (g > 0 and gm.is_file()) else {}
-        val_acc = read_json(mfile).get("val_acc") if acc is not None else None
-        promo = run.state().get("promotions", {}).get(str(g)) if g > 0 else None
-        rows.append({
-            "generation": g,
-            "model": cfg.teacher.name if g == 0 else cfg.student_model(g).name,
-            "steps_done": f"{len(done)}/{len(names)}",
-            "done": done,
-            "test_acc": acc,
-            "val_acc": val_acc,
-            "pseudo_label_acc": gen_metrics.get("pseudo_label_acc"),
-            "pseudo_label_acc_selected": gen_metrics.get("pseudo_label_acc_selected"),
-            "seconds": round(sum(st[step_name(g, s)]["seconds"] for s in done), 1),
-            # which model taught this generation (gen-K/teacher|student) and whether its student teaches the next
-            "taught_by": steps.taught_by(run, g)["taught_by"] if g > 0 and run.teacher_of(g).is_file() else None,
-            "promoted": promo["promoted"] if promo else None,
-            "decision": promo["reason"] if promo else None,
-        })
-    for role in ("supervised", "oracle"):
-        info = st.get(f"baselines/{role}")
+    present = [g for g in map(generation_of, st) if g is not None]
+    rows = [_status_row(run, cfg, g, st) for g in range(0, max([cfg.student.generations] + present) + 1)]
+    for role in BASELINE_ROLES:
+        info = st.get(baseline_step(role))
         if info:
             rows.append({"generation": role, "model": info.get("model"), "steps_done": "1/1", "done": ["train"],
                          "test_acc": info.get("test_acc"), "pseudo_label_acc": None, "pseudo_label_acc_selected": None,
@@ -133,7 +146,7 @@ def status_rows(run: RunDir) -> list[dict]:
 # between runs of a benchmark and costs an hour or two on 2 cores
 
 ORACLE_CACHE = Path("runs/cache")
-ORACLE_STEP = "baselines/oracle"
+ORACLE_STEP = baseline_step("oracle")
 
 
 def _non_default(obj: Any) -> dict:
@@ -163,7 +176,7 @@ def converged_oracle_config(cfg: ExperimentConfig) -> ExperimentConfig:
     model = cfg.student.ladder[-1]
     epochs = cfg.oracle_converged_epochs
     data = dataclasses.replace(cfg.data, unlabeled_limit=None,
-                               labels_per_class=6000 if cfg.data.kind == "fashion_mnist" else cfg.data.labels_per_class)
+                               labels_per_class=ALL_LABELS_PER_CLASS.get(cfg.data.kind, cfg.data.labels_per_class))
     train = dataclasses.replace(cfg.teacher_train, epochs=epochs, num_workers=TrainConfig().num_workers)
     oracle = ExperimentConfig(name=f"oracle-{model.name}-{epochs}ep", seed=cfg.seed, device=cfg.device, data=data,
                               teacher=model, teacher_train=train, student=StudentConfig(generations=0, ladder=[model]),
@@ -176,7 +189,7 @@ def converged_oracle_dir(cfg: ExperimentConfig, cache_root: str | Path = ORACLE_
     training settings and the seed (not the device, Ray, or where the Fashion-MNIST files lie)."""
     oracle = converged_oracle_config(cfg)
     data = _non_default(oracle.data)
-    if oracle.data.kind == "fashion_mnist":
+    if oracle.data.kind in ALL_LABELS_PER_CLASS:
         data.pop("root", None)
     blob = json.dumps({"model": _non_default(oracle.teacher), "data": data, "train": _non_default(oracle.teacher_train),
                        "seed": oracle.seed}, sort_keys=True, default=str)

@@ -19,7 +19,8 @@ from typing import Optional
 from noisystudent.io import read_json
 
 from .config import ExperimentConfig
-from .state import RunDir, step_name
+from .state import RunDir
+from .steps import step_name
 
 
 def same_teacher_generation(run: RunDir, g: int) -> Optional[int]:

@@ -9,26 +9,22 @@ as not done, and running again redoes or resumes only that step. The resolved co
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
-from noisystudent.config import dump_config, to_dict
 from noisystudent.errors import UserError
-from noisystudent.io import read_json, sha256_file, write_json, write_text
+from noisystudent.io import read_json, sha256_file, write_json
 from pipelines.config import ExperimentConfig, config_from_dict
+
+from .frozen import FrozenConfig, digest
+from .steps.names import gen_folder
 
 # Fields that may change between calls on the same run: where Ray runs, how many generations to go, and
 # the converged oracle's epochs (that oracle is cached outside the run, under a name that carries them).
 RUNTIME_FIELDS = ("ray", "student.generations", "device", "oracle_converged_epochs")
-
-STEPS = ("label", "select", "student", "evaluate", "promote")
 
 # Fields added after runs could have been frozen, with the value that keeps such a run doing what it did
 # (its labeled images all trained; every student was promoted). A config.yaml without one loads with it.
@@ -39,29 +35,9 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _strip_runtime(d: dict) -> dict:
-    d = json.loads(json.dumps(d))
-    for dotted in RUNTIME_FIELDS:
-        node = d
-        parts = dotted.split(".")
-        for p in parts[:-1]:
-            node = node.get(p, {})
-        node.pop(parts[-1], None)
-    return d
-
-
 def config_digest(cfg: ExperimentConfig) -> str:
-    blob = json.dumps(_strip_runtime(to_dict(cfg)), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
-        return out
-    return [] if a == b else [prefix]
+    """A short hash of the config's non-runtime fields (``state.json``'s ``config_digest``)."""
+    return digest(cfg, RUNTIME_FIELDS)
 
 
 def check_writable(path: Path, min_free_bytes: Optional[int] = None) -> None:
@@ -105,7 +81,7 @@ class RunDir:
         return self.root / "state.json"
 
     def gen(self, g: int) -> Path:
-        return self.root / f"gen-{g}"
+        return self.root / gen_folder(g)
 
     def teacher_dir(self) -> Path:
         return self.gen(0) / "teacher"
@@ -134,39 +110,18 @@ class RunDir:
         promoted = self.state().get("teachers", {}).get(str(g))
         return self.root / promoted if promoted else self.model_dir(g - 1) / "model.pt"
 
-    def first_missing_step(self, g: int) -> Optional[str]:
-        """The first step of generation ``g`` that is not done (``teacher`` at 0), None when all are."""
-        names = ("teacher",) if g == 0 else STEPS
-        done = self.state().get("steps", {})
-        return next((s for s in names if step_name(g, s) not in done), None)
-
     # ---- config ----------------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.config_path.is_file()
 
+    def frozen(self) -> FrozenConfig:
+        """The run's frozen ``config.yaml`` (:mod:`pipelines.frozen`)."""
+        return FrozenConfig(self.config_path, config_from_dict, RUNTIME_FIELDS, LEGACY_VALUES)
+
     def load_config(self) -> ExperimentConfig:
         if not self.exists():
             raise UserError(f"{self.root} is not a run folder (no config.yaml); start one with `noisystudent run CONFIG --run-dir {self.root}`")
-        raw = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
-        for dotted in self._legacy_fields(raw):
-            node = raw
-            *parents, key = dotted.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[key] = LEGACY_VALUES[dotted]
-        return config_from_dict(raw)
-
-    @staticmethod
-    def _legacy_fields(raw: dict) -> list[str]:
-        """The fields of :data:`LEGACY_VALUES` a frozen config does not have (it predates them)."""
-        out = []
-        for dotted in LEGACY_VALUES:
-            node: Any = raw
-            for p in dotted.split("."):
-                node = node.get(p) if isinstance(node, dict) and p in node else KeyError
-            if node is KeyError:
-                out.append(dotted)
-        return out
+        return self.frozen().load()
 
     def freeze_config(self, cfg: ExperimentConfig) -> ExperimentConfig:
         """Write ``config.yaml`` on first use; afterwards refuse a config that differs in a non-runtime field.
@@ -175,22 +130,15 @@ class RunDir:
         is updated with them.
         """
         check_writable(self.root)
-        if self.exists():
-            old = self.load_config()
-            raw = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
-            for dotted in self._legacy_fields(raw):  # a run frozen before the field existed keeps its behaviour
-                *parents, key = dotted.split(".")
-                src, dst = old, cfg
-                for p in parents:
-                    src, dst = getattr(src, p), getattr(dst, p)
-                setattr(dst, key, getattr(src, key))
-            if config_digest(old) != config_digest(cfg):
-                changed = _diff(_strip_runtime(to_dict(old)), _strip_runtime(to_dict(cfg)))
+        frozen = self.frozen()
+        if frozen.exists():
+            _, changed = frozen.changes(cfg)  # a run frozen before a legacy field existed keeps its behaviour
+            if changed:
                 raise UserError(
                     f"run {self.root} was started with a different config (changed: {', '.join(changed[:5])}); "
                     "use a new --run-dir or the original config"
                 )
-        write_text(self.config_path, dump_config(cfg))
+        frozen.write(cfg)
         st = self.state()
         st.setdefault("name", cfg.name)
         st.setdefault("created", _now())
@@ -237,6 +185,3 @@ class RunDir:
             st.setdefault("promotions", {})[str(g)] = decision
         self._write_state(st)
 
-
-def step_name(g: int, step: str) -> str:
-    return f"gen-{g}/{step}"

@@ -71,15 +71,16 @@ from noisystudent.io import read_json, write_json
 from pipelines.config import ExperimentConfig, config_from_dict
 
 from .state import RunDir
+from .steps import DISTILL, TEACHER, generation_of, step_name
 
-TEACHER_STEP = "gen-0/teacher"
-TRIAL_STEP = "distill/student"
+TEACHER_STEP = step_name(0, TEACHER)
+TRIAL_STEP = DISTILL
 # data fields holding paths: relative ones are resolved against the driver's working directory when the
 # study is loaded, because Tune runs each trial in its own working directory
 DATA_PATH_FIELDS = ("root", "labeled", "unlabeled", "test", "val")
 STUDY_KEYS = {"base", "set", "name", "grid", "random", "resources", "max_concurrent", "max_failures", "teacher", "kind",
               "variants"}
-LOOP_STEP = "gen-1/label"
+LOOP_STEP = step_name(1, "label")
 # pseudo_labels fields the labeling job reads: the labels every loop trial of a teacher shares depend on them
 LABEL_FIELDS = ("temperature", "topk")
 
@@ -360,7 +361,7 @@ def run_study(study_file: str | Path, study_dir: str | Path, ray_address: Option
         jobs, seen = [], set()
         for t in study.trials:
             tdir = study_dir / "teachers" / t.teacher_key
-            teacher_of[t.teacher_key] = str(tdir / "gen-0" / "teacher")
+            teacher_of[t.teacher_key] = str(RunDir(tdir).teacher_dir())
             if t.teacher_key in seen or RunDir(tdir).is_done(TEACHER_STEP):
                 continue
             seen.add(t.teacher_key)
@@ -442,7 +443,7 @@ def seed_loop_trial(teacher_dir: Path, run: RunDir) -> None:
 def trial_done(run: RunDir, kind: str, cfg: dict) -> bool:
     if kind == "loop":
         n = int(cfg["student"]["generations"])
-        return run.state_path.is_file() and (n == 0 or run.is_done(f"gen-{n}/promote") or "stopped" in run.state())
+        return run.state_path.is_file() and (n == 0 or run.is_done(step_name(n, "promote")) or "stopped" in run.state())
     return run.is_done(TRIAL_STEP)
 
 
@@ -490,7 +491,7 @@ def collect(study_dir: str | Path) -> list[dict]:
             if done and not err:
                 r = loop_result(run)
                 row.update(status="done", seconds=sum(v.get("seconds", 0) for k, v in run.state()["steps"].items()
-                                                      if k.startswith("gen-") and not k.startswith("gen-0")), error=None,
+                                                      if (generation_of(k) or 0) > 0), error=None,
                            **{k: r.get(k) for k in ("test_acc", "fidelity", "teacher_test_acc", "val_acc", "promoted")},
                            **{k: v for k, v in r.items() if k.startswith("gen")})
             else:

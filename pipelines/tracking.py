@@ -25,6 +25,8 @@ import pandas as pd
 
 from noisystudent.errors import UserError
 
+from .steps import gen_folder
+
 BACKENDS = ("tensorboard", "mlflow")
 FILE_STORE_OPT_IN = "MLFLOW_ALLOW_FILE_STORE"
 
@@ -102,7 +104,7 @@ def tracked_runs(run_dir: str | os.PathLike) -> list[TrackedRun]:
     out: list[TrackedRun] = []
     teacher = data.teacher
     if teacher is not None and (teacher.metrics is not None or teacher.history is not None):
-        tr = TrackedRun("gen-0", 0, params={"role": "teacher", "model": cfg.teacher.name, "generation": "0"})
+        tr = TrackedRun(gen_folder(0), 0, params={"role": "teacher", "model": cfg.teacher.name, "generation": "0"})
         _history_scalars(tr, teacher.history)
         tr.add("final/test_acc", 0, (teacher.metrics or {}).get("test_acc"))
         out.append(tr)
@@ -110,7 +112,7 @@ def tracked_runs(run_dir: str | os.PathLike) -> list[TrackedRun]:
         if not g.started:
             continue
         model = cfg.student_model(g.generation)
-        tr = TrackedRun(f"gen-{g.generation}", g.generation, params={
+        tr = TrackedRun(gen_folder(g.generation), g.generation, params={
             "role": "student", "model": model.name, "generation": str(g.generation),
             "drop_rate": str(model.drop_rate), "drop_path_rate": str(model.drop_path_rate),
             "randaugment": f"n={model.noise.randaugment_n} m={model.noise.randaugment_m:g}",

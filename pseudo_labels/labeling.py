@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -39,6 +38,8 @@ from noisystudent.errors import UserError
 from noisystudent.io import atomic_path, read_json, write_json, write_text
 
 from .schema import COLUMNS, SCHEMA, LabelMetadata, effective_topk, probs_to_table
+from noisystudent.data.hidden import class_map, true_labels  # noqa: F401 - true_labels: this package's face
+
 from .sharded import ImageBatchActor, check_run_args, is_streaming, job_record, pending_chunks, run_chunks
 from .store import (
     SHARD_GLOB,
@@ -66,8 +67,11 @@ SUMMARY_KEY = b"noisystudent.summary"
 class Labeler(ImageBatchActor):
     """Ray Data callable class: decodes a batch of source indices and labels it with the teacher(s).
 
+    The batch reaches :meth:`score` decoded, resized and normalised per batch on the actor's device
+    (:class:`~pseudo_labels.sharded.ImageBatchActor`, :mod:`noisystudent.feed`), in fp16 channels-last on a GPU.
+
     Several teachers form an ensemble: each gives softmax(logits / T) and the probabilities are
-    averaged. Images that cannot be decoded come back as rows with a ``reject_reason`` instead of
+    averaged with ``weights`` (normalised; equal when None). Images that cannot be decoded come back as rows with a ``reject_reason`` instead of
     failing the block (:class:`~pseudo_labels.sharded.ImageBatchActor`).
     """
 
@@ -79,34 +83,37 @@ class Labeler(ImageBatchActor):
         teachers: Sequence[Checkpoint],
         temperature: float = 1.0,
         topk: Optional[int] = None,
+        weights: Optional[Sequence[float]] = None,
         device: str = "cpu",
         decode_threads: int = 1,
         torch_threads: Optional[int] = None,
         kill_once_marker: Optional[str] = None,
+        device_decode: bool = False,
     ) -> None:
         import torch
 
-        from noisystudent.transforms import create_transform
-
         super().__init__(source, decode_threads=decode_threads, torch_threads=torch_threads,
-                         kill_once_marker=kill_once_marker)
+                         kill_once_marker=kill_once_marker, device=device, device_decode=device_decode)
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("labeling actor was given a GPU but torch sees no CUDA device")
-        self.device = torch.device(device)
         self.half = self.device.type == "cuda"
+        # the batch arrives normalised in the model's dtype and memory format (fp16 channels-last on a GPU)
+        self.input_dtype = torch.float16 if self.half else torch.float32
+        self.channels_last = self.half
         self.temperature = float(temperature)
         self.num_classes = teachers[0].spec.num_classes
         self.topk = effective_topk(topk, self.num_classes)
+        from noisystudent.distill.ensemble import normalize_weights
+
         self.teacher_id = teacher_column(teachers)
+        self.weights = normalize_weights(weights, len(teachers), "weights")
         self.models = []
         for ckpt in teachers:
             spec = ckpt.spec
             model = ckpt.build_model(self.device)
             if self.half:
                 model = model.half().to(memory_format=torch.channels_last)
-            key = (spec.image_size, spec.in_chans, tuple(spec.mean), tuple(spec.std))
-            if key not in self.transforms:
-                self.transforms[key] = create_transform(spec.image_size, spec.in_chans, list(spec.mean), list(spec.std), noise=None)
+            key = self.add_input(spec.image_size, spec.in_chans, list(spec.mean), list(spec.std))
             self.models.append((key, model))
 
     def score(self, ids: list[str], inputs: dict[tuple, Any]) -> pa.Table:
@@ -115,15 +122,16 @@ class Labeler(ImageBatchActor):
     def _probs(self, inputs: dict[tuple, Any]) -> np.ndarray:
         import torch
 
-        total = None
+        from noisystudent.distill.ensemble import mixture
+
+        logits = []
         with torch.inference_mode():
             for key, model in self.models:
                 x = inputs[key].to(self.device, non_blocking=True)
                 if self.half:
                     x = x.half().contiguous(memory_format=torch.channels_last)
-                p = torch.softmax(model(x).float() / self.temperature, dim=1)
-                total = p if total is None else total + p
-        return (total / len(self.models)).cpu().numpy()
+                logits.append(model(x))
+            return mixture(logits, self.weights, self.temperature).cpu().numpy()
 
 
 def teacher_column(teachers: Sequence[Checkpoint]) -> str:
@@ -149,41 +157,6 @@ def load_teachers(checkpoints: Sequence[str | os.PathLike]) -> list[Checkpoint]:
                 "an ensemble needs the same classes in the same order"
             )
     return teachers
-
-
-def true_labels(source: Any, image_ids: Sequence[str], class_names: Sequence[str]) -> Optional[np.ndarray]:
-    """The source's hidden labels for ``image_ids``, as indices into ``class_names`` (-1 unknown).
-
-    For measuring pseudo-label quality only (the student must never see them). Returns None when the
-    source has no hidden labels. When the source names its classes in another order they are mapped
-    by name.
-    """
-    hidden = getattr(source, "hidden_labels", None)
-    if hidden is None:
-        return None
-    hidden = np.asarray(hidden, dtype=np.int64)
-    src_classes = getattr(source, "classes", None)
-    if src_classes is not None and list(src_classes) != list(class_names):
-        index = {name: k for k, name in enumerate(class_names)}
-        mapping = np.asarray([index.get(name, -1) for name in src_classes] + [-1], dtype=np.int64)
-        hidden = mapping[np.where(hidden < 0, len(src_classes), hidden)]
-    pos = source.positions(image_ids)
-    out = np.full(len(pos), -1, dtype=np.int64)
-    out[pos >= 0] = hidden[pos[pos >= 0]]
-    return out
-
-
-def hidden_label_map(source: Any, class_names: Sequence[str]) -> Optional[np.ndarray]:
-    """``map[c]``: the index in ``class_names`` of the source's hidden class ``c`` (-1 unknown), with one
-    more entry (-1) for an unknown hidden label; None when the source has no hidden labels. O(classes):
-    what the labeling workers use to score pseudo-label accuracy shard by shard."""
-    if getattr(source, "hidden_labels", None) is None:
-        return None
-    src_classes = getattr(source, "classes", None)
-    if src_classes is None or list(src_classes) == list(class_names):
-        return np.asarray(list(range(len(class_names))) + [-1], dtype=np.int64)
-    index = {name: k for k, name in enumerate(class_names)}
-    return np.asarray([index.get(name, -1) for name in src_classes] + [-1], dtype=np.int64)
 
 
 def _check_args(temperature: float, topk: Optional[int], batch_size: int, num_actors: int,
@@ -295,6 +268,7 @@ def _finish(out: Path, source: Any, metadata: LabelMetadata, *, processed: int, 
         "throughput_images_per_s": round(processed / seconds, 2) if processed and seconds > 0 else None,
         "teachers": metadata.teachers,
         "teacher_paths": teacher_paths,
+        "teacher_weights": metadata.teacher_weights,
         "temperature": metadata.temperature,
         "topk": metadata.topk,
         "chunk_size": chunk_size,
@@ -325,8 +299,13 @@ def label_images(
     force: bool = False,
     progress: bool = True,
     kill_once_marker: Optional[str] = None,
+    weights: Optional[Sequence[float]] = None,
+    device_decode: bool = False,
 ) -> dict[str, Any]:
     """Label every image of ``source`` with the teacher checkpoint(s) into ``out_dir``; return the summary.
+
+    Several checkpoints are an ensemble: the mixture of their probabilities with ``weights`` (one per
+    checkpoint, normalised to sum 1; None: equal), recorded in the shards' metadata and the summary.
 
     ``source`` is an in-memory :class:`~noisystudent.data.base.ImageSource` (cut into chunks of
     ``chunk_size`` indices) or a streaming source (:class:`~noisystudent.data.streaming.StreamSource`, cut
@@ -339,11 +318,17 @@ def label_images(
     Raises :class:`UserError` for bad arguments, unreadable or mismatched checkpoints, and a folder
     that holds labels of another job (other teachers, temperature, top-k, source or chunk size).
 
+    ``device_decode``: on GPU actors, decode the JPEG bytes of a ``parquet_bytes``/``webdataset`` source with
+    torchvision's nvJPEG decoder and resize on the GPU (:func:`noisystudent.feed.decode_jpeg_batch`); the
+    pixels then differ slightly from the CPU path's (bilinear+antialias instead of area resize).
+
     ``kill_once_marker`` is a fault-injection hook for tests: the first actor to create that file
     exits hard mid-job, so the retry path is exercised with a real dead process.
     """
     _check_args(temperature, topk, batch_size, num_actors, num_gpus_per_actor, num_cpus_per_actor, chunk_size)
     out = Path(out_dir)
+    from noisystudent.distill.ensemble import normalize_weights
+
     teachers = load_teachers(checkpoints)
     spec = teachers[0].spec
     metadata = LabelMetadata(
@@ -352,12 +337,14 @@ def label_images(
         temperature=temperature,
         topk=topk,
         teachers=[t.checkpoint_id for t in teachers],
+        # recorded only when given, so a single teacher's (or an equal ensemble's) labels stay resumable
+        teacher_weights=normalize_weights(weights, len(teachers), "weights") if weights is not None else None,
     )
     teacher_paths = [str(p) for p in checkpoints]
 
     if not is_streaming(source) and len(source) == 0:
         raise UserError("the unlabeled source holds no images")
-    job = job_record(source, chunk_size, asdict(metadata))
+    job = job_record(source, chunk_size, metadata.record())
     todo = pending_chunks(out, job, force=force, outputs=(SUMMARY_FILE, REJECTED_FILE),
                           check_shard=lambda path: check_metadata(read_metadata(path), metadata, str(path), "this job"))
     if todo is None:
@@ -366,11 +353,12 @@ def label_images(
     start = time.perf_counter()
     processed = run_chunks(
         source, todo, chunk_size=chunk_size, actor=Labeler,
-        actor_kwargs={"teachers": teachers, "temperature": temperature, "topk": topk},
+        actor_kwargs={"teachers": teachers, "temperature": temperature, "topk": topk, "weights": weights,
+                      "device_decode": device_decode},
         write_chunk=_write_chunk(out, metadata), batch_size=batch_size, num_actors=num_actors,
         num_gpus_per_actor=num_gpus_per_actor, num_cpus_per_actor=num_cpus_per_actor, progress=progress,
         desc="labeling", kill_once_marker=kill_once_marker,
-        truth_map=hidden_label_map(source, metadata.class_names),
+        truth_map=class_map(source, metadata.class_names),
     )
     seconds = time.perf_counter() - start
     return _finish(out, source, metadata, processed=processed, seconds=seconds, chunk_size=chunk_size,

@@ -46,7 +46,9 @@ class LabelMetadata:
     """What a pseudo-label shard's integers mean and how they were made.
 
     ``topk`` is the number of classes stored per row (``num_classes`` when all are stored).
-    ``teachers`` lists checkpoint ids; more than one means the probabilities are an ensemble mean.
+    ``teachers`` lists checkpoint ids; more than one means the probabilities are an ensemble mean, weighted
+    by ``teacher_weights`` (summing to 1, in the order of ``teachers``) or equal when it is None (shards
+    written before weights existed read as equal weights).
     """
 
     class_names: list[str]
@@ -55,6 +57,7 @@ class LabelMetadata:
     topk: Optional[int] = None
     teachers: list[str] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    teacher_weights: Optional[list[float]] = None
 
     def __post_init__(self) -> None:
         self.class_names = [str(c) for c in self.class_names]
@@ -63,13 +66,26 @@ class LabelMetadata:
         self.topk = effective_topk(self.topk, self.num_classes)
         self.teachers = [str(t) for t in self.teachers]
         self.schema_version = int(self.schema_version)
+        if self.teacher_weights is not None:
+            self.teacher_weights = [float(w) for w in self.teacher_weights]
+            if len(self.teacher_weights) != len(self.teachers):
+                raise UserError(f"label metadata: {len(self.teacher_weights)} teacher weights for "
+                                f"{len(self.teachers)} teachers")
         if len(self.class_names) != self.num_classes:
             raise UserError(
                 f"label metadata: {len(self.class_names)} class names for num_classes={self.num_classes}"
             )
 
+    def record(self) -> dict:
+        """The fields as plain data; ``teacher_weights`` only when set, so equal-weight labels keep the exact
+        metadata (and job record) they had before weights existed, and stay resumable."""
+        out = asdict(self)
+        if out["teacher_weights"] is None:
+            del out["teacher_weights"]
+        return out
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.record(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = "metadata") -> "LabelMetadata":
@@ -79,7 +95,7 @@ class LabelMetadata:
             raise UserError(f"{where}: pseudo-label metadata is not valid JSON ({exc})") from None
         if not isinstance(raw, dict):
             raise UserError(f"{where}: pseudo-label metadata is not a JSON object")
-        known = {"class_names", "num_classes", "temperature", "topk", "teachers", "schema_version"}
+        known = {"class_names", "num_classes", "temperature", "topk", "teachers", "schema_version", "teacher_weights"}
         missing = {"class_names", "num_classes", "schema_version"} - raw.keys()
         if missing:
             raise UserError(f"{where}: pseudo-label metadata lacks {', '.join(sorted(missing))}")

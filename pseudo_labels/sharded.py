@@ -9,7 +9,7 @@ actor (a subclass of :class:`ImageBatchActor`), how one partition's rows become 
 How the work is cut, and why each image is scored exactly once
 --------------------------------------------------------------
 The source is cut into *partitions* that are the same on every run: fixed chunks of ``chunk_size``
-indices of an in-memory source (:class:`~noisystudent.data.streaming.IndexChunks`), or the files /
+indices of an in-memory source (:class:`~pseudo_labels.chunks.IndexChunks`), or the files /
 top-level folders of a streaming one (:class:`~noisystudent.data.streaming.StreamSource`). Partition
 ``p`` is written as ``part-{p:05d}.parquet``. A shard holds the rows of its partition's readable images
 and, in its file metadata, the ``(image_id, reason)`` of the unreadable ones and the caller's per-shard
@@ -53,6 +53,8 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
+from noisystudent.data.hidden import remap
+from noisystudent.data.protocols import AttachedOnWorker, HiddenLabelReader, IdentifiedSource, PartitionedSource
 from noisystudent.errors import ImageDecodeError, UserError
 from noisystudent.io import clean_temporaries, read_json, write_json
 
@@ -76,53 +78,84 @@ WriteChunk = Callable[..., None]
 class ImageBatchActor:
     """Base of the scoring actors: decodes a batch of images, scores the readable ones.
 
-    A subclass sets ``result_schema`` (its row columns, ``image_id`` among them) and ``self.transforms``
-    (key -> transform; each image is transformed once per key, for models that take different inputs),
-    and implements :meth:`score`. ``source`` is the partition reader (``decode(image_id, raw)``). Images
-    that cannot be decoded are returned as ``(image_id, reason)`` rejects instead of failing the partition.
+    A subclass sets ``result_schema`` (its row columns, ``image_id`` among them), adds one
+    :class:`~noisystudent.feed.EvalInput` per distinct model input with :meth:`add_input` (each image is
+    fitted once per input, for models that take different inputs), and implements :meth:`score`.
+    ``source`` is the partition reader (``decode(image_id, raw)``, and ``decode_batch(raws)`` when it
+    holds its pixels in an array). Images that cannot be decoded are returned as ``(image_id, reason)``
+    rejects instead of failing the partition.
+
+    A batch goes through two halves (:mod:`noisystudent.feed` says why): :meth:`prepare` on the host
+    (decode, resize, stack as uint8, pin; run one batch ahead in a thread by the partition worker) and
+    :meth:`finish` where the model is (copy, normalise in ``input_dtype``, score).
     """
 
     result_schema: ClassVar[pa.Schema]
+    #: what :meth:`score` gets: normalised batches of this dtype and memory format, on ``self.device``
+    input_dtype: Any = None
+    channels_last: bool = False
 
     def __init__(self, source: Any, decode_threads: int = 1, torch_threads: Optional[int] = None,
-                 kill_once_marker: Optional[str] = None) -> None:
-        if torch_threads:
-            import torch
-
-            torch.set_num_threads(int(torch_threads))
-        self.source = source
-        self.transforms: dict[Any, Any] = {}
-        self.pool = ThreadPoolExecutor(decode_threads) if decode_threads > 1 else None
-        self.kill_once_marker = kill_once_marker
-
-    def score(self, ids: list[str], inputs: dict[Any, Any]) -> pa.Table:
-        """Rows of ``result_schema`` for the readable images ``ids``; ``inputs[key]`` is their stacked tensor."""
-        raise NotImplementedError
-
-    def _load(self, item: tuple[str, Any]) -> tuple[Optional[dict[Any, Any]], str]:
-        """Decode one image and apply each input transform; or None and why it failed."""
-        image_id, raw = item
-        try:
-            img = self.source.decode(image_id, raw)
-        except ImageDecodeError as exc:
-            return None, exc.reason or "unreadable"
-        except (OSError, ValueError) as exc:  # a source that does not wrap its decoder's errors
-            return None, f"{type(exc).__name__}: {exc}"
-        return {key: tf(img) for key, tf in self.transforms.items()}, ""
-
-    def process(self, ids: list[str], raws: list[Any]) -> tuple[Optional[pa.Table], list[int], list[tuple[str, str]]]:
-        """``(rows of the readable images or None, their positions in the batch, rejects)``."""
+                 kill_once_marker: Optional[str] = None, device: str = "cpu", device_decode: bool = False) -> None:
         import torch
 
-        items = list(zip(ids, raws))
-        # Pillow and the resize release the GIL, so threads decode in parallel within one actor.
-        loaded = list(self.pool.map(self._load, items)) if self.pool else [self._load(x) for x in items]
-        ok = [k for k, (x, _) in enumerate(loaded) if x is not None]
-        rejected = [(ids[k], loaded[k][1]) for k, (x, _) in enumerate(loaded) if x is None]
+        from noisystudent.feed import limit_native_threads
+
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))
+        limit_native_threads(decode_threads)
+        self.source = source
+        self.device = torch.device(device)
+        self.inputs: dict[Any, Any] = {}
+        self.transforms = self.inputs  # key -> EvalInput; also callable on one image (the eval transform)
+        self.decode_threads = max(1, int(decode_threads))
+        self.pool = ThreadPoolExecutor(self.decode_threads) if self.decode_threads > 1 else None
+        self.kill_once_marker = kill_once_marker
+        # JPEG bytes decoded by nvJPEG where the model is (feed.decode_jpeg_batch): only on a GPU, and only
+        # for sources of encoded bytes (parquet_bytes, webdataset)
+        self.device_decode = bool(device_decode) and self.device.type == "cuda" and \
+            getattr(source, "format", None) in ("parquet_bytes", "webdataset")
+
+    def add_input(self, image_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float], key: Any = None) -> Any:
+        """Register a model input (once per distinct input); returns its key (by default its own parameters)."""
+        from noisystudent.feed import EvalInput
+
+        inp = EvalInput(image_size, in_chans, mean, std)
+        key = inp.key if key is None else key
+        self.inputs.setdefault(key, inp)
+        return key
+
+    def score(self, ids: list[str], inputs: dict[Any, Any]) -> pa.Table:
+        """Rows of ``result_schema`` for the readable images ``ids``; ``inputs[key]`` is their normalised batch."""
+        raise NotImplementedError
+
+    def prepare(self, ids: list[str], raws: list[Any]) -> tuple:
+        """The host half: ``(ids, raws, {key: uint8 NHWC tensor or None}, positions read, rejects)``."""
+        from noisystudent.feed import decode_fit, pin
+
+        if self.device_decode:
+            return ids, raws, None, None, None  # decoded in finish, on the device
+        arrays, ok, rejected = decode_fit(self.source, ids, raws, self.inputs, self.pool, self.decode_threads)
+        return ids, raws, pin(arrays, self.device), ok, rejected
+
+    def finish(self, prepared: tuple) -> tuple[Optional[pa.Table], list[int], list[tuple[str, str]]]:
+        """The device half: ``(rows of the readable images or None, their positions in the batch, rejects)``."""
+        import torch
+
+        ids, raws, host, ok, rejected = prepared
+        if host is None:
+            from noisystudent.feed import decode_jpeg_batch
+
+            host, ok, rejected = decode_jpeg_batch(self.source, ids, raws, self.inputs, self.device)
         if not ok:
             return None, ok, rejected
-        inputs = {key: torch.stack([loaded[k][0][key] for k in ok]) for key in self.transforms}
+        dtype = self.input_dtype or torch.float32
+        inputs = {key: self.inputs[key].batch(x, self.device, dtype, self.channels_last) for key, x in host.items()}
         return self.score([ids[k] for k in ok], inputs), ok, rejected
+
+    def process(self, ids: list[str], raws: list[Any]) -> tuple[Optional[pa.Table], list[int], list[tuple[str, str]]]:
+        """Both halves on one batch: ``(rows of the readable images or None, their positions, rejects)``."""
+        return self.finish(self.prepare(ids, raws))
 
 
 class PartitionWorker:
@@ -134,7 +167,7 @@ class PartitionWorker:
     def __init__(self, actor: type, actor_kwargs: dict[str, Any], reader: Any, write_chunk: WriteChunk,
                  batch_size: int, truth_map: Optional[np.ndarray] = None,
                  kill_once_marker: Optional[str] = None) -> None:
-        if hasattr(reader, "attach"):
+        if isinstance(reader, AttachedOnWorker):
             reader.attach()
         self.actor = actor(source=reader, **actor_kwargs)
         self.reader, self.write_chunk, self.batch_size = reader, write_chunk, batch_size
@@ -157,17 +190,20 @@ class PartitionWorker:
         truths: list[np.ndarray] = []
         rejected: list[tuple[str, str]] = []
         images = 0
-        use_truth = self.truth_map is not None and hasattr(self.reader, "hidden")
-        for ids, raws in self.reader.read_partition(p, self.batch_size):
+        use_truth = self.truth_map is not None and isinstance(self.reader, HiddenLabelReader)
+        from noisystudent.feed import prefetch
+
+        # the next batch is read, decoded and pinned in a thread while the model scores this one
+        for prepared in prefetch(self.reader.read_partition(p, self.batch_size), lambda b: self.actor.prepare(*b)):
+            ids, raws = prepared[0], prepared[1]
             images += len(ids)
-            rows, ok, bad = self.actor.process(ids, raws)
+            rows, ok, bad = self.actor.finish(prepared)
             rejected.extend(bad)
             if rows is not None:
                 parts.append(rows.select(self.columns))
                 if use_truth:
                     hidden = self.reader.hidden([raws[k] for k in ok])
-                    truths.append(np.full(len(ok), -1, np.int64) if hidden is None else
-                                  self.truth_map[np.where(hidden < 0, len(self.truth_map) - 1, hidden)])
+                    truths.append(np.full(len(ok), -1, np.int64) if hidden is None else remap(hidden, self.truth_map))
         schema = pa.schema([f.with_nullable(True) for f in self.actor.result_schema])
         table = pa.concat_tables([t.cast(schema) for t in parts]) if parts else schema.empty_table()
         if self.truth_map is not None:
@@ -197,7 +233,7 @@ class PartitionWorker:
 def ids_sha256(source: Any) -> str:
     """A hash of every image id in index order: the identity of an in-memory source a job cuts into chunks
     (streamed, O(1) memory). A streaming source gives its own (a hash of its partition names)."""
-    if hasattr(source, "identity"):
+    if isinstance(source, IdentifiedSource):
         return source.identity()
     h = hashlib.sha256()
     for i in range(len(source)):
@@ -208,7 +244,7 @@ def ids_sha256(source: Any) -> str:
 
 def is_streaming(source: Any) -> bool:
     """A source cut into its own partitions (files), not an in-memory source cut into index chunks."""
-    return hasattr(source, "read_partition") and hasattr(source, "partitions")
+    return isinstance(source, PartitionedSource)
 
 
 def reader_for(source: Any, chunk_size: int) -> Any:
@@ -216,7 +252,7 @@ def reader_for(source: Any, chunk_size: int) -> Any:
     goes to Ray's object store once, when a Ray instance is running)."""
     if is_streaming(source):
         return source
-    from noisystudent.data.streaming import IndexChunks
+    from .chunks import IndexChunks
 
     ref = None
     try:

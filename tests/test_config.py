@@ -105,7 +105,8 @@ def test_cli_exits_2_with_one_line(tmp_path, content, flag, needle):
 @pytest.mark.parametrize("path", _experiment_configs(Path(__file__).parent.parent), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     """Every config under configs/ is valid, and its ladder only grows (the student is equal or larger);
-    a distillation config's student is smaller than its teacher."""
+    a distillation config's student is smaller than its teacher, and so is each rung of a teacher-assistant
+    ladder (a loop whose online-teacher students shrink and are always promoted)."""
     from noisystudent.models import create_model
 
     cfg = load_config(path)
@@ -118,6 +119,12 @@ def test_shipped_configs_load(path):
     sizes = [sum(p.numel() for p in create_model(cfg.student_model(g).name, num_classes=10, in_chans=cfg.data.in_chans).parameters())
              for g in range(1, cfg.student.generations + 1)]
     teacher = sum(p.numel() for p in create_model(cfg.teacher.name, num_classes=10, in_chans=cfg.data.in_chans).parameters())
+    if "teacher_assistant" in path.name:
+        from noisystudent.distill import get_method
+
+        assert [teacher] + sizes == sorted([teacher] + sizes, reverse=True) and cfg.student.promote == "always"
+        assert get_method(cfg.student.method["name"]).teacher_for(cfg.student.method) == "online"
+        return
     assert teacher <= sizes[0] and sizes == sorted(sizes), (cfg.teacher.name, sizes)
 
 

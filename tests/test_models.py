@@ -20,7 +20,7 @@ from noisystudent.models.layers import drop_path_rates
 from noisystudent.models.torchvision_models import TorchvisionNet
 
 ALL = list_models()
-CIFAR_RESNETS = ["resnet8", "resnet14", "resnet20", "resnet26"]
+CIFAR_RESNETS = ["resnet8", "resnet14", "resnet20", "resnet26", "resnet32", "resnet44", "resnet56", "resnet110"]
 SMALL = CIFAR_RESNETS + ["wrn_16_2", "wrn_16_4", "wrn_28_2", "wrn_28_10", "wrn_40_2"]
 IMAGENET = [
     "resnet18",
@@ -201,7 +201,8 @@ def test_params_grow_along_the_ladders() -> None:
     def params(name: str) -> int:
         return model_num_params(create_model(name, NUM_CLASSES))
 
-    assert params("resnet8") < params("resnet14") < params("resnet20") < params("resnet26")
+    depths = [params(name) for name in CIFAR_RESNETS]
+    assert depths == sorted(depths) and len(set(depths)) == len(depths)
     assert params("wrn_16_2") < params("wrn_28_2") < params("wrn_40_2")
     assert params("wrn_16_2") < params("wrn_16_4")
 

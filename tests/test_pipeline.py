@@ -19,7 +19,8 @@ from noisystudent.errors import UserError
 from pipelines import steps
 from pipelines.config import config_from_dict
 from pipelines.loop import converged_oracle, converged_oracle_dir, run_all, train_converged_oracle
-from pipelines.state import RunDir, step_name
+from pipelines.state import RunDir
+from pipelines.steps import step_name
 from pseudo_labels import read_labels
 
 

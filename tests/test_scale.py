@@ -348,3 +348,21 @@ def test_student_reads_the_selection_of_a_streaming_source(image_world, tmp_path
         assert pseudo.dataset_targets().dense(0).sum() == pytest.approx(1.0)
     with pytest.raises(UserError, match="data.unlabeled_format"):
         selected_source(StreamSource("webdataset", w["wds"], in_chans=1), pa.array(["a/img_0000.png"]), 1)
+
+
+def test_webdataset_members_are_grouped_into_samples_by_key(tmp_path):
+    """WebDataset: consecutive members with one key (the path up to the file name's first dot) are one
+    sample, its first image member the image; companions and image-less samples add no image."""
+    from noisystudent.data.streaming import sample_key, tar_samples
+
+    assert sample_key("a/img_0001.seg.png") == ("a/img_0001", "seg.png") and sample_key("x.cls") == ("x", "cls")
+    assert sample_key("a/.hidden.png") is None and sample_key("README") is None
+    members = [("a/s1.png", b"p1"), ("a/s1.cls", b"3"), ("a/s1.seg.png", b"mask"),  # one sample, its first image
+               ("a/s2.json", b"{}"),                                               # no image: no sample
+               ("b/s3.json", b"{}"), ("b/s3.jpg", b"p3")]                          # image after a companion
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert list(tar_samples(str(tmp_path / "shard.tar"))) == [("a/s1.png", b"p1"), ("b/s3.jpg", b"p3")]

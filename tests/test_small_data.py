@@ -304,7 +304,7 @@ def test_rungs_inherit_the_teachers_noise_unless_they_set_it():
 
 
 def test_selection_warnings():
-    from pipelines.steps import _warn_selection
+    from pipelines.steps.labeling import _warn_selection
 
     df = pd.DataFrame({"confidence": [0.2, 0.9]})
     with pytest.warns(PseudoLabelWarning, match=r"no pseudo-label was kept \(pseudo_labels.threshold=0.95, the most confident of 2 is 0.9000\)"):

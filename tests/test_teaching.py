@@ -12,10 +12,11 @@ import torch
 from test_distill import DATA, student_job, world  # noqa: F401  (the module-scoped teacher fixture)
 
 from noisystudent.checkpoint import load_checkpoint
+from noisystudent.data.torch_dataset import apply_transform
 from noisystudent.distill.base import Batch
 from noisystudent.distill.teaching import PairTransform, Teaching, mix, mixup_plan
-from noisystudent.errors import ConfigError
 from noisystudent.engine import TrainHooks, run_training, setup
+from noisystudent.errors import ConfigError
 from noisystudent.transforms import create_transform
 from pipelines.config import config_from_dict
 
@@ -38,7 +39,7 @@ def test_pair_transform_fixed_gives_the_clean_image_to_the_teacher(world):  # no
     clean = create_transform(28, 1, [0.286], [0.353], None)
     pair = PairTransform(train, clean)(img)
     assert pair.shape == (2, 1, 28, 28)
-    expected = PairTransform._apply(clean, img)
+    expected = apply_transform(clean, img)
     assert torch.equal(pair[1], expected)
     views = [PairTransform(train, train)(img) for _ in range(5)]
     assert any(not torch.equal(v[0], v[1]) for v in views), "independent views never differ"
@@ -61,7 +62,7 @@ def test_paired_modes_give_the_teacher_its_own_view(world, tmp_path, mode):  # n
     t_in = tr.trainee.teaching.teacher_input(batch)
     assert t_in.shape == batch.inputs.shape and not torch.equal(t_in, batch.inputs)
     if mode == "fixed":  # the teacher's rows are the eval transform of the very images
-        clean = torch.stack([PairTransform._apply(tr.evaluator.transform, np.asarray(world[1].labeled.load(int(i)))) for i in idx])
+        clean = torch.stack([apply_transform(tr.evaluator.transform, np.asarray(world[1].labeled.load(int(i)))) for i in idx])
         assert torch.allclose(t_in, clean)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import address_option, gpus_option, quiet_option, set_option, user_errors, workers_option
+from .common import address_option, experiment_options, quiet_option, user_errors
 from .experiment import load_anomaly_experiment
 
 
@@ -19,11 +19,7 @@ def anomaly() -> None:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="The detector's run folder (resumable).")
 @click.option("--force", is_flag=True, help="Start the run folder over.")
-@set_option
-@address_option
-@workers_option
-@gpus_option
-@quiet_option
+@experiment_options
 @user_errors
 def anomaly_train(config, run_dir, force, sets, ray_address, workers, gpus_per_worker, quiet):
     """Train an STPM detector from CONFIG (an anomaly config file) into RUN_DIR; run again to resume."""

@@ -37,3 +37,11 @@ gpus_option = click.option("--gpus-per-worker", type=click.FloatRange(0), defaul
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 tracking_choice = click.Choice(["none", "tensorboard", "mlflow"])
+
+
+def experiment_options(fn):
+    """``--set``, the Ray flags and ``--quiet``, in that order: what every command that loads an
+    experiment (or anomaly) file takes. The flags reach the config through :mod:`.experiment` only."""
+    for option in reversed((set_option, address_option, workers_option, gpus_option, quiet_option)):
+        fn = option(fn)
+    return fn

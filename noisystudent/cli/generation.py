@@ -7,7 +7,7 @@ import json
 
 import click
 
-from .common import address_option, gpus_option, quiet_option, set_option, user_errors, workers_option
+from .common import address_option, experiment_options, gpus_option, quiet_option, user_errors, workers_option
 from .experiment import load_experiment, run_experiment
 
 
@@ -18,11 +18,7 @@ from .experiment import load_experiment, run_experiment
               help="teacher: generation 0 of the run; supervised / oracle: a baseline in baselines/<role>.")
 @click.option("--labels-per-class", type=click.IntRange(1), default=None, help="Labeled images per class (oracle: all).")
 @click.option("--force", is_flag=True, help="Train again even if finished.")
-@set_option
-@address_option
-@workers_option
-@gpus_option
-@quiet_option
+@experiment_options
 @user_errors
 def teacher(config, run_dir, role, labels_per_class, force, sets, ray_address, workers, gpus_per_worker, quiet):
     """Train the generation-0 teacher (or a supervised baseline) from CONFIG."""
@@ -39,7 +35,9 @@ def teacher(config, run_dir, role, labels_per_class, force, sets, ray_address, w
         m = steps.train_teacher(run, cfg, force=force, progress=not quiet)
         where = run.teacher_dir()
     else:
-        lpc = labels_per_class or (6000 if role == "oracle" and cfg.data.kind == "fashion_mnist" else None)
+        from ..config import ALL_LABELS_PER_CLASS
+
+        lpc = labels_per_class or (ALL_LABELS_PER_CLASS.get(cfg.data.kind) if role == "oracle" else None)
         m = steps.train_baseline(run, cfg, role, lpc, progress=not quiet, force=force,
                                  epochs=cfg.oracle_epochs if role == "oracle" else None)
         where = run.baseline_dir(role)
@@ -50,18 +48,25 @@ def teacher(config, run_dir, role, labels_per_class, force, sets, ray_address, w
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--generation", "-g", type=click.IntRange(1), required=True, help="Generation to label for (>= 1).")
 @click.option("--teacher", "teachers", multiple=True, type=click.Path(), help="Teacher checkpoint(s); several = an ensemble. Default: the promoted model of generation G-1.")
+@click.option("--weights", default=None, help="Ensemble weights, one per --teacher, comma-separated (0.7,0.3); normalised to sum 1. Default: equal.")
 @click.option("--force", is_flag=True, help="Label again even if finished.")
 @address_option
 @quiet_option
 @user_errors
-def label(run_dir, generation, teachers, force, ray_address, quiet):
+def label(run_dir, generation, teachers, weights, force, ray_address, quiet):
     """Pseudo-label the unlabeled images of RUN_DIR with Ray workers into gen-G/labels/ (Parquet)."""
     from pipelines import steps
     from pipelines.state import RunDir
 
     run = RunDir(run_dir)
     cfg = run_experiment(run, ray_address=ray_address)
-    s = steps.label(run, cfg, generation, teachers=list(teachers) or None, force=force, progress=not quiet)
+    if weights is not None:
+        try:
+            weights = [float(w) for w in weights.split(",")]
+        except ValueError:
+            raise click.BadParameter(f"must be numbers separated by commas, got {weights!r}", param_hint="--weights") from None
+    s = steps.label(run, cfg, generation, teachers=list(teachers) or None, force=force, progress=not quiet,
+                    weights=weights)
     click.echo(f"labeled {s.get('rows')} images ({s.get('rejected')} rejected) -> {run.labels_dir(generation)}")
 
 

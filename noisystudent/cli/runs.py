@@ -8,8 +8,7 @@ from pathlib import Path
 
 import click
 
-from .common import (address_option, gpus_option, json_option, quiet_option, set_option, tracking_choice, user_errors,
-                     workers_option)
+from .common import experiment_options, json_option, tracking_choice, user_errors
 from .experiment import load_experiment
 
 
@@ -20,11 +19,7 @@ from .experiment import load_experiment
 @click.option("--baselines", is_flag=True, help="Also train the supervised baseline and the all-labels oracle.")
 @click.option("--tracking", type=tracking_choice, default="tensorboard", show_default=True,
               help="Log metrics per generation to TensorBoard (run_dir/tensorboard) or a local MLflow store (run_dir/mlruns).")
-@set_option
-@address_option
-@workers_option
-@gpus_option
-@quiet_option
+@experiment_options
 @user_errors
 def run(config, run_dir, generations, baselines, tracking, sets, ray_address, workers, gpus_per_worker, quiet):
     """Run (or resume) Noisy Student end to end: teacher, then N generations of label/select/student."""
@@ -43,11 +38,7 @@ def run(config, run_dir, generations, baselines, tracking, sets, ray_address, wo
 @click.option("--teacher", default=None, type=click.Path(), help="Teacher checkpoint (overrides distill.teacher).")
 @click.option("--method", default=None, help="Distillation method name (overrides distill.method; see `noisystudent methods`).")
 @click.option("--force", is_flag=True, help="Train again even if finished.")
-@set_option
-@address_option
-@workers_option
-@gpus_option
-@quiet_option
+@experiment_options
 @user_errors
 def distill(config, run_dir, teacher, method, force, sets, ray_address, workers, gpus_per_worker, quiet):
     """Train one student (student.ladder[0], student.train) from a teacher on the labeled images."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from ..config import ALL_LABELS_PER_CLASS
 from ..errors import ConfigError, NoisyStudentWarning, UserError
 from .base import IMG_EXTENSIONS, FileSource, ImageSource, SkippedImagesWarning
 from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
@@ -34,6 +35,7 @@ __all__ = [
     "IMG_EXTENSIONS",
     "DataBundle",
     "FASHION_MNIST_CLASSES",
+    "ALL_LABELS_PER_CLASS",
     "FashionMNISTSource",
     "FileSource",
     "ImageFolderSource",
@@ -137,13 +139,36 @@ def _hold_out(cfg: "DataConfig", labeled: ImageSource) -> tuple[ImageSource, Opt
 
 
 def _fashion_mnist(cfg: "DataConfig") -> DataBundle:
+    _, train_labels = load_fashion_mnist(cfg.root, "train")
+
+    def make(split: str, idx: Optional[np.ndarray], labeled: bool) -> ImageSource:
+        return FashionMNISTSource(cfg.root, split, idx, labeled=labeled, in_chans=cfg.in_chans)
+
+    return _class_split(cfg, train_labels, list(FASHION_MNIST_CLASSES), make)
+
+
+def _cifar(cfg: "DataConfig") -> DataBundle:
+    from .cifar import CifarSource, load_cifar
+
+    _, train_labels, classes = load_cifar(cfg.root, cfg.kind, "train")
+
+    def make(split: str, idx: Optional[np.ndarray], labeled: bool) -> ImageSource:
+        return CifarSource(cfg.root, cfg.kind, split, idx, labeled=labeled, in_chans=cfg.in_chans)
+
+    return _class_split(cfg, train_labels, classes, make)
+
+
+def _class_split(cfg: "DataConfig", train_labels: np.ndarray, classes: list[str], make: Any) -> DataBundle:
+    """A train/test data set split as ``data.labels_per_class`` says: that many labeled images per class
+    (seeded), the rest unlabeled with hidden labels, the whole test split as test. ``make(split, indices,
+    labeled)`` builds a source of the data set."""
     per_class = cfg.labels_per_class
     if per_class is None:
-        raise ConfigError("data.labels_per_class", "is required for fashion_mnist (use 6000 for all labels)")
-    _, train_labels = load_fashion_mnist(cfg.root, "train")
+        raise ConfigError("data.labels_per_class", f"is required for {cfg.kind} "
+                                                   f"(use {ALL_LABELS_PER_CLASS[cfg.kind]} for all labels)")
     rng = _rng(cfg.split_seed, _STREAM_LABELED)
     chosen = []
-    for c, name in enumerate(FASHION_MNIST_CLASSES):
+    for c, name in enumerate(classes):
         pool = np.flatnonzero(train_labels == c)
         if per_class > len(pool):
             raise ConfigError("data.labels_per_class",
@@ -152,15 +177,13 @@ def _fashion_mnist(cfg: "DataConfig") -> DataBundle:
     labeled_idx = np.sort(np.concatenate(chosen))
     rest = np.setdiff1d(np.arange(len(train_labels)), labeled_idx, assume_unique=True)
 
-    labeled = FashionMNISTSource(cfg.root, "train", labeled_idx, labeled=True, in_chans=cfg.in_chans)
+    labeled = make("train", labeled_idx, True)
     unlabeled: Optional[ImageSource] = None
     if len(rest):
-        unlabeled = FashionMNISTSource(cfg.root, "train", rest, labeled=False, in_chans=cfg.in_chans)
-        unlabeled = _limit(unlabeled, cfg.unlabeled_limit, cfg.split_seed, _STREAM_UNLABELED)
-    test = FashionMNISTSource(cfg.root, "test", None, labeled=True, in_chans=cfg.in_chans)
-    test = _limit(test, cfg.test_limit, cfg.split_seed, _STREAM_TEST)
+        unlabeled = _limit(make("train", rest, False), cfg.unlabeled_limit, cfg.split_seed, _STREAM_UNLABELED)
+    test = _limit(make("test", None, True), cfg.test_limit, cfg.split_seed, _STREAM_TEST)
     labeled, val = _hold_out(cfg, labeled)
-    return DataBundle(labeled, unlabeled, test, list(FASHION_MNIST_CLASSES), val)
+    return DataBundle(labeled, unlabeled, test, list(classes), val)
 
 
 def remap_to_classes(source: ImageSource, classes: list[str], field: str) -> ImageSource:
@@ -257,11 +280,12 @@ def create_data(cfg: "DataConfig") -> DataBundle:
     """
     from .conditions import apply_conditions
 
-    builders = {"fashion_mnist": _fashion_mnist, "folder": _folder, "manifest": _manifest}
+    builders = {"fashion_mnist": _fashion_mnist, "cifar10": _cifar, "cifar100": _cifar, "folder": _folder,
+                "manifest": _manifest}
     if cfg.kind not in builders:
-        raise ConfigError("data.kind", f"must be one of fashion_mnist, folder, manifest; got {cfg.kind!r}")
-    if cfg.kind == "fashion_mnist" and cfg.unlabeled_format != "list":
-        raise ConfigError("data.unlabeled_format", f"applies to kinds folder and manifest, not fashion_mnist "
+        raise ConfigError("data.kind", f"must be one of {', '.join(builders)}; got {cfg.kind!r}")
+    if cfg.kind in ALL_LABELS_PER_CLASS and cfg.unlabeled_format != "list":
+        raise ConfigError("data.unlabeled_format", f"applies to kinds folder and manifest, not {cfg.kind} "
                           f"(got {cfg.unlabeled_format!r})")
     bundle = builders[cfg.kind](cfg)
     bundle.labeled, bundle.conditions = apply_conditions(cfg, bundle.labeled, bundle.classes)

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .base import ImageSource, to_channels
+from .base import ImageSource, to_channels, to_channels_batch
 
 
 class ArraySource(ImageSource):
@@ -44,6 +44,13 @@ class ArraySource(ImageSource):
 
     def load(self, i: int) -> np.ndarray:
         return np.array(to_channels(self.images[self._idx[self._check_index(i)]], self.in_chans))
+
+    def load_batch(self, indices: Sequence[int]) -> np.ndarray:
+        n = len(self)
+        pos = np.asarray(indices, dtype=np.int64)
+        if pos.size and (pos.min() < -n or pos.max() >= n):
+            raise IndexError(f"image index out of range for a source of {n} images")
+        return np.ascontiguousarray(to_channels_batch(self.images[self._idx[pos]], self.in_chans))
 
     def _take(self, idx: np.ndarray) -> None:
         self._idx = self._idx[idx]

@@ -109,6 +109,12 @@ class ImageSource:
         new._take(idx)
         return new
 
+    def load_batch(self, indices: Sequence[int]) -> Optional[np.ndarray]:
+        """Images ``indices`` at once as ``(N, H, W, in_chans)`` uint8, or None when this source has no
+        faster way than :meth:`load` one by one (files). Sources that hold their pixels in one array
+        override it: a batch is then one fancy index instead of N Python calls (:mod:`noisystudent.feed`)."""
+        return None
+
     def image_ids(self) -> list[str]:
         """All ids in index order (the labeling job writes them as the Parquet key)."""
         return [self.image_id(i) for i in range(len(self))]
@@ -165,6 +171,21 @@ def to_channels(arr: np.ndarray, in_chans: int) -> np.ndarray:
         # ITU-R 601-2 luma, the same weights PIL's convert("L") uses.
         gray = arr[:, :, 0] * 0.299 + arr[:, :, 1] * 0.587 + arr[:, :, 2] * 0.114
         return np.clip(np.rint(gray), 0, 255).astype(np.uint8)[:, :, None]
+    raise ValueError(f"cannot turn {c} channels into {in_chans}")
+
+
+def to_channels_batch(arr: np.ndarray, in_chans: int) -> np.ndarray:
+    """:func:`to_channels` for a ``(N, H, W[, C])`` batch."""
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    c = arr.shape[3]
+    if c == in_chans:
+        return arr
+    if in_chans == 3 and c == 1:
+        return np.repeat(arr, 3, axis=3)
+    if in_chans == 1 and c == 3:
+        gray = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+        return np.clip(np.rint(gray), 0, 255).astype(np.uint8)[..., None]
     raise ValueError(f"cannot turn {c} channels into {in_chans}")
 
 

@@ -159,6 +159,13 @@ class FashionMNISTSource(ImageSource):
         out = images[self._indices][..., None]  # fancy indexing copies: writable
         return np.repeat(out, 3, axis=3) if self.in_chans == 3 else out
 
+    def load_batch(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Images ``indices`` (positions in this source) as ``(N, 28, 28, in_chans)`` uint8, writable."""
+        images, _ = load_fashion_mnist(self.root, self.split)
+        pos = np.asarray(indices, dtype=np.int64)
+        out = images[self._indices[pos]][..., None]  # fancy indexing copies
+        return np.repeat(out, 3, axis=3) if self.in_chans == 3 else out
+
     def _take(self, idx: np.ndarray) -> None:
         self._indices = self._indices[idx]
 

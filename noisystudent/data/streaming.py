@@ -14,9 +14,12 @@ Formats (``data.unlabeled_format``):
 - ``folder_partitions``: a folder of images; each top-level sub-folder is a partition (listed recursively
   by the worker that labels it), and the loose files of the root one more. A flat folder of 10^7 files is
   therefore one partition listed by one worker: write a sharded manifest for such a folder.
-- ``webdataset``: WebDataset ``.tar`` shards; every tar is a partition, read as a stream. The image id is
-  the member's name inside the tar (``a/img_0000.png`` for a tar made from a folder), so a WebDataset
-  made from a folder labels the same ids as the folder.
+- ``webdataset``: WebDataset ``.tar`` shards; every tar is a partition, read as a stream. Members are
+  grouped into samples by key as the format defines (the path up to the first dot of the file name:
+  ``a/img_0000.png`` and ``a/img_0000.cls`` are one sample); a sample's image is its first image member,
+  and the image id is that member's name (``a/img_0000.png`` for a tar made from a folder), so a
+  WebDataset made from a folder labels the same ids as the folder. (The ``webdataset`` package is not a
+  dependency; its key rule is twelve lines here.)
 - ``parquet_bytes``: Parquet files with an id column (``data.unlabeled_id_column``, default ``image_id``)
   and encoded image bytes (``data.unlabeled_bytes_column``, default ``image``; a Hugging Face
   ``{bytes, path}`` struct works too). Every file is a partition, read in row batches.
@@ -44,12 +47,11 @@ import numpy as np
 
 from ..errors import ConfigError, ImageDecodeError, UserError
 from .base import IMG_EXTENSIONS, ImageSource, decode_file
+from .protocols import Batch
 
 FORMATS = ("manifest_shards", "folder_partitions", "webdataset", "parquet_bytes")
 _MANIFEST_SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz")
 
-#: A batch of one partition: image ids and what :meth:`StreamSource.decode` turns into pixels.
-Batch = tuple[list[str], list[Any]]
 
 
 def decode_bytes(data: Optional[bytes], image_id: str, in_chans: int) -> np.ndarray:
@@ -84,6 +86,45 @@ def list_files(spec: str | os.PathLike, suffixes: Sequence[str], field: str) -> 
     if not files:
         raise UserError(f"{field}: no {'/'.join(suffixes)} files in {spec}")
     return files
+
+
+def sample_key(name: str) -> Optional[tuple[str, str]]:
+    """``(key, extension)`` of a tar member as the WebDataset format splits its name: the key is the path up
+    to the first dot of the file name, the extension the rest (``a/img_0001.seg.png`` -> ``("a/img_0001",
+    "seg.png")``); None for a name without one (or a hidden file), which belongs to no sample."""
+    directory, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not stem or not dot:
+        return None
+    return (f"{directory}/{stem}" if directory else stem), ext
+
+
+def tar_samples(path: str) -> Iterator[tuple[str, bytes]]:
+    """The samples of a WebDataset tar, streamed: consecutive members with one :func:`sample_key` are one
+    sample; its image is its first member with an image extension (``.cls``/``.json``/``.txt``
+    companions are not read), named by that member's path so that a tar made from a folder has the
+    folder's ids. A sample without an image is skipped. Errors of the tar itself propagate, after the
+    image of the sample being read when it was already whole."""
+    current, image = None, None
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                split = sample_key(member.name) if member.isfile() else None
+                if split is None:
+                    continue
+                if split[0] != current:
+                    if image is not None:
+                        yield image
+                    current, image = split[0], None
+                if image is None and _is_image(member.name):
+                    fh = tar.extractfile(member)
+                    image = (member.name, fh.read() if fh is not None else b"")
+    except (tarfile.TarError, OSError, EOFError):
+        if image is not None:
+            yield image
+        raise
+    if image is not None:
+        yield image
 
 
 class StreamSource:
@@ -216,16 +257,12 @@ class StreamSource:
         ids: list[str] = []
         raws: list[Any] = []
         try:
-            with tarfile.open(path, mode="r|*") as tar:
-                for member in tar:
-                    if not member.isfile() or not _is_image(member.name):
-                        continue  # .cls / .json / .txt companions of a sample
-                    fh = tar.extractfile(member)
-                    ids.append(member.name)
-                    raws.append(fh.read() if fh is not None else b"")
-                    if len(ids) >= batch_size:
-                        yield ids, raws
-                        ids, raws = [], []
+            for image_id, data in tar_samples(path):
+                ids.append(image_id)
+                raws.append(data)
+                if len(ids) >= batch_size:
+                    yield ids, raws
+                    ids, raws = [], []
         except (tarfile.TarError, OSError, EOFError) as exc:
             rest = f"{self.partition_name(p)}#rest"
             ids.append(rest)
@@ -252,107 +289,6 @@ class StreamSource:
             if pa.types.is_struct(data.type):  # Hugging Face's Image feature: {bytes, path}
                 data = data.field("bytes")
             yield ids, data.to_pylist()
-
-
-class SyntheticStream:
-    """``n`` deterministic pseudo-random images made on the fly in the worker (no disk): the scale bench's source.
-
-    Partition ``p`` holds images ``p * partition_size ..``; image ``i`` is a fixed function of ``(seed, i)``
-    with a bright band whose position is its "class", so a teacher can tell images apart."""
-
-    format = "synthetic"
-    classes = None
-    labels = None
-    hidden_labels = None
-
-    def __init__(self, n: int, partition_size: int, image_size: int = 16, in_chans: int = 1, seed: int = 0,
-                 bands: int = 10) -> None:
-        self.n, self.partition_size, self.image_size = int(n), int(partition_size), int(image_size)
-        self.in_chans, self.seed, self.bands = in_chans, seed, bands
-        self.skipped: list[tuple[str, str]] = []
-        self.partitions = list(range(-(-self.n // self.partition_size)))
-        self.root = ""
-
-    @property
-    def num_partitions(self) -> int:
-        return len(self.partitions)
-
-    def identity(self) -> str:
-        return f"synthetic-{self.n}-{self.partition_size}-{self.image_size}-{self.in_chans}-{self.seed}"
-
-    def partition_name(self, p: int) -> str:
-        return f"synthetic-{p}"
-
-    def describe(self) -> str:
-        return f"SyntheticStream({self.n} images, {self.num_partitions} partitions)"
-
-    def read_partition(self, p: int, batch_size: int) -> Iterator[Batch]:
-        start, stop = p * self.partition_size, min(self.n, (p + 1) * self.partition_size)
-        for s in range(start, stop, batch_size):
-            idx = list(range(s, min(stop, s + batch_size)))
-            yield [f"syn-{i:09d}" for i in idx], idx
-
-    def decode(self, image_id: str, raw: int) -> np.ndarray:
-        size = self.image_size
-        rng = np.random.default_rng([self.seed, int(raw)])
-        img = rng.integers(0, 60, size=(size, size, self.in_chans), dtype=np.uint8)
-        band = int(raw) % self.bands
-        w = max(1, size // self.bands)
-        img[:, band * w:(band + 1) * w] += 180
-        return img
-
-
-class IndexChunks:
-    """An in-memory :class:`~noisystudent.data.base.ImageSource` cut into fixed chunks of indices: the
-    partitions of today's sources (Fashion-MNIST, a folder or manifest listed up front).
-
-    The source itself goes to the workers through Ray's object store once (``source_ref``), not pickled
-    into every actor's constructor; a worker resolves it in :meth:`attach`."""
-
-    format = "index_chunks"
-
-    def __init__(self, source: Any, chunk_size: int, source_ref: Any = None) -> None:
-        self.n, self.chunk_size = len(source), int(chunk_size)
-        self.in_chans = source.in_chans
-        self.partitions = list(range(-(-self.n // self.chunk_size)))
-        self._source_ref = source_ref if source_ref is not None else source
-        self._source = None
-
-    @property
-    def num_partitions(self) -> int:
-        return len(self.partitions)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_source": None}
-
-    def attach(self) -> None:
-        if self._source is None:
-            ref = self._source_ref
-            if type(ref).__name__ == "ObjectRef":
-                import ray
-
-                ref = ray.get(ref)
-            self._source = ref
-
-    def partition_name(self, p: int) -> str:
-        return f"indices {p * self.chunk_size}..{min(self.n, (p + 1) * self.chunk_size) - 1}"
-
-    def read_partition(self, p: int, batch_size: int) -> Iterator[Batch]:
-        self.attach()
-        start, stop = p * self.chunk_size, min(self.n, (p + 1) * self.chunk_size)
-        for s in range(start, stop, batch_size):
-            idx = list(range(s, min(stop, s + batch_size)))
-            yield [self._source.image_id(i) for i in idx], idx
-
-    def decode(self, image_id: str, raw: int) -> np.ndarray:
-        self.attach()
-        return self._source.load(int(raw))
-
-    def hidden(self, raws: list[int]) -> Optional[np.ndarray]:
-        """The source's hidden labels of these indices (source class indices), or None without."""
-        self.attach()
-        h = getattr(self._source, "hidden_labels", None)
-        return None if h is None else np.asarray(h, dtype=np.int64)[np.asarray(raws, dtype=np.int64)]
 
 
 class ArrowFileSource(ImageSource):

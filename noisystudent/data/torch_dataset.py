@@ -54,6 +54,18 @@ def _is_albumentations(transform: Any) -> bool:
     return type(transform).__module__.startswith("albumentations")
 
 
+def apply_transform(transform: Optional[Transform], image: Any) -> torch.Tensor:
+    """``image`` through ``transform`` (albumentations, called as ``transform(image=img)["image"]``; any
+    other callable; or None) as a CHW float tensor: how a dataset item and a teacher's paired view are made."""
+    if transform is None:
+        out = image
+    elif _is_albumentations(transform):
+        out = transform(image=image)["image"]
+    else:
+        out = transform(image)
+    return _to_tensor(out)
+
+
 class SourceDataset(Dataset):
     """Items ``(image_tensor, target, index)`` of ``source``; ``None`` for an unreadable image.
 
@@ -107,13 +119,7 @@ class SourceDataset(Dataset):
             if self.skipped <= 5:
                 log.warning("skipping unreadable image %s: %s", exc.image_id, exc.reason)
             return None
-        if self.transform is None:
-            out = image
-        elif _is_albumentations(self.transform):
-            out = self.transform(image=image)["image"]
-        else:
-            out = self.transform(image)
-        return _to_tensor(out), self.target(i), i
+        return apply_transform(self.transform, image), self.target(i), i
 
 
 class TopKTargets:

@@ -57,7 +57,11 @@ def resolve_method_config(value: Any, field: str) -> dict[str, Any]:
     if name not in _METHODS:
         raise ConfigError(f"{field}.name", f"unknown distillation method {name!r}; known: {', '.join(list_methods())}")
     cls = _METHODS[name]
-    params = {k: v for k, v in value.items() if k != "name"}
+    params = {k: v for k, v in value.items() if k not in ("name", "tap")}
+    tap = value.get("tap")
+    if tap is not None and (isinstance(tap, bool) or not isinstance(tap, int) or tap < 0):
+        raise ConfigError(f"{field}.tap", f"must be an integer >= 0: the index, in the teachers list, of the teacher "
+                                          f"whose stages the method taps; got {tap!r}")
     known = [f.name for f in dataclasses.fields(cls.Params)]
     unknown = sorted(set(params) - set(known))
     if unknown:
@@ -65,7 +69,9 @@ def resolve_method_config(value: Any, field: str) -> dict[str, Any]:
                           f"{', '.join(known) or '(none)'}")
     built = validate.build(cls.Params, params, field)
     cls.check_params(built, field)
-    return {"name": name, **dataclasses.asdict(built)}
+    # `tap` (any method): which member of an online teacher ensemble gives the teacher's stages and model
+    # (noisystudent.distill.ensemble); recorded only when given, so configs without ensembles are unchanged
+    return {"name": name, **dataclasses.asdict(built), **({"tap": tap} if tap is not None else {})}
 
 
 def create_method(config: dict[str, Any], *, student_info: list[dict], teacher_info: Optional[list[dict]] = None,
@@ -76,7 +82,7 @@ def create_method(config: dict[str, Any], *, student_info: list[dict], teacher_i
     so a method can size a regressor or check that the stages it taps exist."""
     config = resolve_method_config(config, field)
     cls = _METHODS[config["name"]]
-    params = cls.Params(**{k: v for k, v in config.items() if k != "name"})
+    params = cls.Params(**{k: v for k, v in config.items() if k not in ("name", "tap")})
     return cls(params, student_info=student_info, teacher_info=teacher_info, num_classes=num_classes,
                label_smoothing=label_smoothing, field=field, student_spec=student_spec)
 

@@ -45,6 +45,17 @@ class Outputs:
     features: list[torch.Tensor]  # the outputs of the stages the method asked for, in its order
     n_labeled: int
     n_extra: int = 0  # rows a method appended (extra_inputs), after the unlabeled ones
+    # an online ensemble's (weight, logits) per teacher (noisystudent.distill.ensemble); None for one model
+    members: Optional[list] = None
+
+    def probs(self, temperature: float = 1.0) -> torch.Tensor:
+        """softmax(logits / T), or for an ensemble the weighted mixture of its members' softmax(z_k / T):
+        what a response method distils from (float32, every row)."""
+        if self.members is None:
+            return F.softmax(self.logits.float() / temperature, dim=-1)
+        from noisystudent.distill.ensemble import mixture
+
+        return mixture([z for _, z in self.members], [w for w, _ in self.members], temperature)
 
     @property
     def labeled(self) -> torch.Tensor:
@@ -108,6 +119,10 @@ class DistillMethod(nn.Module):
     Params: ClassVar[type]
     # a paper reference and one line on what the method transfers, shown by `noisystudent methods`
     summary: ClassVar[str] = ""
+    # parameters that name stages (an index or a list of them) and the model they index: "student",
+    # "teacher" or "both". The base checks them against the models when the method is built, and
+    # student_stages / teacher_stages are them unless a method overrides those properties.
+    stage_params: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params, *, student_info: list[dict], teacher_info: Optional[list[dict]], num_classes: int,
                  label_smoothing: float = 0.0, field: str = "method", student_spec=None):
@@ -124,6 +139,11 @@ class DistillMethod(nn.Module):
         self.epoch, self.total_epochs = 0, 1  # see set_epoch
         if self.teacher_kind == "online" and teacher_info is None:
             raise ConfigError(field, f"method {self.name!r} needs a teacher model (distill.teacher or --teacher)")
+        for param, who in self.stage_params.items():  # the stages a config names exist in the models
+            value = getattr(params, param)
+            stages = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+            for model in ("student", "teacher") if who == "both" else (who,):
+                self.check_stages(stages, student_info if model == "student" else teacher_info, model, param)
 
     # what the engine asks ----------------------------------------------------------------------------
     @classmethod
@@ -136,13 +156,21 @@ class DistillMethod(nn.Module):
     def teacher_kind(self) -> TeacherKind:
         return type(self).teacher_for(dict(vars(self.params)))
 
+    def _declared_stages(self, model: str) -> tuple[int, ...]:
+        out: tuple[int, ...] = ()
+        for param, who in self.stage_params.items():
+            if who in (model, "both"):
+                value = getattr(self.params, param)
+                out += tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        return out
+
     @property
     def student_stages(self) -> tuple[int, ...]:
-        return ()
+        return self._declared_stages("student")
 
     @property
     def teacher_stages(self) -> tuple[int, ...]:
-        return ()
+        return self._declared_stages("teacher")
 
     @classmethod
     def check_params(cls, params, field: str) -> None:
@@ -177,8 +205,30 @@ class DistillMethod(nn.Module):
         return self.loss(student, teacher, batch)
 
     # helpers for subclasses --------------------------------------------------------------------------
-    def _check_stages(self, stages: tuple[int, ...], info: Optional[list[dict]], who: str, param: str) -> None:
+    def labeled_ce(self, student: Outputs, batch: Batch) -> torch.Tensor:
+        """The task loss: cross-entropy of the student's labeled rows against the labels, with the
+        job's label smoothing (:meth:`Batch.ce`: index or mixup-row labels; 0 without labeled rows)."""
+        return batch.ce(student.labeled, self.label_smoothing)
+
+    def check_stages(self, stages: tuple[int, ...], info: Optional[list[dict]], who: str, param: str) -> None:
+        """Raise :class:`ConfigError` on ``<field>.<param>`` when a stage index is not one of the ``who``
+        model's (``info``: its ``feature_info``; negative indices count from the end)."""
         n = len(info or [])
         bad = [s for s in stages if not -n <= s < n]
         if bad:
             raise ConfigError(f"{self.field}.{param}", f"the {who} model has {n} stages (0..{n - 1}); got {bad[0]}")
+
+
+class StagePairsMethod(DistillMethod):
+    """A method that matches listed student stages to teacher stages one to one (AT, SP): ``Params``
+    has ``student_stages`` and ``teacher_stages`` lists of equal, non-zero length."""
+
+    stage_params = {"student_stages": "student", "teacher_stages": "teacher"}
+
+    @classmethod
+    def check_params(cls, params, field: str) -> None:
+        if not params.student_stages:
+            raise ConfigError(f"{field}.student_stages", "needs at least one stage")
+        if len(params.student_stages) != len(params.teacher_stages):
+            raise ConfigError(f"{field}.teacher_stages", f"must pair one to one with student_stages "
+                              f"({len(params.student_stages)} stages), got {len(params.teacher_stages)}")

@@ -36,14 +36,10 @@ class PairTransform:
     def __init__(self, student: Callable, teacher: Callable):
         self.student, self.teacher = student, teacher
 
-    @staticmethod
-    def _apply(tf: Callable, image: Any) -> torch.Tensor:
-        from noisystudent.data.torch_dataset import _is_albumentations, _to_tensor
-
-        return _to_tensor(tf(image=image)["image"] if _is_albumentations(tf) else tf(image))
-
     def __call__(self, image: Any) -> torch.Tensor:
-        return torch.stack([self._apply(self.student, image), self._apply(self.teacher, image)])
+        from noisystudent.data.torch_dataset import apply_transform
+
+        return torch.stack([apply_transform(self.student, image), apply_transform(self.teacher, image)])
 
 
 def mixup_plan(n_labeled: int, n_unlabeled: int, alpha: float, device: torch.device) -> tuple[torch.Tensor, float]:

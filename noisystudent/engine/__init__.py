@@ -28,7 +28,7 @@ from .job import PseudoLabeledSet, StudentMix, TrainHooks, TrainJob, spec_for
 from .loaders import make_loader
 from .optim import resolve_amp, resolve_device, seed_everything
 from .run import run_training
-from .setup import Training, setup
+from .setup import Training, init_weights, setup
 from .state import TrainState
 from .step import StudentStep
 
@@ -43,6 +43,7 @@ __all__ = [
     "TrainState",
     "Training",
     "budget_warning",
+    "init_weights",
     "make_loader",
     "plan_steps",
     "resolve_amp",

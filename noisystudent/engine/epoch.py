@@ -72,13 +72,13 @@ def run_epoch(tr: Training, epoch: int, labeled_iter) -> dict:
     finetune = start_epoch(tr, epoch)
     t0 = time.perf_counter()
     meter = EpochMeter(device)
-    unlabeled = UnlabeledBatches(tr.data.unlabeled, device) if (tr.data.unlabeled is not None and not finetune) else None
+    unlabeled = UnlabeledBatches(tr.data.unlabeled, device, tr.data.device_noise) if (tr.data.unlabeled is not None and not finetune) else None
     teacher = trainee.teacher if not finetune else None
     bar = tqdm(range(tr.plan.epoch_steps[epoch] if not finetune else tr.data.finetune_steps),
                desc=f"{job.role} gen{job.generation} epoch {epoch + 1}/{tr.total_epochs}" + (" (fine-tune)" if finetune else ""),
                disable=not (job.progress and job.step_bars and tr.hooks.is_main), leave=False, dynamic_ncols=True)
     for _ in bar:
-        batch = next_batch(labeled_iter, unlabeled, device)
+        batch = next_batch(labeled_iter, unlabeled, device, tr.data.device_noise)
         if batch is None:
             continue
         meter.add(train_step(trainee.model, trainee.core, batch, teacher, trainee.teaching, tr.state, tr.precision,

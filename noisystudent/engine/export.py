@@ -72,6 +72,8 @@ def final_evaluation(tr: Training, final: torch.nn.Module, spec: ModelSpec, done
             from ..distill.fidelity import fidelity
 
             teacher = tr.trainee.teacher.checkpoint if tr.trainee.teacher is not None else load_checkpoint(job.teacher_ckpt)
+            if job.teachers and tr.trainee.teacher is not None:
+                teacher = tr.trainee.teacher  # an ensemble: fidelity to its mixture (it builds as one model)
             metrics.update(fidelity(final, teacher, job.test, tr.evaluator.transform, device=tr.device,
                                     teacher_transform=teacher_eval_transform(tr, teacher)))
     return metrics

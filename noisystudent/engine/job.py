@@ -134,6 +134,9 @@ class TrainJob:
     teaching: Any = None
     # a checkpoint whose weights the student starts from (same architecture and classes); None: random
     init_ckpt: Optional[str] = None
+    # an online ensemble instead of teacher_ckpt alone: (checkpoint, normalised weight) per teacher
+    # (noisystudent.distill.ensemble); teacher_ckpt is then the first, for messages
+    teachers: Optional[list] = None
 
     @property
     def train_section(self) -> str:

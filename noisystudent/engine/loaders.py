@@ -42,6 +42,7 @@ def make_loader(dataset, batch_size: int, num_workers: int, seed: int, rank: int
         generator=g,
         worker_init_fn=worker_init,
         persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),  # page-locked batches: the non_blocking copies in to_device overlap
     )
 
 
@@ -51,12 +52,14 @@ def cycle(loader: DataLoader):
         yield from loader
 
 
-def to_device(batch, device: torch.device):
-    """``(x, y)`` of a collated batch on ``device``, or None for an empty one (every image unreadable)."""
+def to_device(batch, device: torch.device, noise: Optional[Callable] = None):
+    """``(x, y)`` of a collated batch on ``device``, or None for an empty one (every image unreadable).
+    ``noise`` (``noise.backend: device``) turns the uint8 images into their noised views once there."""
     if batch is None or len(batch) == 0 or batch[0] is None or len(batch[0]) == 0:
         return None
     x, y, _idx = batch
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    x = x.to(device, non_blocking=True)
+    return (noise(x) if noise is not None else x), y.to(device, non_blocking=True)
 
 
 @dataclass
@@ -68,6 +71,7 @@ class JobData:
     eval_transform: Callable
     n_pseudo: int  # pseudo-labeled images with their duplicates (0 without)
     finetune_steps: int  # steps of one labeled fine-tune epoch
+    device_noise: Optional[Callable] = None  # noise.backend device: uint8 images -> noised views (batch_noise.py)
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle: each sampler's order follows the epoch."""
@@ -77,13 +81,20 @@ class JobData:
                 sampler.set_epoch(epoch)
 
 
-def build_data(job: TrainJob, hooks: TrainHooks, teaching: Teaching, use_pseudo: bool) -> JobData:
+def build_data(job: TrainJob, hooks: TrainHooks, teaching: Teaching, use_pseudo: bool,
+               device: Optional[torch.device] = None) -> JobData:
     """Noised training transforms (views drawn at the teaching size), the clean eval transform, and the loaders;
     each DDP worker sees 1/world_size of the data per epoch."""
     cfg, spec = job.train_cfg, job.spec
     vs = teaching.view_size  # views are drawn at the larger model's side and resized per model
     train_tf = teaching.train_transform(create_transform(vs, spec.in_chans, spec.mean, spec.std, job.model_cfg.noise),
                                         create_transform(vs, spec.in_chans, spec.mean, spec.std, None))
+    # -- noise.backend (issue 28): with `device` the loaders give uint8 images and the noise runs per batch
+    from ..batch_noise import device_noise_for
+
+    device_noise, uint8_tf = device_noise_for(job.model_cfg.noise, teaching, spec, device or torch.device("cpu"))
+    train_tf = uint8_tf or train_tf
+    # --
     eval_tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, None)
     labeled_ds = SourceDataset(job.labeled, train_tf)
     unl_loader, n_pseudo = None, 0
@@ -100,4 +111,4 @@ def build_data(job: TrainJob, hooks: TrainHooks, teaching: Teaching, use_pseudo:
     lab_loader = hooks.prepare_loader(make_loader(labeled_ds, cfg.batch_size, cfg.num_workers, job.seed, hooks.rank,
                                                   hooks.world_size))
     return JobData(labeled=lab_loader, unlabeled=unl_loader, eval_transform=eval_tf, n_pseudo=n_pseudo,
-                   finetune_steps=max(1, len(labeled_ds) // cfg.batch_size))
+                   finetune_steps=max(1, len(labeled_ds) // cfg.batch_size), device_noise=device_noise)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import ModelSpec, load_checkpoint
 from ..distill.teacher import OnlineTeacher
 from ..distill.teaching import Teaching
 from ..errors import PseudoLabelWarning, UserError
@@ -23,21 +23,6 @@ from .optim import Precision
 from .state import TrainState
 from .step import StudentStep
 
-
-
-def init_weights(model: torch.nn.Module, path: str, spec) -> None:
-    """Start ``model`` from the weights of checkpoint ``path`` (a student initialised from its teacher).
-
-    The architecture and classes must be the checkpoint's; dropout and drop path may differ (they hold no
-    weights), which is what lets a noised student continue from a clean teacher."""
-    from ..checkpoint import load_checkpoint
-    from ..errors import UserError
-
-    ckpt = load_checkpoint(path, expected_classes=spec.classes)
-    if (ckpt.spec.name, ckpt.spec.in_chans) != (spec.name, spec.in_chans):
-        raise UserError(f"init checkpoint {path} is a {ckpt.spec.name} on {ckpt.spec.in_chans}-channel images; the "
-                        f"student is a {spec.name} on {spec.in_chans}-channel ones (init needs the same architecture)")
-    model.load_state_dict(ckpt.state_dict)
 
 def job_method(job: TrainJob, use_pseudo: bool) -> dict:
     """The job's resolved method: as given, else the student's Noisy Student loss, else supervised."""
@@ -58,6 +43,26 @@ def load_teacher(job: TrainJob, device: torch.device, stages) -> OnlineTeacher:
         raise UserError(f"teacher {job.teacher_ckpt} takes {t.in_chans}-channel images, the student "
                         f"{s.in_chans}-channel ones")
     return OnlineTeacher(ckpt, device, stages=stages)
+
+
+def init_weights(model: torch.nn.Module, path: str, spec: ModelSpec) -> None:
+    """Start ``model`` from the weights of checkpoint ``path`` (a student initialised from its teacher).
+
+    The architecture and classes must be the checkpoint's; dropout and drop path may differ (they hold no
+    weights), which is what lets a noised student continue from a clean teacher."""
+    ckpt = load_checkpoint(path, expected_classes=spec.classes)
+    if (ckpt.spec.name, ckpt.spec.in_chans) != (spec.name, spec.in_chans):
+        raise UserError(f"init checkpoint {path} is a {ckpt.spec.name} on {ckpt.spec.in_chans}-channel images; the "
+                        f"student is a {spec.name} on {spec.in_chans}-channel ones (init needs the same architecture)")
+    model.load_state_dict(ckpt.state_dict)
+
+
+def build_student(job: TrainJob, device: torch.device) -> torch.nn.Module:
+    """The job's student on ``device``: freshly initialised, or from ``job.init_ckpt``'s weights."""
+    student = job.spec.build(inference=False)
+    if job.init_ckpt:
+        init_weights(student, job.init_ckpt, job.spec)
+    return student.to(device)
 
 
 @dataclass
@@ -98,16 +103,19 @@ def build_trainee(job: TrainJob, hooks: TrainHooks, device: torch.device) -> Tra
     method_cfg = job_method(job, use_pseudo)
     if job.pseudo is not None and not use_pseudo and get_method(method_cfg["name"]).teacher_for(method_cfg) == "offline":
         method_cfg = _offline_without_labels(job, hooks, method_cfg)
-    student = spec.build(inference=False)
-    if job.init_ckpt:
-        init_weights(student, job.init_ckpt, spec)
-    student = student.to(device)
+    student = build_student(job, device)
     teacher = None
     if get_method(method_cfg["name"]).teacher_for(method_cfg) == "online":
         if not job.teacher_ckpt:
             raise UserError(f"method {method_cfg['name']!r} runs a teacher online: give its checkpoint "
                             "(distill.teacher or --teacher)")
-        teacher = load_teacher(job, device, ())
+        if job.teachers:  # several teachers online: a weighted ensemble (noisystudent.distill.ensemble)
+            from ..distill.ensemble import load_ensemble
+
+            teacher = load_ensemble(job.teachers, spec, device, method_cfg.get("tap"),
+                                    "distill.method" if job.role == "distill" else "student.method")
+        else:
+            teacher = load_teacher(job, device, ())
     # each stage dict also names its model, so a method's config error can name both models
     method = create_method(method_cfg, student_info=[{**s, "model": spec.name} for s in student.feature_info],
                            teacher_info=[{**s, "model": teacher.checkpoint.spec.name} for s in teacher.feature_info]
@@ -161,7 +169,7 @@ class Training:
 def setup(job: TrainJob, hooks: TrainHooks, device: torch.device) -> Training:
     """Build the models, the method, the online teacher, the loaders and the optimisation of a job."""
     trainee = build_trainee(job, hooks, device)
-    data = build_data(job, hooks, trainee.teaching, trainee.use_pseudo)
+    data = build_data(job, hooks, trainee.teaching, trainee.use_pseudo, device)
     plan = plan_steps(job, hooks.world_size)  # each DDP worker sees 1/world_size of the data per epoch
     state = TrainState.create(trainee.core, job.train_cfg, plan, hooks.world_size, trainee.method_cfg["name"])
     evaluator = Evaluator(data.eval_transform, device, job.spec.classes)

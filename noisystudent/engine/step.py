@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..distill.base import Batch, DistillMethod, Outputs
 from ..distill.teacher import OnlineTeacher
@@ -30,7 +29,7 @@ class StudentStep(torch.nn.Module):
     def forward(self, batch: Batch, teacher: Optional[Outputs], labels_only: bool = False):
         x = batch.inputs  # labeled rows, unlabeled rows, then the method's extra rows
         if labels_only:
-            return self._labels_only(x, batch.y)
+            return self._labels_only(x, batch)
         stages = self.method.student_stages
         if stages:
             logits, feats = self.student.forward_intermediates(x, indices=list(stages))
@@ -40,9 +39,9 @@ class StudentStep(torch.nn.Module):
         loss, parts = self.method(out, teacher, batch)
         return loss, parts, out.labeled
 
-    def _labels_only(self, x: torch.Tensor, y: torch.Tensor):
+    def _labels_only(self, x: torch.Tensor, batch: Batch):
         logits = self.student(x)
-        ce = F.cross_entropy(logits, y, label_smoothing=self.method.label_smoothing)
+        ce = batch.ce(logits, self.method.label_smoothing)
         # the method's modules (a regressor, ONE's branches, DML's peers) sit this phase out; a zero
         # term keeps them in the graph so DDP, which expects a gradient for every parameter, does not stall
         extra = [p.sum() for p in self.method.parameters() if p.requires_grad]
@@ -65,20 +64,22 @@ class StepResult:
 class UnlabeledBatches:
     """Pseudo-labeled batches on ``device`` without end: a new pass starts when one runs out."""
 
-    def __init__(self, loader, device: torch.device):
-        self.loader, self.device, self.it = loader, device, iter(loader)
+    def __init__(self, loader, device: torch.device, noise: Optional[Callable] = None):
+        self.loader, self.device, self.it, self.noise = loader, device, iter(loader), noise
 
     def next(self):
         try:
-            return to_device(next(self.it), self.device)
+            return to_device(next(self.it), self.device, self.noise)
         except StopIteration:
             self.it = iter(self.loader)
-            return to_device(next(self.it), self.device)
+            return to_device(next(self.it), self.device, self.noise)
 
 
-def next_batch(labeled: Iterator, unlabeled: Optional[UnlabeledBatches], device: torch.device) -> Optional[Batch]:
-    """The step's batch: labeled rows, plus pseudo-labeled rows and their targets when the job has them."""
-    lb = to_device(next(labeled), device)
+def next_batch(labeled: Iterator, unlabeled: Optional[UnlabeledBatches], device: torch.device,
+               noise: Optional[Callable] = None) -> Optional[Batch]:
+    """The step's batch: labeled rows, plus pseudo-labeled rows and their targets when the job has them
+    (``noise``: the device noise backend's hook, see :mod:`noisystudent.batch_noise`)."""
+    lb = to_device(next(labeled), device, noise)
     if lb is None:
         return None
     batch = Batch(x_labeled=lb[0], y=lb[1])

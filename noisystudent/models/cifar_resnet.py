@@ -2,7 +2,8 @@
 
 Depth 6n+2: a 3x3 stem, three stages of n basic blocks with 16/32/64 channels (strides 1/2/2), global
 pooling and a linear classifier. They are the CPU-scale ladder of this project (resnet8 -> resnet26), so
-a student can be the same size as its teacher or larger. Projection shortcuts (1x1 conv + BN, "option B")
+a student can be the same size as its teacher or larger; resnet32/44/56/110 are the deeper ones of the
+ResNet paper's CIFAR table (and the usual teachers of the CIFAR distillation literature). Projection shortcuts (1x1 conv + BN, "option B")
 are used where the shape changes. Every residual branch ends in a
 :class:`torchvision.ops.StochasticDepth` (drop path), its rate rising linearly over the blocks.
 
@@ -21,7 +22,8 @@ from noisystudent.errors import UserError
 from noisystudent.models._registry import register_model
 from noisystudent.models.layers import Classifier, ClassifierHead, drop_path_rates, make_feature_info
 
-__all__ = ["BasicBlock", "CifarResNet", "resnet8", "resnet14", "resnet20", "resnet26"]
+__all__ = ["BasicBlock", "CifarResNet", "resnet8", "resnet14", "resnet20", "resnet26", "resnet32", "resnet44", "resnet56",
+           "resnet110"]
 
 STAGE_WIDTHS = (16, 32, 64)
 STAGE_REDUCTIONS = (1, 2, 4)
@@ -130,3 +132,27 @@ def resnet20(**kwargs) -> CifarResNet:
 def resnet26(**kwargs) -> CifarResNet:
     """ResNet-26: four blocks per stage, ~0.37M parameters."""
     return _create_cifar_resnet(26, **kwargs)
+
+
+@register_model
+def resnet32(**kwargs) -> CifarResNet:
+    """ResNet-32: five blocks per stage, ~0.46M parameters."""
+    return _create_cifar_resnet(32, **kwargs)
+
+
+@register_model
+def resnet44(**kwargs) -> CifarResNet:
+    """ResNet-44: seven blocks per stage, ~0.66M parameters."""
+    return _create_cifar_resnet(44, **kwargs)
+
+
+@register_model
+def resnet56(**kwargs) -> CifarResNet:
+    """ResNet-56: nine blocks per stage, ~0.85M parameters; the usual CIFAR teacher of the KD literature."""
+    return _create_cifar_resnet(56, **kwargs)
+
+
+@register_model
+def resnet110(**kwargs) -> CifarResNet:
+    """ResNet-110: eighteen blocks per stage, ~1.7M parameters."""
+    return _create_cifar_resnet(110, **kwargs)

@@ -62,11 +62,12 @@ class AnomalyScorer(ImageBatchActor):
         from noisystudent.anomaly import Detector
 
         super().__init__(source, decode_threads=decode_threads, torch_threads=torch_threads,
-                         kill_once_marker=kill_once_marker)
+                         kill_once_marker=kill_once_marker, device=device)
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("scoring actor was given a GPU but torch sees no CUDA device")
         self.detector = Detector(teacher, student, stages, combine, threshold, device=device)
-        self.transforms["x"] = self.detector.transform()
+        s = self.detector.spec
+        self.add_input(s.image_size, s.in_chans, list(s.mean), list(s.std), key="x")
         self.threshold = float(threshold)
         self.save_maps = save_maps
 

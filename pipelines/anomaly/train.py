@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import yaml
 
 from noisystudent.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_checkpoint
 from noisystudent.errors import UserError
-from noisystudent.io import atomic_path, read_json, sha256_file, write_bytes, write_json, write_text
-from pipelines.anomaly.config import RUNTIME_FIELDS, AnomalyConfig, anomaly_config_from_dict, dump_config, to_dict
+from noisystudent.io import atomic_path, read_json, sha256_file, write_bytes, write_json
+from pipelines.anomaly.config import RUNTIME_FIELDS, AnomalyConfig, anomaly_config_from_dict, to_dict
+from pipelines.frozen import FrozenConfig, value_at
 
 DETECTOR_FILE = "detector.json"
 FORMAT_VERSION = 1
@@ -88,33 +88,29 @@ def _log(progress: bool, msg: str) -> None:
 # the frozen config
 
 
-def _strip_runtime(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}
+def _frozen(run: DetectorRun) -> FrozenConfig:
+    return FrozenConfig(run.config_path, anomaly_config_from_dict, RUNTIME_FIELDS)
 
 
 def load_run_config(run: DetectorRun) -> AnomalyConfig:
     if not run.config_path.is_file():
         raise UserError(f"{run.root} is not a detector run folder (no config.yaml); train one with "
                         f"`noisystudent anomaly train CONFIG --run-dir {run.root}`")
-    return anomaly_config_from_dict(yaml.safe_load(run.config_path.read_text(encoding="utf-8")))
+    return _frozen(run).load()
 
 
 def freeze_config(run: DetectorRun, cfg: AnomalyConfig) -> AnomalyConfig:
     """Write ``config.yaml`` at the first call; later, refuse a change outside :data:`RUNTIME_FIELDS`,
     naming the first changed field (the runtime fields are updated)."""
-    from pipelines.state import _diff
-
-    if run.config_path.is_file():
-        old = load_run_config(run)
-        changed = _diff(_strip_runtime(to_dict(old)), _strip_runtime(to_dict(cfg)))
+    frozen = _frozen(run)
+    if frozen.exists():
+        old, changed = frozen.changes(cfg)
         if changed:
             field = changed[0]
-            was, now = to_dict(old), to_dict(cfg)
-            for part in field.split("."):
-                was, now = (was or {}).get(part), (now or {}).get(part)
+            was, now = value_at(to_dict(old), field), value_at(to_dict(cfg), field)
             raise UserError(f"config field '{field}' differs from the one frozen in {run.config_path} (was {was!r}, "
                             f"now {now!r}); use another --run-dir, or --force to train again")
-    write_text(run.config_path, dump_config(cfg))
+    frozen.write(cfg)
     return cfg
 
 

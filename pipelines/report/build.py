@@ -14,8 +14,10 @@ from typing import Any, Optional
 
 import numpy as np
 
+from noisystudent.data.hidden import has_hidden_labels
 from noisystudent.io import write_bytes, write_text
 
+from ..steps import TEACHER, baseline_step, gen_folder, generation_of, split_step, step_name, step_order
 from . import plots
 from .html import Note, Plot, Pre, Section, Table, render_page
 from .rundata import RunData, collect, gen_value
@@ -94,9 +96,9 @@ def summary_table(run: RunData) -> Table:
     rows: list[tuple[str, dict[str, str]]] = []
     tm = run.teacher.metrics if run.teacher is not None else None
     if tm is not None:
-        rows.append(("gen-0", {"generation": "0", "model": fmt(tm.get("model", run.cfg.teacher.name)),
+        rows.append((gen_folder(0), {"generation": "0", "model": fmt(tm.get("model", run.cfg.teacher.name)),
                                "test_acc": fmt(tm.get("test_acc")), "val_acc": fmt(tm.get("val_acc")),
-                               "seconds": fmt_figure("seconds", steps.get("gen-0/teacher", {}).get("seconds"))}))
+                               "seconds": fmt_figure("seconds", steps.get(step_name(0, TEACHER), {}).get("seconds"))}))
     prev_metrics = tm
     for g in run.generations:
         if not g.started:
@@ -108,15 +110,15 @@ def summary_table(run: RunData) -> Table:
         if g.metrics is None and prev_metrics is not None:
             cells["teacher_model"] = fmt(prev_metrics.get("model"))
             cells["teacher_test_acc"] = fmt(prev_metrics.get("test_acc"))
-        secs = [v["seconds"] for s, v in steps.items() if s.startswith(f"gen-{g.generation}/") and "seconds" in v]
+        secs = [v["seconds"] for s, v in steps.items() if generation_of(s) == g.generation and "seconds" in v]
         cells["seconds"] = fmt_figure("seconds", float(sum(secs))) if secs else "-"
-        rows.append((f"gen-{g.generation}", cells))
+        rows.append((gen_folder(g.generation), cells))
         prev_metrics = g.student.metrics if g.student is not None else None
     for role, rec in run.baselines.items():
         m = rec.metrics or {}
         rows.append((f"baseline-{role}", {"generation": f"{role} baseline", "model": fmt(m.get("model")),
                                           "test_acc": fmt(m.get("test_acc")),
-                                          "seconds": fmt_figure("seconds", steps.get(f"baselines/{role}", {}).get("seconds"))}))
+                                          "seconds": fmt_figure("seconds", steps.get(baseline_step(role), {}).get("seconds"))}))
     numeric = frozenset(k for k, _ in SUMMARY_COLUMNS if k not in ("generation", "model", "teacher_model", "taught_by",
                                                                    "promoted"))
     return Table(SUMMARY_COLUMNS, rows, numeric=numeric,
@@ -163,16 +165,6 @@ def promotion_table(run: RunData) -> Optional[Table]:
                          "if_better refuses every student below; test accuracy is reported, never decided on.")
 
 
-def _step_order(name: str) -> tuple:
-    from ..state import STEPS
-
-    head, _, tail = name.partition("/")
-    if head.startswith("gen-") and head[4:].isdigit():
-        order = ("teacher",) + STEPS
-        return (0, int(head[4:]), order.index(tail) if tail in order else len(order), name)
-    return (1, 0, 0, name)
-
-
 def timings_table(run: RunData) -> Table:
     """Every finished step of ``state.json`` with its seconds and, where the step processes images,
     how many and how fast."""
@@ -180,10 +172,9 @@ def timings_table(run: RunData) -> Table:
     gens = {g.generation: g for g in run.generations}
     rows = []
     total = 0.0
-    for name in sorted(steps, key=_step_order):
+    for name in sorted(steps, key=step_order):
         info = steps[name]
-        head, _, kind = name.partition("/")
-        g = int(head[4:]) if head.startswith("gen-") and head[4:].isdigit() else None
+        g, kind = split_step(name)
         rec = gens.get(g) if g is not None else None
         # one decimal: a table of steps has sub-second ones (evaluate, promote) that whole seconds would show as 0
         cells = {"step": name, "seconds": fmt(info.get("seconds"), 1, thousands=True), "finished": fmt(info.get("finished")),
@@ -194,7 +185,7 @@ def timings_table(run: RunData) -> Table:
             metrics = run.teacher.metrics
         elif kind == "student" and rec is not None and rec.student is not None:
             metrics = rec.student.metrics
-        elif head == "baselines" and kind in run.baselines:
+        elif name == baseline_step(kind) and kind in run.baselines:
             metrics = run.baselines[kind].metrics
         if metrics is not None:
             per_epoch = int(metrics.get("labeled_images") or 0) + int(metrics.get("pseudo_labeled_images") or 0)
@@ -287,7 +278,7 @@ def _class_balance(run: RunData) -> tuple[Optional[Plot], list[str]]:
 def _calibration(run: RunData) -> tuple[Optional[Plot], list[str]]:
     if run.data is None:
         return None, ["Calibration: left out, the run's data set is not available here."]
-    if getattr(run.data.unlabeled, "hidden_labels", None) is None:
+    if not has_hidden_labels(run.data.unlabeled):
         return None, ["Calibration: left out, the unlabeled images have no hidden true labels (only Fashion-MNIST-style "
                       "splits have them)."]
     per_gen = {}

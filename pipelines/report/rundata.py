@@ -22,7 +22,8 @@ import pandas as pd
 from noisystudent.errors import UserError
 from pipelines.config import ExperimentConfig
 
-from ..state import RunDir, step_name
+from ..state import RunDir
+from ..steps import BASELINE_ROLES, TEACHER, baseline_step, generation_of, step_name
 
 # Columns of the pseudo-label Parquet the report needs; reading only these keeps large label sets cheap.
 LABEL_COLUMNS = ("image_id", "label", "confidence")
@@ -209,17 +210,18 @@ def _class_names(run: RunDir, data: Any, gens: list[GenerationRecord], models: l
 
 
 def hidden_labels_for(data: Any, image_ids: pd.Series) -> Optional[np.ndarray]:
-    """True labels of pseudo-labeled images (-1 where unknown), or None when the source has none.
+    """True labels of pseudo-labeled images in the run's classes (-1 where unknown), or None when the
+    source has none (:func:`noisystudent.data.hidden.true_labels`; a streaming source never has them).
 
     Only for measuring pseudo-label quality in reports; never for training.
     """
+    from noisystudent.data.hidden import has_hidden_labels, true_labels
+    from noisystudent.data.protocols import RandomAccessSource
+
     src = getattr(data, "unlabeled", None)
-    if src is None or getattr(src, "hidden_labels", None) is None:
+    if not isinstance(src, RandomAccessSource) or not has_hidden_labels(src):
         return None
-    pos = src.positions(image_ids)
-    out = np.full(len(image_ids), -1, dtype=np.int64)
-    out[pos >= 0] = np.asarray(src.hidden_labels)[pos[pos >= 0]]
-    return out
+    return true_labels(src, list(image_ids), data.classes)
 
 
 def collect(run_dir: str | Path, with_data: bool = True) -> RunData:
@@ -230,10 +232,10 @@ def collect(run_dir: str | Path, with_data: bool = True) -> RunData:
     state = run.state()
     steps = state.get("steps", {})
 
-    teacher = _model(step_name(0, "teacher"), f"generation 0 teacher ({cfg.teacher.name})", "teacher", 0, run.teacher_dir(), notes)
+    teacher = _model(step_name(0, TEACHER), f"generation 0 teacher ({cfg.teacher.name})", "teacher", 0, run.teacher_dir(), notes)
 
-    present = [int(p.name[4:]) for p in run.root.glob("gen-*") if p.is_dir() and p.name[4:].isdigit()]
-    present += [int(s.split("/")[0][4:]) for s in steps if s.startswith("gen-") and s.split("/")[0][4:].isdigit()]
+    present = [g for g in (generation_of(p.name) for p in run.root.iterdir() if p.is_dir()) if g is not None]
+    present += [g for g in map(generation_of, steps) if g is not None]
     last = max([cfg.student.generations] + present)
     gens: list[GenerationRecord] = []
     for g in range(1, last + 1):
@@ -247,11 +249,11 @@ def collect(run_dir: str | Path, with_data: bool = True) -> RunData:
         gens.append(rec)
 
     baselines: dict[str, ModelRecord] = {}
-    for role in ("supervised", "oracle"):
+    for role in BASELINE_ROLES:
         folder = run.baseline_dir(role)
-        if folder.is_dir() or f"baselines/{role}" in steps:
-            base = _model(f"baselines/{role}", f"{role} baseline", role, None, folder, notes)
-            info = steps.get(f"baselines/{role}", {})
+        if folder.is_dir() or baseline_step(role) in steps:
+            base = _model(baseline_step(role), f"{role} baseline", role, None, folder, notes)
+            info = steps.get(baseline_step(role), {})
             if base.metrics is None and info.get("test_acc") is not None:  # metrics.json lost: state.json still knows
                 base.metrics = {"test_acc": info["test_acc"], "model": info.get("model")}
             baselines[role] = base

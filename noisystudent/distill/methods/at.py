@@ -22,8 +22,7 @@ import torch.nn.functional as F
 
 from noisystudent import validate
 from noisystudent.distill._registry import register_method
-from noisystudent.distill.base import DistillMethod
-from noisystudent.errors import ConfigError
+from noisystudent.distill.base import StagePairsMethod
 
 
 def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -47,7 +46,7 @@ def at_loss(f_s: torch.Tensor, f_t: torch.Tensor, p: float = 2.0) -> torch.Tenso
 
 
 @register_method
-class AttentionTransfer(DistillMethod):
+class AttentionTransfer(StagePairsMethod):
     name = "at"
     teacher = "online"
     summary = "Zagoruyko & Komodakis 2017: match normalised spatial attention maps of stages + CE"
@@ -59,29 +58,8 @@ class AttentionTransfer(DistillMethod):
         p: float = field(default=2.0, metadata=validate.range(0, 16, lo_open=True))
         beta: float = field(default=1000.0, metadata=validate.range(0, 1e7))
 
-    @classmethod
-    def check_params(cls, params, field: str) -> None:
-        if not params.student_stages:
-            raise ConfigError(f"{field}.student_stages", "needs at least one stage")
-        if len(params.student_stages) != len(params.teacher_stages):
-            raise ConfigError(f"{field}.teacher_stages", f"must pair one to one with student_stages "
-                              f"({len(params.student_stages)} stages), got {len(params.teacher_stages)}")
-
-    def __init__(self, params, **kw):
-        super().__init__(params, **kw)
-        self._check_stages(tuple(params.student_stages), self.student_info, "student", "student_stages")
-        self._check_stages(tuple(params.teacher_stages), self.teacher_info, "teacher", "teacher_stages")
-
-    @property
-    def student_stages(self):
-        return tuple(self.params.student_stages)
-
-    @property
-    def teacher_stages(self):
-        return tuple(self.params.teacher_stages)
-
     def loss(self, student, teacher, batch):
         p = self.params
         at = sum(at_loss(s, t, p.p) for s, t in zip(student.features, teacher.features))
-        ce = F.cross_entropy(student.labeled, batch.y, label_smoothing=self.label_smoothing)
+        ce = self.labeled_ce(student, batch)
         return ce + p.beta / 2 * at, {"loss_labeled": ce.detach(), "loss_at": at.detach()}

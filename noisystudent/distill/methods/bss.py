@@ -38,12 +38,12 @@ import torch.nn.functional as F
 from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
-from noisystudent.distill.methods.hinton import kd_kl
+from noisystudent.losses import kd_kl
 
 
 def kl_t(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(t/T) || softmax(s/T)), mean over rows, without the T^2 factor (BSS's weighting):
-    hinton's :func:`kd_kl` on the teacher's logits, its T^2 taken back out."""
+    the shared :func:`~noisystudent.losses.kd_kl` on the teacher's logits, its T^2 taken back out."""
     probs = F.softmax(teacher_logits.float() / temperature, dim=-1)
     return kd_kl(student_logits, probs, temperature) / temperature**2
 

@@ -22,15 +22,14 @@ import dataclasses
 import warnings
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
 from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
-from noisystudent.distill.methods.hinton import kd_kl
 from noisystudent.errors import ConfigError
+from noisystudent.losses import kd_kl
 
 
 @register_method

@@ -35,6 +35,7 @@ class FitNet(DistillMethod):
     name = "fitnet"
     teacher = "online"
     summary = "Romero et al. 2015: regress a student stage onto a teacher stage (hint loss) + CE"
+    stage_params = {"student_stage": "student", "teacher_stage": "teacher"}
 
     @dataclass
     class Params:
@@ -45,19 +46,9 @@ class FitNet(DistillMethod):
 
     def __init__(self, params, **kw):
         super().__init__(params, **kw)
-        self._check_stages((params.student_stage,), self.student_info, "student", "student_stage")
-        self._check_stages((params.teacher_stage,), self.teacher_info, "teacher", "teacher_stage")
         c_s = self.student_info[params.student_stage]["num_chs"]
         c_t = self.teacher_info[params.teacher_stage]["num_chs"]
         self.regressor = nn.Sequential(nn.Conv2d(c_s, c_t, 1, bias=False), nn.BatchNorm2d(c_t))
-
-    @property
-    def student_stages(self):
-        return (self.params.student_stage,)
-
-    @property
-    def teacher_stages(self):
-        return (self.params.teacher_stage,)
 
     def set_epoch(self, epoch: int, total: int) -> None:
         if self.params.hint_epochs >= total:
@@ -71,7 +62,7 @@ class FitNet(DistillMethod):
         if s.shape[-2:] != t.shape[-2:]:
             s = F.adaptive_avg_pool2d(s, t.shape[-2:])
         hint = F.mse_loss(s.float(), t.float())
-        ce = F.cross_entropy(student.labeled, batch.y, label_smoothing=self.label_smoothing)
+        ce = self.labeled_ce(student, batch)
         # hint stage: ce * 0 keeps the classifier in the graph (DDP wants a gradient for every parameter)
         task = ce * 0 if self.epoch < self.params.hint_epochs else ce
         return task + self.params.beta * hint, {"loss_labeled": ce.detach(), "loss_hint": hint.detach()}

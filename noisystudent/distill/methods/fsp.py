@@ -114,7 +114,7 @@ class FSP(DistillMethod):
     def loss(self, student, teacher, batch):
         fs, ft = student.features, teacher.features
         fsp = sum((fsp_matrix(fs[i], fs[j]) - fsp_matrix(ft[i], ft[j])).pow(2).mean() for i, j in self._pairs)
-        ce = F.cross_entropy(student.labeled, batch.y, label_smoothing=self.label_smoothing)
+        ce = self.labeled_ce(student, batch)
         init = self.params.init_epochs
         if init and self.epoch < init:  # first stage: FSP alone (ce * 0 keeps every parameter in DDP's graph)
             total = self.params.beta * fsp + ce * 0

@@ -17,20 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 
 from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
-
-
-def kd_kl(student_logits: torch.Tensor, teacher_probs_t: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(teacher_T || student_T), mean over rows; teacher given as probabilities at T."""
-    if student_logits.numel() == 0:
-        return student_logits.sum() * 0
-    log_p = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return F.kl_div(log_p, teacher_probs_t.float(), reduction="batchmean") * temperature**2
+from noisystudent.losses import kd_kl
 
 
 @register_method
@@ -53,11 +45,11 @@ class Hinton(DistillMethod):
     def loss(self, student, teacher, batch):
         p = self.params
         if p.source == "online":
-            probs = F.softmax(teacher.logits.float() / p.temperature, dim=-1)
+            probs = teacher.probs(p.temperature)  # an ensemble's weighted mixture at T
             kd = kd_kl(student.logits, probs, p.temperature)
         else:  # stored probabilities (already at T) exist for the unlabeled rows only
             targets = batch.targets if batch.targets is not None else student.logits.new_zeros(0, self.num_classes)
             kd = kd_kl(student.unlabeled, targets, p.temperature)
-        ce = F.cross_entropy(student.labeled, batch.y, label_smoothing=self.label_smoothing) if batch.n_labeled else kd * 0
+        ce = self.labeled_ce(student, batch)
         total = p.alpha * kd + (1 - p.alpha) * ce
         return total, {"loss_labeled": ce.detach(), "loss_kd": kd.detach()}

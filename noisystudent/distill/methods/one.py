@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
-from noisystudent.distill.methods.hinton import kd_kl
 from noisystudent.errors import ConfigError
+from noisystudent.losses import kd_kl
 
 
 @register_method

@@ -61,6 +61,7 @@ class RKD(DistillMethod):
     name = "rkd"
     teacher = "online"
     summary = "Park et al. 2019: match the batch's distances (25) and angles (50) of pooled embeddings + CE"
+    stage_params = {"student_stage": "student", "teacher_stage": "teacher"}
 
     @dataclass
     class Params:
@@ -70,23 +71,11 @@ class RKD(DistillMethod):
         student_stage: int = -1
         teacher_stage: int = -1
 
-    def __init__(self, params, **kw):
-        super().__init__(params, **kw)
-        self._check_stages((params.student_stage,), self.student_info, "student", "student_stage")
-        self._check_stages((params.teacher_stage,), self.teacher_info, "teacher", "teacher_stage")
-
-    @property
-    def student_stages(self):
-        return (self.params.student_stage,)
-
-    @property
-    def teacher_stages(self):
-        return (self.params.teacher_stage,)
 
     def loss(self, student, teacher, batch):
         p = self.params
         dist, angle = rkd_losses(student.features[0], teacher.features[0])
-        ce = F.cross_entropy(student.labeled, batch.y, label_smoothing=self.label_smoothing)
+        ce = self.labeled_ce(student, batch)
         total = ce
         if p.mode in ("distance", "both"):
             total = total + p.distance_weight * dist

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 
 from noisystudent import validate
 from noisystudent.distill._registry import register_method
-from noisystudent.distill.base import DistillMethod
-from noisystudent.errors import ConfigError
+from noisystudent.distill.base import StagePairsMethod
 
 
 def similarity(f: torch.Tensor) -> torch.Tensor:
@@ -38,7 +37,7 @@ def sp_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
 
 
 @register_method
-class SimilarityPreserving(DistillMethod):
+class SimilarityPreserving(StagePairsMethod):
     name = "sp"
     teacher = "online"
     summary = "Tung & Mori 2019: match the batch similarity matrices of stages + CE"
@@ -49,28 +48,7 @@ class SimilarityPreserving(DistillMethod):
         teacher_stages: list[int] = field(default_factory=lambda: [-1])
         gamma: float = field(default=3000.0, metadata=validate.range(0, 1e8))
 
-    @classmethod
-    def check_params(cls, params, field: str) -> None:
-        if not params.student_stages:
-            raise ConfigError(f"{field}.student_stages", "needs at least one stage")
-        if len(params.student_stages) != len(params.teacher_stages):
-            raise ConfigError(f"{field}.teacher_stages", f"must pair one to one with student_stages "
-                              f"({len(params.student_stages)} stages), got {len(params.teacher_stages)}")
-
-    def __init__(self, params, **kw):
-        super().__init__(params, **kw)
-        self._check_stages(tuple(params.student_stages), self.student_info, "student", "student_stages")
-        self._check_stages(tuple(params.teacher_stages), self.teacher_info, "teacher", "teacher_stages")
-
-    @property
-    def student_stages(self):
-        return tuple(self.params.student_stages)
-
-    @property
-    def teacher_stages(self):
-        return tuple(self.params.teacher_stages)
-
     def loss(self, student, teacher, batch):
         sp = sum(sp_loss(s, t) for s, t in zip(student.features, teacher.features))
-        ce = F.cross_entropy(student.labeled, batch.y, label_smoothing=self.label_smoothing)
+        ce = self.labeled_ce(student, batch)
         return ce + self.params.gamma * sp, {"loss_labeled": ce.detach(), "loss_sp": sp.detach()}

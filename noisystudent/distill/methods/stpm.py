@@ -50,6 +50,7 @@ class STPM(DistillMethod):
     teacher = "online"
     summary = ("Wang et al. 2021: a same-architecture student matches normalised teacher stage features on normal "
                "images (anomaly detection; labels unused)")
+    stage_params = {"stages": "both"}
 
     @dataclass
     class Params:
@@ -65,8 +66,6 @@ class STPM(DistillMethod):
     def __init__(self, params, **kw):
         super().__init__(params, **kw)
         stages = tuple(params.stages)
-        self._check_stages(stages, self.student_info, "student", "stages")
-        self._check_stages(stages, self.teacher_info, "teacher", "stages")
         for s in stages:
             a, b = self.student_info[s], self.teacher_info[s]
             if (a["num_chs"], a["reduction"]) != (b["num_chs"], b["reduction"]):
@@ -74,14 +73,6 @@ class STPM(DistillMethod):
                                   f"{a['num_chs']} channels, stride {a['reduction']}) differs from the teacher's "
                                   f"({b.get('model', 'teacher')}: {b['num_chs']} channels, stride {b['reduction']}); "
                                   "STPM's student is the teacher's architecture")
-
-    @property
-    def student_stages(self):
-        return tuple(self.params.stages)
-
-    @property
-    def teacher_stages(self):
-        return tuple(self.params.stages)
 
     def loss(self, student, teacher, batch):
         match = stpm_loss(student.features, teacher.features)

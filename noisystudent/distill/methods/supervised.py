@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
 
@@ -25,5 +23,5 @@ class Supervised(DistillMethod):
         pass
 
     def loss(self, student, teacher, batch):
-        ce = F.cross_entropy(student.labeled, batch.y, label_smoothing=self.label_smoothing)
+        ce = self.labeled_ce(student, batch)
         return ce, {"loss_labeled": ce.detach()}
