@@ -9,7 +9,7 @@ CONFIG ?= configs/fashion_mnist.yaml
 export RAY_AUTH_MODE ?= token
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 
-.PHONY: install data test test-all run run-full bench bench-accuracy bench-small bench-kd bench-kd-online bench-patience bench-anomaly bench-crossmodal report clean clean-runs help
+.PHONY: install data test test-all run run-full bench bench-accuracy bench-small bench-kd bench-kd-online bench-patience bench-anomaly bench-crossmodal bench-peers report clean clean-runs help
 
 help:
 	@echo "make run             the full Noisy Student loop on Fashion-MNIST (CPU-sized default)"
@@ -29,6 +29,9 @@ help:
 	@echo "make bench-scale     label and select 10^5, 10^6 and 3x10^6 synthetic images, student epochs over 10^5 and 10^6:"
 	@echo "                     driver and actor memory, img/s, docs/bench-scale.json/.png (~20 min on 2 busy cores;"
 	@echo "                     python -m bench.scale --quick: minutes)"
+	@echo "make bench-peers     our loop beside USB (semilearn) FixMatch and Pseudo-Label: same split, model, steps,"
+	@echo "                     batch, test set, 2 seeds; installs .venv-peers first (docs/bench-peers.md;"
+	@echo "                     python -m bench.peers --quick: minutes)"
 	@echo "make clean           remove what can be rebuilt: the venv, caches, egg-info, bench/results (keeps runs/)"
 	@echo "make clean-runs      delete runs/: every run's results and the cached converged oracle"
 	@echo "make bench-study     a Ray Tune study: supervised / hinton / fitnet at label noise 0 and 0.4, 2 seeds, the"
@@ -97,9 +100,23 @@ bench-anomaly: install
 bench-scale: install
 	$(BIN)/python -m bench.scale --sizes 100000,1000000,3000000 --student-sizes 100000,1000000
 
+# The bench environment of bench-peers: its own venv, never a dependency of the package. One torch, the
+# project's pin (bench/peers/constraints.txt applies to every install, so nothing can pull another).
+PEERS_VENV ?= .venv-peers
+$(PEERS_VENV)/.installed: bench/peers/requirements.txt bench/peers/constraints.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/pip install -q -c bench/peers/constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(PEERS_VENV)/bin/pip install -q -c bench/peers/constraints.txt -r bench/peers/requirements.txt
+	$(PEERS_VENV)/bin/python -m bench.peers.check_env
+	touch $@
+
+bench-peers: install $(PEERS_VENV)/.installed
+	$(BIN)/python -m bench.peers $(CONFIG)
+
 # Only what `make install` / `make bench` rebuild; experiment results live in runs/ and go with clean-runs.
 clean:
-	rm -rf bench/results .pytest_cache $(VENV) *.egg-info
+	rm -rf bench/results .pytest_cache $(VENV) $(PEERS_VENV) *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: bench-study
