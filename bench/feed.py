@@ -104,7 +104,8 @@ def jpeg_parquet(path: Path, n: int, seed: int = 0) -> Path:
 def source_for(fmt: str, n: int, side: int, chans: int, scratch: Path) -> tuple[Any, Callable]:
     """``(partition reader, raw -> HWC uint8 image)`` for a case."""
     from noisystudent.data.array import ArraySource
-    from noisystudent.data.streaming import IndexChunks, StreamSource
+    from noisystudent.data.streaming import StreamSource
+    from pseudo_labels.chunks import IndexChunks
 
     if fmt == "array":
         images = gc.images_for(n, side, chans)
