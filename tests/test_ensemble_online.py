@@ -20,7 +20,7 @@ from noisystudent.cli import main
 from noisystudent.distill import create_method
 from noisystudent.distill.base import Batch, Outputs
 from noisystudent.distill.ensemble import load_ensemble
-from noisystudent.distill.methods.hinton import kd_kl
+from noisystudent.losses import kd_kl
 from noisystudent.errors import ConfigError
 from noisystudent.evaluate import predict_probs
 from noisystudent.train import TrainJob, run_training

@@ -35,7 +35,7 @@ from torch import nn
 from noisystudent import validate
 from noisystudent.distill._registry import register_method
 from noisystudent.distill.base import DistillMethod
-from noisystudent.distill.methods.hinton import kd_kl
+from noisystudent.losses import kd_kl
 from noisystudent.errors import ConfigError
 
 
@@ -88,7 +88,7 @@ class BeYourOwnTeacher(DistillMethod):
         super().__init__(params, **kw)
         n = len(self.student_info)
         chosen = list(range(n - 1)) if params.stages is None else list(params.stages)
-        self._check_stages(tuple(chosen), self.student_info, "student", "stages")
+        self.check_stages(tuple(chosen), self.student_info, "student", "stages")
         self.shallow = sorted({s % n for s in chosen}) if n else []
         if not self.shallow or self.shallow[-1] == n - 1:
             raise ConfigError(f"{self.field}.stages", f"needs one or more stages before the last (0..{n - 2}) to "
