@@ -60,7 +60,7 @@ def test_cli_weights_errors_exit_2(tmp_path):
 def test_config_teachers_label_every_generation_with_teacher_standing_for_the_promoted_model(tmp_path):
     from pipelines.config import config_from_dict
     from pipelines.state import RunDir
-    from pipelines.steps import _label_teachers
+    from pipelines.steps.labeling import _label_teachers
 
     run = RunDir(tmp_path / "run")
     cfg = run.freeze_config(config_from_dict({"pseudo_labels": {"teachers": [{"path": "teacher", "weight": 3},

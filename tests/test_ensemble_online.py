@@ -129,7 +129,7 @@ def test_two_ray_train_workers_load_every_teacher_and_resume(world, second, tmp_
 def test_teachers_lists_are_validated_naming_the_field(world):  # noqa: F811
     from noisystudent.config import TeacherRef
     from pipelines.config import config_from_dict
-    from pipelines.steps import online_ensemble
+    from pipelines.steps.training import online_ensemble
 
     _cfg, data, t1, _pl = world
     with pytest.raises(ConfigError) as err:
