@@ -47,7 +47,9 @@ def _train(ctx: StepContext, out: Path, *, model_cfg, train_cfg, labeled, test, 
                                                                           pseudo, unlabeled)
     init = model_cfg.init
     if init == "teacher":
-        init = str(teacher) if teacher is not None else None
+        init = teacher
+    # absolute: a Ray Train worker does not run in the driver's working directory
+    init = str(Path(init).resolve()) if init else None
     job = TrainJob(
         spec=spec_for(model_cfg, cfg.data, classes, modality),
         model_cfg=model_cfg,
@@ -64,7 +66,7 @@ def _train(ctx: StepContext, out: Path, *, model_cfg, train_cfg, labeled, test, 
         config=to_dict(job_cfg or cfg),
         progress=ctx.progress,
         method=method,
-        teacher_ckpt=str(teacher) if teacher is not None else None,
+        teacher_ckpt=str(Path(teacher).resolve()) if teacher is not None else None,
         val=val,
         teaching=teaching,
         init_ckpt=init,
