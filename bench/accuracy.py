@@ -107,17 +107,6 @@ def print_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _parse_sets(values: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in values:
-        if "=" not in item:
-            raise SystemExit(f"error: --set: expected KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
-    return out
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -136,6 +125,7 @@ def main() -> None:
     run_dir = Path(args.run_dir)
     t0 = time.perf_counter()
 
+    from bench.common import parse_sets
     from noisystudent.errors import UserError
     from pipelines.config import load_config
     from pipelines.loop import converged_oracle, converged_oracle_dir, run_all, train_converged_oracle
@@ -145,7 +135,7 @@ def main() -> None:
         if args.table_only:
             cfg = RunDir(run_dir).load_config()
         else:
-            cfg = load_config(args.config, _parse_sets(args.sets))
+            cfg = load_config(args.config, parse_sets(args.sets))
         if args.oracle_only:
             m = train_converged_oracle(cfg, args.cache_dir, loader_workers=args.loader_workers)
             print(f"converged oracle: {m['model']}, {m['epochs']} epochs, test accuracy {m['test_acc']:.4f}, "

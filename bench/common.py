@@ -240,3 +240,17 @@ def write_results(rows: Sequence[Row], meta: dict[str, Any], path: Path = RESULT
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {"meta": meta, "rows": [asdict(r) for r in rows]})
     return path
+
+
+def parse_sets(values: Iterable[str]) -> dict[str, Any]:
+    """A benchmark's ``--set KEY=VALUE`` items as ``{dotted key: YAML value}`` (the CLI's own, with click's
+    errors, is :func:`noisystudent.cli.experiment.parse_sets`); a malformed item exits naming it."""
+    import yaml
+
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise SystemExit(f"error: --set: expected KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw)
+    return out

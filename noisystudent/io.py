@@ -13,7 +13,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .diskspace import maybe_inject, out_of_space, out_of_space_errno
 
@@ -81,6 +81,25 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def link_folder(src: str | os.PathLike, dst: str | os.PathLike, keep: Callable[[Path], bool] = lambda f: True) -> None:
+    """Make ``dst`` a folder of hard links to the files of ``src`` that ``keep`` accepts (copies where the file
+    system has no hard links), built under a temporary name and renamed into place, so ``dst`` is never half made."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(dst.name + ".link-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in sorted(src.iterdir()):
+        if f.is_file() and keep(f):
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / f.name)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

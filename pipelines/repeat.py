@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
 
-from noisystudent.io import read_json
+from noisystudent.io import link_folder, read_json
 
 from .config import ExperimentConfig
 from .state import RunDir
@@ -51,17 +50,7 @@ def reuse_labels(run: RunDir, g: int, h: int) -> bool:
         return False
     src, dst = run.labels_dir(h), run.labels_dir(g)
     t0 = time.perf_counter()
-    tmp = dst.with_name(dst.name + ".reuse-tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in sorted(src.iterdir()):
-        if f.is_file():
-            try:
-                os.link(f, tmp / f.name)
-            except OSError:
-                shutil.copy2(f, tmp / f.name)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
+    link_folder(src, dst)
     info = run.step_info(step_name(h, "label")) or {}
     summary = read_json(dst / "summary.json") if (dst / "summary.json").is_file() else {}
     run.mark_done(step, time.perf_counter() - t0, folder_artifacts(dst), rows=summary.get("rows", info.get("rows")),

@@ -415,25 +415,14 @@ def label_once(teacher_dir: Path, quiet: bool = True) -> None:
 def seed_loop_trial(teacher_dir: Path, run: RunDir) -> None:
     """Start a loop trial's run folder from the teacher's: its model and generation-1 labels (hard links, a
     copy where there are none) with their state entries. The trial's own config freezes on its first step."""
-    import os
-    import shutil
+    from noisystudent.io import link_folder
 
     if run.is_done(LOOP_STEP):
         return
     src = RunDir(teacher_dir)
-    for step, folder in ((TEACHER_STEP, src.teacher_dir()), (LOOP_STEP, src.labels_dir(1))):
-        dst = run.root / folder.relative_to(src.root)
-        tmp = dst.with_name(dst.name + ".seed-tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for f in folder.iterdir():
-            if f.is_file() and not f.name.endswith(".pt") or f.name == "model.pt":
-                try:
-                    os.link(f, tmp / f.name)
-                except OSError:
-                    shutil.copy2(f, tmp / f.name)
-        shutil.rmtree(dst, ignore_errors=True)
-        os.replace(tmp, dst)
+    for folder in (src.teacher_dir(), src.labels_dir(1)):  # the model, not a leftover last.pt
+        link_folder(folder, run.root / folder.relative_to(src.root),
+                    keep=lambda f: not f.name.endswith(".pt") or f.name == "model.pt")
     st = run.state()
     for step in (TEACHER_STEP, LOOP_STEP):
         st.setdefault("steps", {})[step] = {**src.step_info(step), "seeded_from": str(src.root)}

@@ -100,4 +100,4 @@ def test_a_refused_generation_with_another_rung_reuses_the_labels(tmp_path):
     info = run.step_info("gen-2/label")
     assert info["reused_from"] == "gen-1/label" and info["rows"] == 7
     assert not reuse_labels(run, 2, 1)  # done already: nothing to do
-    assert not (run.labels_dir(2).parent / "labels.reuse-tmp").exists()
+    assert not (run.labels_dir(2).parent / "labels.link-tmp").exists()

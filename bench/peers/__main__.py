@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
+from bench.common import parse_sets
 from bench.peers import protocol as proto
 from bench.peers.cputime import run_measured
 from bench.peers.table import figure, format_table, summarize
@@ -32,15 +33,6 @@ USB_ARMS = ("fixmatch", "pseudolabel")
 # arm (a resumable run folder) is then simply started again
 RAY_START_TIMEOUT, RAY_START_TRIES = "node timed out during startup", 4
 
-
-def _parse_sets(values: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in values:
-        if "=" not in item:
-            raise SystemExit(f"error: --set: expected KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
-    return out
 
 
 def _set_flags(overrides: dict[str, Any]) -> list[str]:
@@ -140,7 +132,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--work-dir", default=None, help="run folders and per-arm results (default: bench/results/peers[-quick])")
     ap.add_argument("--fresh", action="store_true", help="run every arm again instead of reusing finished ones")
     args = ap.parse_args(argv)
-    overrides = {**(proto.QUICK_OVERRIDES if args.quick else {}), **_parse_sets(args.sets)}
+    overrides = {**(proto.QUICK_OVERRIDES if args.quick else {}), **parse_sets(args.sets)}
     seeds = [int(s) for s in args.seeds.split(",")][: 1 if args.quick else None]
     arms = [a.strip() for a in args.arms.split(",")]
     bad = [a for a in arms if a not in ("ours",) + USB_ARMS]

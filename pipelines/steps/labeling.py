@@ -51,16 +51,18 @@ def _label(ctx: StepContext) -> Outcome:
     streaming = isinstance(data.unlabeled, PartitionedSource)
     if data.unlabeled is None or (not streaming and len(data.unlabeled) == 0):
         raise UserError("config field 'data.unlabeled': no unlabeled images to pseudo-label")
+    specs = []
     for c in ckpts:
         ck = load_checkpoint(c, expected_classes=data.classes)  # fail early, in the driver, with a clear message
         _warn_near_chance(run, g, c, ck.metrics.get("val_acc"), ck.metrics.get("val_images"), len(data.classes))
+        specs.append(ck.spec)
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     pl = cfg.pseudo_labels
     what = f"{data.unlabeled.num_partitions} partitions" if streaming else f"{len(data.unlabeled)} images"
     log(f"[gen {g}] labeling {what} with {', '.join(c.parent.name for c in ckpts)}")
     from noisystudent.data.paired import view_of
 
-    teacher_view = view_of(data.unlabeled, load_checkpoint(ckpts[0]).spec.modality)  # the teacher reads its modality
+    teacher_view = view_of(data.unlabeled, specs[0].modality)  # the teacher reads its own modality
     summary = label_images(teacher_view, [str(c) for c in ckpts], out, temperature=pl.temperature, topk=pl.topk,
                            batch_size=pl.batch_size, num_actors=pl.num_actors, num_gpus_per_actor=pl.num_gpus_per_actor,
                            num_cpus_per_actor=pl.num_cpus_per_actor, force=ctx.force, progress=ctx.progress,
