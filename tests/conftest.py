@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,14 @@ def _ray_cpus_released(request):
         return
     import ray
 
-    if ray.is_initialized() and ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
+    def held() -> bool:
+        return ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0)
+
+    if ray.is_initialized() and held():
         gc.collect()
+        deadline = time.monotonic() + 3  # the resource view follows an actor's exit within a second or two
+        while held() and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
