@@ -22,6 +22,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long or browser tests (deselect with -m 'not slow')")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op torch thread for the in-process training and inference of the whole session: on 2 busy
+    cores, two threads spend most of their time in OpenMP barriers (a 60-step teacher took 69 s instead of
+    3; 20x measured); restored afterwards. Ray workers get theirs from ``ray.torch_threads``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A real local Ray instance shared by every test of the session (starting one costs ~5 s)."""

@@ -35,18 +35,6 @@ def fmnist_folder(tmp_path_factory, require_fmnist):
                                        test_per_class=10)
 
 
-@pytest.fixture
-def one_thread():
-    """In-process training (ray.workers: 0) with one torch thread: on 2 busy cores, 2 threads wait in
-    OpenMP barriers (a 60-step teacher took 69 s instead of 3)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _folder_job(cfg, role="teacher"):
     """The teacher job the loop would build for ``cfg`` (nothing trained)."""
     from noisystudent.data import create_data
@@ -80,7 +68,7 @@ def test_example_config_reads_the_folder_and_plans_enough_steps(fmnist_folder):
     assert "80 labeled images at batch 64" in msg and "teacher_train.min_steps" in msg and "teacher_train.total_steps" in msg
 
 
-def test_under_budget_job_warns_before_it_starts(fmnist_folder, tmp_path, one_thread):
+def test_under_budget_job_warns_before_it_starts(fmnist_folder, tmp_path):
     """A real (2-step) teacher job on the folder warns before its first epoch, and once."""
     from bench.small import example_config
     from noisystudent.engine import TrainHooks, run_training
@@ -102,7 +90,7 @@ def test_under_budget_job_warns_before_it_starts(fmnist_folder, tmp_path, one_th
     assert "val_acc" in hist.columns
 
 
-def test_if_better_keeps_the_teacher_when_the_student_is_worse(fmnist_folder, tmp_path, ray_session, one_thread):
+def test_if_better_keeps_the_teacher_when_the_student_is_worse(fmnist_folder, tmp_path, ray_session):
     """A 1-step student (about chance) does not teach generation 2; status, metrics.json and the report say
     which model taught each generation and why."""
     from click.testing import CliRunner
