@@ -95,3 +95,59 @@ def write_png_folder(root: Path, n_per_class: dict[str, int], size: int = 16, mo
             img = Image.fromarray(arr, mode="L").convert(mode)
             img.save(d / f"img_{j:04d}.png")
     return root
+
+
+# --------------------------------------------------------------------------------------------------
+# one finished tiny run, shared by the CLI, pipeline, report, tracking and artifact-check tests
+
+
+def tiny_run_config(**over) -> dict:
+    """The shared run's config: Fashion-MNIST, a ResNet-8 teacher, two generations (ResNet-8 then ResNet-14
+    students of 4 steps), in-process training; ``over`` merges into a section (dicts) or replaces a key."""
+    d = {
+        "name": "tiny",
+        "data": {"kind": "fashion_mnist", "labels_per_class": 30, "unlabeled_limit": 600, "test_limit": 500},
+        "teacher": {"name": "resnet8"},
+        "teacher_train": {"epochs": 3, "batch_size": 50, "lr": 0.05},
+        "pseudo_labels": {"num_actors": 1, "batch_size": 200, "threshold": 0.0, "per_class": 0},
+        "student": {
+            "generations": 2,
+            "ratio": 2,
+            "ladder": [{"name": "resnet8", "drop_rate": 0.2, "drop_path_rate": 0.1},
+                       {"name": "resnet14", "drop_rate": 0.3, "drop_path_rate": 0.1}],
+            "train": {"epochs": 1, "batch_size": 50, "lr": 0.05, "steps_per_epoch": 4},
+            "promote": "always",  # 4-step students: if_better would (rightly) keep the teacher
+        },
+        "ray": {"workers": 0},
+    }
+    for k, v in over.items():
+        d[k] = {**d.get(k, {}), **v} if isinstance(v, dict) else v
+    return d
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, require_fmnist, ray_session):
+    """``(run_dir, result)``: a finished two-generation run made once per session by ``noisystudent run`` (real
+    teacher training, Ray Data labeling, selection, students, evaluation, TensorBoard events). Read it only;
+    a test that changes a run works on :func:`run_copy`."""
+    import yaml
+    from click.testing import CliRunner
+
+    from noisystudent.cli import main
+
+    tmp = tmp_path_factory.mktemp("finished")
+    cfg_file = tmp / "tiny.yaml"
+    cfg_file.write_text(yaml.safe_dump(tiny_run_config()))
+    res = CliRunner().invoke(main, ["run", str(cfg_file), "--run-dir", str(tmp / "run"), "--quiet"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return tmp / "run", res
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> Path:
+    """A private copy of the shared finished run, for a test that changes or damages it; left out are the
+    outputs derived from the rest (report, TensorBoard events, an MLflow store)."""
+    import shutil
+
+    return Path(shutil.copytree(finished_run[0], tmp_path / "run",
+                                ignore=shutil.ignore_patterns("report", "tensorboard", "mlruns")))

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from conftest import tiny_run_config
 from noisystudent.cli import main
 from noisystudent.errors import UserError
 from pipelines import steps
@@ -23,39 +24,12 @@ from pipelines.state import RunDir
 from pipelines.steps import step_name
 from pseudo_labels import read_labels
 
-
-def tiny(**over) -> dict:
-    d = {
-        "name": "tiny",
-        "data": {"kind": "fashion_mnist", "labels_per_class": 30, "unlabeled_limit": 600, "test_limit": 500},
-        "teacher": {"name": "resnet8"},
-        "teacher_train": {"epochs": 3, "batch_size": 50, "lr": 0.05},
-        "pseudo_labels": {"num_actors": 1, "batch_size": 200, "threshold": 0.0, "per_class": 0},
-        "student": {
-            "generations": 2,
-            "ratio": 2,
-            "ladder": [{"name": "resnet8", "drop_rate": 0.2, "drop_path_rate": 0.1},
-                       {"name": "resnet14", "drop_rate": 0.3, "drop_path_rate": 0.1}],
-            "train": {"epochs": 1, "batch_size": 50, "lr": 0.05, "steps_per_epoch": 4},
-            "promote": "always",  # 4-step students: if_better would (rightly) keep the teacher
-        },
-        "ray": {"workers": 0},
-    }
-    for k, v in over.items():
-        d[k] = {**d.get(k, {}), **v} if isinstance(v, dict) else v
-    return d
+tiny = tiny_run_config  # the config of the session's finished run (conftest.finished_run)
 
 
-@pytest.fixture(scope="module")
-def two_generations(tmp_path_factory, require_fmnist, ray_session):
-    run_dir = tmp_path_factory.mktemp("run")
-    rows = run_all(config_from_dict(tiny()), run_dir, progress=False)
-    return run_dir, rows
-
-
-def test_two_generations_write_every_artifact(two_generations):
-    run_dir, rows = two_generations
-    assert [r["generation"] for r in rows] == [0, 1, 2]
+def test_two_generations_write_every_artifact(finished_run):
+    run_dir, res = finished_run
+    assert "gen 1: resnet8 test accuracy" in res.output and "gen 2: resnet14 test accuracy" in res.output
     run = RunDir(run_dir)
     for p in ["config.yaml", "state.json", "gen-0/teacher/model.pt", "gen-0/teacher/metrics.json", "gen-0/teacher/history.csv"]:
         assert (run_dir / p).is_file(), p
@@ -79,18 +53,19 @@ def test_two_generations_write_every_artifact(two_generations):
     assert not list(run_dir.rglob(".tmp-*"))
 
 
-def test_rerun_skips_finished_steps(two_generations):
-    run_dir, _ = two_generations
+def test_rerun_skips_finished_steps(run_copy):
+    run_dir = run_copy
     before = (run_dir / "state.json").read_text()
     mtimes = {p: p.stat().st_mtime_ns for p in run_dir.rglob("model.pt")}
-    run_all(config_from_dict(tiny()), run_dir, progress=False)
+    rows = run_all(config_from_dict(tiny()), run_dir, progress=False)
+    assert [r["generation"] for r in rows] == [0, 1, 2]
     after = json.loads((run_dir / "state.json").read_text())
     assert after["steps"] == json.loads(before)["steps"]
     assert mtimes == {p: p.stat().st_mtime_ns for p in run_dir.rglob("model.pt")}
 
 
-def test_changed_config_is_refused(two_generations, tmp_path):
-    run_dir, _ = two_generations
+def test_changed_config_is_refused(finished_run, tmp_path):
+    run_dir, _ = finished_run
     with pytest.raises(UserError, match="teacher_train.lr"):
         run_all(config_from_dict(tiny(teacher_train={"epochs": 3, "batch_size": 50, "lr": 0.1})), run_dir, progress=False)
     cfg_file = tmp_path / "changed.yaml"
@@ -99,8 +74,8 @@ def test_changed_config_is_refused(two_generations, tmp_path):
     assert res.exit_code == 2 and "seed" in res.output and res.output.startswith("error:")
 
 
-def test_more_generations_is_allowed_and_status(two_generations):
-    run_dir, _ = two_generations
+def test_more_generations_is_allowed_and_status(finished_run):
+    run_dir, _ = finished_run
     res = CliRunner().invoke(main, ["status", str(run_dir)])
     assert res.exit_code == 0, res.output
     lines = res.output.strip().splitlines()
@@ -159,19 +134,27 @@ def test_label_without_a_teacher_says_which_command_makes_it(tmp_path):
         steps.label(run, cfg, 2, force=True)
 
 
-def test_kill_during_student_then_run_finishes(tmp_path, require_fmnist, ray_session):
-    """SIGKILL the student step mid-way; `run` then completes it without redoing finished steps."""
-    d = tiny(student={"generations": 1, "ratio": 2, "ladder": [{"name": "resnet8", "drop_rate": 0.2}],
-                      "train": {"epochs": 6, "batch_size": 50, "lr": 0.05, "steps_per_epoch": 6}})
-    cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text(yaml.safe_dump(d))
-    run_dir = tmp_path / "run"
+def test_kill_during_student_then_run_finishes(run_copy):
+    """SIGKILL the student step mid-way; `run` then completes it without redoing finished steps.
+
+    A copy of the shared run with generation 1's student and everything after it removed, and a student of
+    6 epochs: the teacher, labels and selection are the finished steps that must stay as they are."""
+    import shutil
+
+    run_dir = run_copy
     run = RunDir(run_dir)
-    cfg = run.freeze_config(config_from_dict(d))
-    steps.train_teacher(run, cfg, progress=False)
-    steps.label(run, cfg, 1, progress=False)
-    steps.select(run, cfg, 1)
+    d = tiny(student={"generations": 1, "train": {"epochs": 6, "batch_size": 50, "lr": 0.05, "steps_per_epoch": 6}})
+    cfg_file = run_dir.parent / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump(d))
+    for step in [s for s in run.state()["steps"] if s.startswith("gen-2/")] + ["gen-1/student", "gen-1/evaluate",
+                                                                                  "gen-1/promote"]:
+        run.forget(step)
+    shutil.rmtree(run_dir / "gen-2")
+    shutil.rmtree(run_dir / "gen-1" / "student")
+    (run_dir / "gen-1" / "metrics.json").unlink()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(d))  # the student's longer schedule, as if started so
     finished = {k: v["finished"] for k, v in run.state()["steps"].items()}
+    assert set(finished) == {"gen-0/teacher", "gen-1/label", "gen-1/select"}
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "noisystudent.cli", "student", str(run_dir), "-g", "1", "--quiet"],
@@ -195,17 +178,17 @@ def test_kill_during_student_then_run_finishes(tmp_path, require_fmnist, ray_ses
     assert "gen-1/promote" in st
 
 
-def test_baseline_roles_from_the_same_config(two_generations, tmp_path):
+def test_baseline_roles_from_the_same_config(run_copy, tmp_path):
     """`teacher --role supervised/oracle` trains references into baselines/<role> and status lists them."""
-    run_dir, _ = two_generations
+    run_dir = run_copy
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(yaml.safe_dump(tiny()))
     res = CliRunner().invoke(main, ["teacher", str(cfg_file), "--run-dir", str(run_dir), "--role", "oracle",
-                                    "--labels-per-class", "60", "--quiet"])
+                                    "--labels-per-class", "40", "--quiet"])
     assert res.exit_code == 0, res.output
     m = json.loads((run_dir / "baselines" / "oracle" / "metrics.json").read_text())
-    # 60 labels a class less data.val_fraction's 6 held out for validation
-    assert m["labeled_images"] == 540 and m["model"] == "resnet14" and m["role"] == "oracle"
+    # 40 labels a class less data.val_fraction's 4 held out for validation
+    assert m["labeled_images"] == 360 and m["model"] == "resnet14" and m["role"] == "oracle"
     rows = json.loads(CliRunner().invoke(main, ["status", str(run_dir), "--json"]).output)
     assert rows[-1]["generation"] == "oracle" and rows[-1]["test_acc"] == m["test_acc"]
     # the accuracy benchmark's table: gain over the teacher and share of the teacher-to-oracle gap closed

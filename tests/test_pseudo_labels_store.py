@@ -64,6 +64,16 @@ def test_probs_to_table_columns_match_the_distribution():
         np.testing.assert_allclose(row.topk_probs, probs[row.topk_classes])
 
 
+def test_class_names_with_spaces_and_unicode_round_trip(tmp_path: Path):
+    """Folder class names are whatever the user named the folders: they come back out of the metadata as
+    written, and a reader expecting them accepts the shard."""
+    names = ["ankle boot", "sandal 👡", "T-shirt"]
+    meta = _meta(class_names=names, num_classes=3)
+    write_shard(tmp_path / "part-00000.parquet", probs_to_table(_ids(4), _probs(4, c=3), None, "t"), meta)
+    assert read_metadata(tmp_path).class_names == names
+    assert len(read_labels(tmp_path, expected=meta)) == 4
+
+
 @pytest.mark.parametrize("topk, k", [(2, 2), (5, 5), (99, 5), (None, 5)])
 def test_topk_length(topk, k):
     t = probs_to_table(_ids(3), _probs(3), topk, "t")

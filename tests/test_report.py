@@ -1,8 +1,8 @@
 """The run report (``pipelines.report``) and experiment tracking (``pipelines.tracking``).
 
-Everything runs on a small real run made by the real pipeline (teacher, Ray Data labeling, selection,
-student) on Fashion-MNIST: the report must read what the pipeline actually writes, not what we think
-it writes. Partial runs are made by deleting artifacts from a copy of it.
+Everything runs on the session's small real run (conftest ``finished_run``: teacher, Ray Data labeling,
+selection, two students on Fashion-MNIST): the report must read what the pipeline actually writes, not
+what we think it writes. Partial runs are made by deleting artifacts from a copy of it.
 """
 
 from __future__ import annotations
@@ -27,34 +27,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALL_PLOTS = {"accuracy.png", "confidence.png", "class_balance.png", "calibration.png", "curves.png", "confusion.png",
              "samples.png"}
 
-RUN_CONFIG = {
-    "name": "report-test",
-    "seed": 0,
-    "device": "cpu",
-    "data": {"kind": "fashion_mnist", "labels_per_class": 10, "unlabeled_limit": 600, "test_limit": 500},
-    "teacher": {"name": "resnet8"},
-    "teacher_train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "eval_every": 2},
-    "pseudo_labels": {"num_actors": 1, "batch_size": 256, "threshold": 0.1},
-    "student": {
-        "generations": 1,
-        "ladder": [{"name": "resnet8", "drop_rate": 0.2, "drop_path_rate": 0.1}],
-        "train": {"epochs": 1, "batch_size": 64, "lr": 0.05},
-    },
-    "ray": {"workers": 0},
-}
-
-
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory, ray_session, fmnist_available) -> Path:
-    """A finished one-generation run made by ``pipelines.loop.run_all`` (about 15 s on 2 cores)."""
-    if not fmnist_available:
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    from pipelines.config import config_from_dict
-    from pipelines.loop import run_all
-
-    root = tmp_path_factory.mktemp("report") / "run"
-    run_all(config_from_dict(RUN_CONFIG), root, progress=False)
-    return root
+def real_run(finished_run, tmp_path_factory) -> Path:
+    """A copy of the session's finished two-generation run (conftest): the report writes into its run folder."""
+    return _copy_run(finished_run[0], tmp_path_factory.mktemp("report") / "run")
 
 
 @pytest.fixture(scope="module")
@@ -222,11 +198,14 @@ def test_report_of_a_run_in_progress(real_run, tmp_path):
 
     run = _copy_run(real_run, tmp_path / "run")
     _edit_config(run, student__generations=3)
+    shutil.rmtree(run / "gen-2")
     shutil.rmtree(run / "gen-1/student")
     (run / "gen-1/metrics.json").unlink()
     state = json.loads((run / "state.json").read_text())
-    for step in ("gen-1/student", "gen-1/evaluate", "gen-1/promote"):
-        state["steps"].pop(step, None)
+    for step in [s for s in state["steps"] if s.startswith("gen-2/")] + ["gen-1/student", "gen-1/evaluate", "gen-1/promote"]:
+        state["steps"].pop(step)
+    state.get("teachers", {}).pop("3", None)  # what generation 2's promotion recorded
+    state.get("promotions", {}).pop("2", None)
     (run / "state.json").write_text(json.dumps(state))
 
     index = build_report(run)
@@ -274,6 +253,7 @@ def test_report_only_teacher(real_run, tmp_path):
 
     run = _copy_run(real_run, tmp_path / "run")
     shutil.rmtree(run / "gen-1")
+    shutil.rmtree(run / "gen-2")
     index = build_report(run, with_data=False)
     assert {p.name for p in index.parent.glob("*.png")} == {"accuracy.png", "curves.png", "confusion.png"}
     notes = " ".join(_parse(index).notes)
@@ -328,8 +308,8 @@ def test_tensorboard_events_are_written_once_and_read_back(real_run, tmp_path):
     for _ in range(2):  # idempotent: the second call replaces the first call's events
         tb = log_run(run)
     assert tb == run / "tensorboard"
-    assert sorted(p.name for p in tb.iterdir()) == ["gen-0", "gen-1"]
-    for gen in ("gen-0", "gen-1"):
+    assert sorted(p.name for p in tb.iterdir()) == ["gen-0", "gen-1", "gen-2"]
+    for gen in ("gen-0", "gen-1", "gen-2"):
         assert len(list((tb / gen).glob("events.out.tfevents.*"))) == 1
 
     def load(gen: str) -> EventAccumulator:
@@ -378,9 +358,9 @@ def test_mlflow_backend_logs_one_run_per_generation(real_run, tmp_path, monkeypa
     log_run(run, backend="mlflow")
     store = log_run(run, backend="mlflow")
     client = MlflowClient(tracking_uri=store.resolve().as_uri())
-    exp = client.get_experiment_by_name(RUN_CONFIG["name"])
+    exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["gen-0", "gen-1"]
+    assert sorted(r.info.run_name for r in runs) == ["gen-0", "gen-1", "gen-2"]
     gen1 = next(r for r in runs if r.info.run_name == "gen-1")
     expected = json.loads((run / "gen-1/metrics.json").read_text())["test_acc"]
     assert gen1.data.metrics["final/test_acc"] == pytest.approx(expected)

@@ -1,50 +1,18 @@
 """Damaged artifacts of a finished step are named before a later step reads them: the file, the step that
-made it and the command that rebuilds it, exit 2; ``doctor RUN_DIR`` checks a whole run. One tiny real
-run (image folder, resnet8, one generation), copied and damaged per test."""
+made it and the command that rebuilds it, exit 2; ``doctor RUN_DIR`` checks a whole run. The session's
+tiny real run (conftest ``finished_run``), copied and damaged per test (``run_copy``)."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
-import yaml
 from click.testing import CliRunner
 
-from conftest import write_png_folder
 from noisystudent.cli import main
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, ray_session):
-    tmp = tmp_path_factory.mktemp("verify")
-    classes = {"a": 8, "b": 8, "c": 8}
-    cfg = {
-        "name": "verify",
-        "data": {"kind": "folder", "labeled": str(write_png_folder(tmp / "train", classes)),
-                 "unlabeled": str(write_png_folder(tmp / "unlabeled", classes, seed=1)),
-                 "test": str(write_png_folder(tmp / "test", classes, seed=2)),
-                 "image_size": 16, "in_chans": 1, "mean": [0.5], "std": [0.25]},
-        "teacher": {"name": "resnet8"},
-        "teacher_train": {"epochs": 1, "batch_size": 8, "lr": 0.05, "warn_below_steps": 0},
-        "pseudo_labels": {"num_actors": 1, "batch_size": 16, "threshold": 0.0},
-        "student": {"generations": 1, "ladder": [{"name": "resnet8"}],
-                    "train": {"epochs": 1, "batch_size": 8, "lr": 0.05, "warn_below_steps": 0}},
-        "ray": {"workers": 0},
-    }
-    (tmp / "c.yaml").write_text(yaml.safe_dump(cfg))
-    res = CliRunner().invoke(main, ["run", str(tmp / "c.yaml"), "--run-dir", str(tmp / "run"), "--quiet",
-                                    "--tracking", "none"])
-    assert res.exit_code == 0, res.output + repr(res.exception)
-    return tmp / "run"
-
-
-@pytest.fixture
-def run_copy(finished_run, tmp_path, monkeypatch):
+@pytest.fixture(autouse=True)
+def _no_free_space_floor(monkeypatch):
     monkeypatch.setenv("NOISYSTUDENT_MIN_FREE_MB", "0")
-    dst = tmp_path / "run"
-    shutil.copytree(finished_run, dst)
-    return dst
 
 
 def _invoke(*argv) -> tuple[int, str]:
@@ -59,7 +27,7 @@ def _one_error_line(out: str) -> str:
 
 
 def test_doctor_on_an_intact_run(finished_run):
-    code, out = _invoke("doctor", finished_run)
+    code, out = _invoke("doctor", finished_run[0])
     assert code == 0 and "all intact" in out, out
 
 
