@@ -151,3 +151,50 @@ def run_copy(finished_run, tmp_path) -> Path:
 
     return Path(shutil.copytree(finished_run[0], tmp_path / "run",
                                 ignore=shutil.ignore_patterns("report", "tensorboard", "mlruns")))
+
+
+# --------------------------------------------------------------------------------------------------
+# one trained Fashion-MNIST teacher for the distillation tests (test_distill and the method modules)
+
+DISTILL_DATA = {"kind": "fashion_mnist", "labels_per_class": 30, "unlabeled_limit": 300, "test_limit": 300}
+
+
+def distill_config(**over):
+    """The distillation tests' config: a ResNet-8 teacher, a noised ResNet-8 student of 6-step epochs."""
+    from pipelines.config import config_from_dict
+
+    base = {
+        "data": dict(DISTILL_DATA),
+        "teacher": {"name": "resnet8", "noise": {"randaugment_n": 0}},
+        "teacher_train": {"epochs": 4, "batch_size": 50, "lr": 0.05},
+        "student": {"ladder": [{"name": "resnet8", "noise": {"randaugment_n": 1, "randaugment_m": 5}}],
+                    "train": {"epochs": 3, "batch_size": 30, "lr": 0.05, "steps_per_epoch": 6,
+                                                       "eval_every": 100}, "ratio": 1},
+        "ray": {"workers": 0},
+    }
+    base.update(over)
+    return config_from_dict(base)
+
+
+@pytest.fixture(scope="session")
+def distill_world(tmp_path_factory, require_fmnist):
+    """``(cfg, data, teacher_ckpt, pseudo)``: real Fashion-MNIST subsets, a ResNet-8 teacher trained for a few
+    epochs once per session, and its probabilities on the unlabeled images (as the labeling job stores them)."""
+    from noisystudent.checkpoint import load_checkpoint
+    from noisystudent.data import create_data
+    from noisystudent.engine import PseudoLabeledSet, TrainJob, run_training, spec_for
+    from noisystudent.evaluate import predict_probs
+    from noisystudent.transforms import create_transform
+
+    cfg = distill_config()
+    data = create_data(cfg.data)
+    out = tmp_path_factory.mktemp("teacher")
+    job = TrainJob(spec=spec_for(cfg.teacher, cfg.data, data.classes), model_cfg=cfg.teacher, train_cfg=cfg.teacher_train,
+                   labeled=data.labeled, test=data.test, out_dir=out, progress=False)
+    run_training(job)
+    teacher = load_checkpoint(out)
+    s = teacher.spec
+    idx, probs = predict_probs(teacher.build_model(), data.unlabeled, create_transform(s.image_size, s.in_chans, s.mean, s.std, None),
+                               progress=False)
+    pseudo = PseudoLabeledSet(data.unlabeled.subset(idx), probs.astype(np.float32), np.ones(len(probs), dtype=np.int64))
+    return cfg, data, out / "model.pt", pseudo

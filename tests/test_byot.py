@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from test_distill import student_job, world  # noqa: F401  (the module-scoped teacher fixture)
+from test_distill import student_job
 
 from noisystudent.checkpoint import load_checkpoint, safe_load
 from noisystudent.distill import create_method, list_methods, method_defaults, resolve_method_config
@@ -78,10 +78,10 @@ def test_config_errors_name_the_field():
         resolve_method_config({"name": "byot", "alpha": 1.5}, "method")
 
 
-def test_trains_resumes_with_its_heads_and_exports_the_plain_network(world, tmp_path):  # noqa: F811
+def test_trains_resumes_with_its_heads_and_exports_the_plain_network(distill_world, tmp_path):
     blobs: list[bytes] = []
     hooks = lambda: TrainHooks(fail_at_epoch=1, report=lambda row, blob: blobs.append(blob))
-    job = lambda: student_job(world, tmp_path, {"name": "byot"}, epochs=2, steps_per_epoch=3)
+    job = lambda: student_job(distill_world, tmp_path, {"name": "byot"}, epochs=2, steps_per_epoch=3)
     with pytest.raises(RuntimeError, match="injected"):
         run_training(job(), hooks())
     metrics = run_training(job(), hooks())
@@ -103,11 +103,11 @@ def test_trains_resumes_with_its_heads_and_exports_the_plain_network(world, tmp_
 
 
 @pytest.mark.slow  # a Ray Train run with a failure and a restart (~80 s on 2 busy cores)
-def test_two_ray_train_workers_kill_and_resume(world, tmp_path, ray_session):  # noqa: F811
+def test_two_ray_train_workers_kill_and_resume(distill_world, tmp_path, ray_session):
     from pipelines.config import RayConfig
     from pipelines.train_ray import train
 
-    metrics = train(student_job(world, tmp_path, {"name": "byot"}, epochs=2, steps_per_epoch=2), RayConfig(workers=2),
+    metrics = train(student_job(distill_world, tmp_path, {"name": "byot"}, epochs=2, steps_per_epoch=2), RayConfig(workers=2),
                     fail_at_epoch=1)
     hist = pd.read_csv(tmp_path / "history.csv")
     assert list(hist["epoch"]) == [1, 2] and metrics["method"] == "byot"

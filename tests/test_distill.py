@@ -4,59 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
 
+from conftest import DISTILL_DATA as DATA
 from noisystudent.checkpoint import load_checkpoint
-from noisystudent.data import create_data
 from noisystudent.distill import create_method, list_methods, method_defaults, resolve_method_config
 from noisystudent.errors import ConfigError, UserError
-from noisystudent.engine import PseudoLabeledSet, TrainHooks, TrainJob, run_training, spec_for
+from noisystudent.engine import TrainHooks, TrainJob, run_training, spec_for
 from pipelines.config import RayConfig, config_from_dict
-
-DATA = {"kind": "fashion_mnist", "labels_per_class": 30, "unlabeled_limit": 300, "test_limit": 300}
-
-
-def cfg_for(**over):
-    base = {
-        "data": dict(DATA),
-        "teacher": {"name": "resnet8", "noise": {"randaugment_n": 0}},
-        "teacher_train": {"epochs": 4, "batch_size": 50, "lr": 0.05},
-        "student": {"ladder": [{"name": "resnet8", "noise": {"randaugment_n": 1, "randaugment_m": 5}}],
-                    "train": {"epochs": 3, "batch_size": 30, "lr": 0.05, "steps_per_epoch": 6,
-                                                       "eval_every": 100}, "ratio": 1},
-        "ray": {"workers": 0},
-    }
-    base.update(over)
-    return config_from_dict(base)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, require_fmnist):
-    """Real Fashion-MNIST subsets and a ResNet-8 teacher trained for a few epochs."""
-    cfg = cfg_for()
-    data = create_data(cfg.data)
-    out = tmp_path_factory.mktemp("teacher")
-    job = TrainJob(spec=spec_for(cfg.teacher, cfg.data, data.classes), model_cfg=cfg.teacher, train_cfg=cfg.teacher_train,
-                   labeled=data.labeled, test=data.test, out_dir=out, progress=False)
-    run_training(job)
-    teacher = load_checkpoint(out)
-    # offline targets: the teacher's probabilities on the unlabeled images (as the labeling job stores them)
-    from noisystudent.evaluate import predict_probs
-    from noisystudent.transforms import create_transform
-
-    s = teacher.spec
-    idx, probs = predict_probs(teacher.build_model(), data.unlabeled, create_transform(s.image_size, s.in_chans, s.mean, s.std, None),
-                               progress=False)
-    pseudo = PseudoLabeledSet(data.unlabeled.subset(idx), probs.astype(np.float32), np.ones(len(probs), dtype=np.int64))
-    return cfg, data, out / "model.pt", pseudo
 
 
 def student_job(world, tmp, method: dict, pseudo: bool = False, **train_over):
+    """A student job on the session's distillation world (conftest ``distill_world``)."""
     cfg, data, teacher, pl = world
     mcfg = cfg.student.ladder[0]
     train_cfg = dataclasses.replace(cfg.student.train, **train_over)
@@ -67,9 +30,9 @@ def student_job(world, tmp, method: dict, pseudo: bool = False, **train_over):
 
 
 @pytest.mark.parametrize("name", list_methods())
-def test_every_method_trains_and_lowers_its_loss(world, tmp_path, name):
+def test_every_method_trains_and_lowers_its_loss(distill_world, tmp_path, name):
     pseudo = name == "noisy_student"
-    metrics = run_training(student_job(world, tmp_path, {"name": name}, pseudo=pseudo))
+    metrics = run_training(student_job(distill_world, tmp_path, {"name": name}, pseudo=pseudo))
     hist = pd.read_csv(tmp_path / "history.csv")
     assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0], hist[["epoch", "train_loss"]]
     assert metrics["method"] == name
@@ -77,24 +40,24 @@ def test_every_method_trains_and_lowers_its_loss(world, tmp_path, name):
     assert (tmp_path / "model.pt").is_file()
 
 
-def test_method_parts_are_logged(world, tmp_path):
-    run_training(student_job(world, tmp_path, {"name": "fitnet"}))
+def test_method_parts_are_logged(distill_world, tmp_path):
+    run_training(student_job(distill_world, tmp_path, {"name": "fitnet"}))
     hist = pd.read_csv(tmp_path / "history.csv")
     assert {"loss_labeled", "loss_hint"} <= set(hist.columns)
     assert hist["loss_hint"].iloc[-1] < hist["loss_hint"].iloc[0]
 
 
-def test_offline_hinton_uses_stored_targets(world, tmp_path):
-    metrics = run_training(student_job(world, tmp_path, {"name": "hinton", "source": "offline", "temperature": 1.0},
+def test_offline_hinton_uses_stored_targets(distill_world, tmp_path):
+    metrics = run_training(student_job(distill_world, tmp_path, {"name": "hinton", "source": "offline", "temperature": 1.0},
                                        pseudo=True))
     hist = pd.read_csv(tmp_path / "history.csv")
     assert hist["loss_kd"].iloc[0] > 0 and metrics["method"] == "hinton"
 
 
-def test_online_teacher_is_frozen_and_gets_no_gradient(world):
+def test_online_teacher_is_frozen_and_gets_no_gradient(distill_world):
     from noisystudent.distill.teacher import OnlineTeacher
 
-    _cfg, _data, ckpt, _pl = world
+    _cfg, _data, ckpt, _pl = distill_world
     teacher = OnlineTeacher(load_checkpoint(ckpt), torch.device("cpu"), stages=(0, 1))
     before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
     x = torch.randn(4, 1, 28, 28)
@@ -109,8 +72,8 @@ def test_online_teacher_is_frozen_and_gets_no_gradient(world):
     assert all(torch.equal(before[k], after[k]) for k in before), "BN statistics or weights of the teacher moved"
 
 
-def test_resume_restores_the_methods_extra_modules(world, tmp_path):
-    job = lambda: student_job(world, tmp_path, {"name": "fitnet"}, epochs=2, steps_per_epoch=4)  # noqa: E731
+def test_resume_restores_the_methods_extra_modules(distill_world, tmp_path):
+    job = lambda: student_job(distill_world, tmp_path, {"name": "fitnet"}, epochs=2, steps_per_epoch=4)  # noqa: E731
     with pytest.raises(RuntimeError, match="injected"):
         run_training(job(), TrainHooks(fail_at_epoch=1))
     state = torch.load(tmp_path / "last.pt", weights_only=True)
@@ -130,11 +93,11 @@ def test_resume_restores_the_methods_extra_modules(world, tmp_path):
     assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1, 2]
 
 
-def test_two_ray_train_workers_with_an_online_teacher(world, tmp_path, ray_session):
+def test_two_ray_train_workers_with_an_online_teacher(distill_world, tmp_path, ray_session):
     from pipelines.train_ray import train
 
     # hint_epochs 1: the hint stage (CE out of the loss) and the joint stage both run under DDP
-    metrics = train(student_job(world, tmp_path, {"name": "fitnet", "hint_epochs": 1}, epochs=2, steps_per_epoch=4),
+    metrics = train(student_job(distill_world, tmp_path, {"name": "fitnet", "hint_epochs": 1}, epochs=2, steps_per_epoch=4),
                     RayConfig(workers=2))
     hist = pd.read_csv(tmp_path / "history.csv")
     assert list(hist["epoch"]) == [1, 2] and hist["loss_hint"].iloc[-1] < hist["loss_hint"].iloc[0]
@@ -172,10 +135,10 @@ def test_cli_methods_and_bad_method_exit_2(tmp_path):
     assert res.exit_code == 2 and "distill.method.name" in res.output and "known:" in res.output
 
 
-def test_cli_distill_trains_a_student_from_a_teacher(world, tmp_path):
+def test_cli_distill_trains_a_student_from_a_teacher(distill_world, tmp_path):
     from noisystudent.cli import main
 
-    _cfg, _data, ckpt, _pl = world
+    _cfg, _data, ckpt, _pl = distill_world
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"data": DATA, "student": {"ladder": [{"name": "resnet8"}],
                                                               "train": {"epochs": 1, "batch_size": 30, "steps_per_epoch": 4}},
@@ -188,10 +151,10 @@ def test_cli_distill_trains_a_student_from_a_teacher(world, tmp_path):
     assert res.exit_code == 0 and "test accuracy" in res.output
 
 
-def test_fitnet_hint_stage_first_then_the_joint_loss_and_a_resume_keeps_the_schedule(world, tmp_path):
+def test_fitnet_hint_stage_first_then_the_joint_loss_and_a_resume_keeps_the_schedule(distill_world, tmp_path):
     """``hint_epochs``: epoch 1 trains beta * hint alone, later epochs CE + beta * hint; the engine's
     ``set_epoch`` runs again after a resume, so the restarted epoch is in the right stage."""
-    job = lambda: student_job(world, tmp_path, {"name": "fitnet", "hint_epochs": 1}, epochs=3, steps_per_epoch=2)  # noqa: E731
+    job = lambda: student_job(distill_world, tmp_path, {"name": "fitnet", "hint_epochs": 1}, epochs=3, steps_per_epoch=2)  # noqa: E731
     with pytest.raises(RuntimeError, match="injected"):
         run_training(job(), TrainHooks(fail_at_epoch=2))
     run_training(job(), TrainHooks(fail_at_epoch=2))
@@ -204,8 +167,8 @@ def test_fitnet_hint_stage_first_then_the_joint_loss_and_a_resume_keeps_the_sche
                                                            rel=1e-4)
 
 
-def test_fsp_two_stage_schedule_trains_fsp_then_cross_entropy(world, tmp_path):
-    run_training(student_job(world, tmp_path, {"name": "fsp", "init_epochs": 1, "beta": 2.0}, epochs=2, steps_per_epoch=2))
+def test_fsp_two_stage_schedule_trains_fsp_then_cross_entropy(distill_world, tmp_path):
+    run_training(student_job(distill_world, tmp_path, {"name": "fsp", "init_epochs": 1, "beta": 2.0}, epochs=2, steps_per_epoch=2))
     hist = pd.read_csv(tmp_path / "history.csv")
     assert hist["train_loss"].iloc[0] == pytest.approx(2.0 * hist["loss_fsp"].iloc[0], rel=1e-4)
     assert hist["train_loss"].iloc[1] == pytest.approx(hist["loss_labeled"].iloc[1], rel=1e-4)

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 from click.testing import CliRunner
-from test_distill import DATA, student_job, world  # noqa: F401  (the module-scoped teacher fixture)
+from conftest import DISTILL_DATA as DATA
+from test_distill import student_job
 
 from noisystudent.checkpoint import load_checkpoint
 from noisystudent.cli import main
@@ -27,9 +28,9 @@ from noisystudent.train import TrainJob, run_training
 
 
 @pytest.fixture(scope="module")
-def second(world, tmp_path_factory):  # noqa: F811
+def second(distill_world, tmp_path_factory):
     """Another teacher: the same data, a WRN-16-2 trained briefly (another architecture, other stages)."""
-    cfg, data, _t, _pl = world
+    cfg, data, _t, _pl = distill_world
     out = tmp_path_factory.mktemp("teacher2")
     mcfg = dataclasses.replace(cfg.teacher, name="wrn_16_2")
     from noisystudent.train import spec_for
@@ -40,13 +41,13 @@ def second(world, tmp_path_factory):  # noqa: F811
     return out / "model.pt"
 
 
-def _job(world, tmp, method, teachers, **over):  # noqa: F811
-    job = student_job(world, tmp, method, epochs=2, steps_per_epoch=3, **over)
+def _job(distill_world, tmp, method, teachers, **over):
+    job = student_job(distill_world, tmp, method, epochs=2, steps_per_epoch=3, **over)
     return dataclasses.replace(job, teachers=[(str(p), w) for p, w in teachers], teacher_ckpt=str(teachers[0][0]))
 
 
-def test_ensemble_outputs_are_the_weighted_mixture_and_members_are_frozen(world, second):  # noqa: F811
-    _cfg, data, t1, _pl = world
+def test_ensemble_outputs_are_the_weighted_mixture_and_members_are_frozen(distill_world, second):
+    _cfg, data, t1, _pl = distill_world
     spec = load_checkpoint(t1).spec
     ens = load_ensemble([(str(t1), 0.7), (str(second), 0.3)], spec, torch.device("cpu"), tap=None, field="distill.method")
     assert all(not p.requires_grad for m in ens.members for p in m.model.parameters())
@@ -69,9 +70,9 @@ def test_ensemble_outputs_are_the_weighted_mixture_and_members_are_frozen(world,
         load_ensemble([(str(t1), 0.5), (str(second), 0.5)], spec, torch.device("cpu"), tap=2, field="distill.method")
 
 
-def test_hinton_learns_from_the_ensemble_and_fidelity_is_to_its_mixture(world, second, tmp_path):  # noqa: F811
-    _cfg, data, t1, _pl = world
-    metrics = run_training(_job(world, tmp_path, {"name": "hinton"}, [(t1, 0.7), (second, 0.3)]))
+def test_hinton_learns_from_the_ensemble_and_fidelity_is_to_its_mixture(distill_world, second, tmp_path):
+    _cfg, data, t1, _pl = distill_world
+    metrics = run_training(_job(distill_world, tmp_path, {"name": "hinton"}, [(t1, 0.7), (second, 0.3)]))
     assert metrics["method"] == "hinton" and (tmp_path / "model.pt").is_file()
     mix = None
     for path, w in ((t1, 0.7), (second, 0.3)):
@@ -86,18 +87,18 @@ def test_hinton_learns_from_the_ensemble_and_fidelity_is_to_its_mixture(world, s
     assert metrics["teacher_test_acc"] == pytest.approx(acc, abs=1e-9)
 
 
-def test_a_feature_method_must_name_the_teacher_it_taps(world, second, tmp_path):  # noqa: F811
-    _cfg, _data, t1, _pl = world
+def test_a_feature_method_must_name_the_teacher_it_taps(distill_world, second, tmp_path):
+    _cfg, _data, t1, _pl = distill_world
     with pytest.raises(ConfigError, match=r"'student\.method\.tap'.*name the one it taps"):
-        run_training(_job(world, tmp_path / "a", {"name": "fitnet"}, [(t1, 0.5), (second, 0.5)]))
+        run_training(_job(distill_world, tmp_path / "a", {"name": "fitnet"}, [(t1, 0.5), (second, 0.5)]))
     # tap 1: the WRN's stages (other widths than the ResNet-8's) size the regressor, and it trains
-    metrics = run_training(_job(world, tmp_path / "b", {"name": "fitnet", "tap": 1}, [(t1, 0.5), (second, 0.5)]))
+    metrics = run_training(_job(distill_world, tmp_path / "b", {"name": "fitnet", "tap": 1}, [(t1, 0.5), (second, 0.5)]))
     hist = pd.read_csv(tmp_path / "b" / "history.csv")
     assert metrics["method"] == "fitnet" and hist["loss_hint"].iloc[0] > 0
 
 
-def test_cli_distill_with_teachers_in_the_config(world, second, tmp_path):  # noqa: F811
-    _cfg, _data, t1, _pl = world
+def test_cli_distill_with_teachers_in_the_config(distill_world, second, tmp_path):
+    _cfg, _data, t1, _pl = distill_world
     base = {"data": DATA, "student": {"ladder": [{"name": "resnet8"}],
                                       "train": {"epochs": 1, "batch_size": 30, "steps_per_epoch": 3, "warn_below_steps": 0}},
             "ray": {"workers": 0}}
@@ -114,24 +115,24 @@ def test_cli_distill_with_teachers_in_the_config(world, second, tmp_path):  # no
 
 
 @pytest.mark.slow  # a Ray Train run with a failure and a restart (~80 s on 2 busy cores)
-def test_two_ray_train_workers_load_every_teacher_and_resume(world, second, tmp_path, ray_session):  # noqa: F811
+def test_two_ray_train_workers_load_every_teacher_and_resume(distill_world, second, tmp_path, ray_session):
     from pipelines.config import RayConfig
     from pipelines.train_ray import train
 
-    _cfg, _data, t1, _pl = world
-    job = _job(world, tmp_path, {"name": "hinton"}, [(t1, 0.7), (second, 0.3)])
+    _cfg, _data, t1, _pl = distill_world
+    job = _job(distill_world, tmp_path, {"name": "hinton"}, [(t1, 0.7), (second, 0.3)])
     metrics = train(dataclasses.replace(job, train_cfg=dataclasses.replace(job.train_cfg, steps_per_epoch=2)),
                     RayConfig(workers=2), fail_at_epoch=1)
     hist = pd.read_csv(tmp_path / "history.csv")
     assert list(hist["epoch"]) == [1, 2] and metrics["method"] == "hinton" and hist["loss_kd"].iloc[0] > 0
 
 
-def test_teachers_lists_are_validated_naming_the_field(world):  # noqa: F811
+def test_teachers_lists_are_validated_naming_the_field(distill_world):
     from noisystudent.config import TeacherRef
     from pipelines.config import config_from_dict
     from pipelines.steps.training import online_ensemble
 
-    _cfg, data, t1, _pl = world
+    _cfg, data, t1, _pl = distill_world
     with pytest.raises(ConfigError) as err:
         config_from_dict({"distill": {"teachers": [{"path": str(t1), "weight": -1}]}})
     assert err.value.field == "distill.teachers[0].weight"

@@ -8,7 +8,8 @@ import dataclasses
 import pandas as pd
 import pytest
 import torch
-from test_distill import DATA, student_job, world  # noqa: F401  (the module-scoped teacher fixture)
+from conftest import DISTILL_DATA as DATA
+from test_distill import student_job
 
 from noisystudent.distill.base import Batch
 from noisystudent.errors import ConfigError
@@ -16,15 +17,15 @@ from noisystudent.engine import TrainHooks, run_training, setup
 from pipelines.config import config_from_dict
 
 
-def device_job(world, tmp, method, teaching=None, pseudo=False):  # noqa: F811
-    job = student_job(world, tmp, method, pseudo=pseudo)
+def device_job(distill_world, tmp, method, teaching=None, pseudo=False):
+    job = student_job(distill_world, tmp, method, pseudo=pseudo)
     mcfg = dataclasses.replace(job.model_cfg, noise=dataclasses.replace(job.model_cfg.noise, backend="device"))
     return dataclasses.replace(job, model_cfg=mcfg, teaching=teaching)
 
 
 @pytest.mark.parametrize("mode", ["fixed", "independent", "function_matching"])
-def test_loaders_give_uint8_and_the_hook_makes_the_modes_views(world, tmp_path, mode):  # noqa: F811
-    tr = setup(device_job(world, tmp_path, {"name": "hinton"}, {"mode": mode}), TrainHooks(), torch.device("cpu"))
+def test_loaders_give_uint8_and_the_hook_makes_the_modes_views(distill_world, tmp_path, mode):
+    tr = setup(device_job(distill_world, tmp_path, {"name": "hinton"}, {"mode": mode}), TrainHooks(), torch.device("cpu"))
     x, y, _ = next(iter(tr.data.labeled))
     assert x.dtype == torch.uint8 and x.ndim == 4  # one uint8 image per row, whatever the mode
     views = tr.data.device_noise(x)
@@ -38,8 +39,8 @@ def test_loaders_give_uint8_and_the_hook_makes_the_modes_views(world, tmp_path, 
         assert torch.equal(t_in, tr.data.device_noise.noise.clean(x))
 
 
-def test_cpu_backend_is_unchanged(world, tmp_path):  # noqa: F811
-    tr = setup(student_job(world, tmp_path, {"name": "supervised"}), TrainHooks(), torch.device("cpu"))
+def test_cpu_backend_is_unchanged(distill_world, tmp_path):
+    tr = setup(student_job(distill_world, tmp_path, {"name": "supervised"}), TrainHooks(), torch.device("cpu"))
     x, _, _ = next(iter(tr.data.labeled))
     assert tr.data.device_noise is None and x.dtype == torch.float32  # auto on a CPU job: albumentations
 
@@ -47,9 +48,9 @@ def test_cpu_backend_is_unchanged(world, tmp_path):  # noqa: F811
 @pytest.mark.parametrize("method,mode,pseudo", [({"name": "hinton"}, "independent", False),
                                                  ({"name": "hinton"}, "function_matching", False),
                                                  ({"name": "noisy_student"}, None, True)])
-def test_device_backend_trains_and_lowers_its_loss(world, tmp_path, method, mode, pseudo):  # noqa: F811
+def test_device_backend_trains_and_lowers_its_loss(distill_world, tmp_path, method, mode, pseudo):
     teaching = {"mode": mode} if mode else None
-    metrics = run_training(device_job(world, tmp_path, method, teaching, pseudo=pseudo))
+    metrics = run_training(device_job(distill_world, tmp_path, method, teaching, pseudo=pseudo))
     hist = pd.read_csv(tmp_path / "history.csv")
     assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0], hist[["epoch", "train_loss"]]
     assert 0.0 <= metrics["test_acc"] <= 1.0

@@ -1,6 +1,6 @@
 """ONE (multi-branch native ensemble) and BSS (boundary supporting adversarial samples): the oneM_BASE model
 family, the losses, the attack against the frozen teacher, and both methods through the training engine on
-real Fashion-MNIST (the teacher of test_distill.py's ``world`` fixture): they train, ONE's exported branch
+real Fashion-MNIST (the session's teacher, conftest ``distill_world``): they train, ONE's exported branch
 and ensemble reload with the logits of training, and a killed ONE job resumes with its branches and gate."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import io
 import pandas as pd
 import pytest
 import torch
-from test_distill import student_job, world  # noqa: F401  (the module-scoped teacher fixture)
+from test_distill import student_job
 
 from noisystudent.checkpoint import load_checkpoint, safe_load, save_checkpoint
 from noisystudent.distill import create_method, method_defaults, resolve_method_config
@@ -83,20 +83,20 @@ def test_one_config_errors_name_the_field():
 # ------------------------------------------------------------------------------------------- bss: the attack
 
 
-def _images(world, n: int = 32):  # noqa: F811
+def _images(distill_world, n: int = 32):
     from noisystudent.data.torch_dataset import SourceDataset
     from noisystudent.transforms import create_transform
 
-    _cfg, data, ckpt, _pl = world
+    _cfg, data, ckpt, _pl = distill_world
     s = load_checkpoint(ckpt).spec
     ds = SourceDataset(data.test, create_transform(s.image_size, s.in_chans, s.mean, s.std, None))
     rows = [ds[i] for i in range(n)]
     return torch.stack([r[0] for r in rows]), torch.as_tensor([int(r[1]) for r in rows]), s
 
 
-def test_bss_attack_moves_the_teacher_toward_the_runner_up_and_leaves_it_untouched(world):  # noqa: F811
-    x, y, spec = _images(world)
-    teacher = OnlineTeacher(load_checkpoint(world[2]), torch.device("cpu"))
+def test_bss_attack_moves_the_teacher_toward_the_runner_up_and_leaves_it_untouched(distill_world):
+    x, y, spec = _images(distill_world)
+    teacher = OnlineTeacher(load_checkpoint(distill_world[2]), torch.device("cpu"))
     before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
     with torch.no_grad():
         t = teacher.model(x)
@@ -155,17 +155,17 @@ def test_bss_schedule_and_loss_follow_the_official_code():
 # ------------------------------------------------------------------------------------- through the engine
 
 
-def test_bss_trains_on_adversarial_samples_through_the_engine(world, tmp_path):  # noqa: F811
-    metrics = run_training(student_job(world, tmp_path, {"name": "bss"}, epochs=2, steps_per_epoch=4))
+def test_bss_trains_on_adversarial_samples_through_the_engine(distill_world, tmp_path):
+    metrics = run_training(student_job(distill_world, tmp_path, {"name": "bss"}, epochs=2, steps_per_epoch=4))
     hist = pd.read_csv(tmp_path / "history.csv")
     assert hist["loss_bss"].iloc[0] > 0, "the engine ran the student and teacher on the adversarial rows"
     assert hist["loss_kd"].iloc[-1] < hist["loss_kd"].iloc[0] and metrics["method"] == "bss"
 
 
-def test_one_resumes_with_its_branches_and_exports_branch_and_ensemble(world, tmp_path):  # noqa: F811
+def test_one_resumes_with_its_branches_and_exports_branch_and_ensemble(distill_world, tmp_path):
     blobs: list[bytes] = []
     hooks = lambda: TrainHooks(fail_at_epoch=1, report=lambda row, blob: blobs.append(blob))
-    job = lambda: student_job(world, tmp_path, {"name": "one", "export": "ensemble"}, epochs=2, steps_per_epoch=3)
+    job = lambda: student_job(distill_world, tmp_path, {"name": "one", "export": "ensemble"}, epochs=2, steps_per_epoch=3)
     with pytest.raises(RuntimeError, match="injected"):
         run_training(job(), hooks())
     metrics = run_training(job(), hooks())
@@ -185,7 +185,7 @@ def test_one_resumes_with_its_branches_and_exports_branch_and_ensemble(world, tm
                            num_classes=10, student_spec=spec)
     method.load_state_dict(state["method"])
     student.eval(), method.eval()
-    x = _images(world, 8)[0]
+    x = _images(distill_world, 8)[0]
     with torch.no_grad():  # the training-time computation: student logits + trunk through the method
         logits, feats = student.forward_intermediates(x, indices=list(method.student_stages))
         branch_logits, ens_logits = method.outputs(logits, feats[0])
@@ -199,12 +199,12 @@ def test_one_resumes_with_its_branches_and_exports_branch_and_ensemble(world, tm
         torch.testing.assert_close(load_checkpoint(tmp_path / "branch.pt").build_model()(x), branch_logits[0])
 
 
-def test_one_ensemble_with_ema_averages_its_branches_with_the_trunk(world, tmp_path):  # noqa: F811
+def test_one_ensemble_with_ema_averages_its_branches_with_the_trunk(distill_world, tmp_path):
     """With ``ema_decay`` the exported ensemble is the EMA of the trunk *and* of the branches and gate (an
     EMA trunk under raw branches is a model nobody trained), and the EMA survives a kill and resume."""
     blobs: list[bytes] = []
     hooks = lambda: TrainHooks(fail_at_epoch=1, report=lambda row, blob: blobs.append(blob))
-    job = lambda: student_job(world, tmp_path, {"name": "one", "export": "ensemble"}, epochs=2, steps_per_epoch=3,
+    job = lambda: student_job(distill_world, tmp_path, {"name": "one", "export": "ensemble"}, epochs=2, steps_per_epoch=3,
                               ema_decay=0.5)
     with pytest.raises(RuntimeError, match="injected"):
         run_training(job(), hooks())
@@ -223,16 +223,16 @@ def test_one_ensemble_with_ema_averages_its_branches_with_the_trunk(world, tmp_p
                            num_classes=10, student_spec=spec)
     method.load_state_dict({k[len("module.method."):]: v for k, v in ema.items() if k.startswith("module.method.")})
     student.eval(), method.eval()
-    x = _images(world, 8)[0]
+    x = _images(distill_world, 8)[0]
     with torch.no_grad():
         logits, feats = student.forward_intermediates(x, indices=list(method.student_stages))
         torch.testing.assert_close(ens.build_model()(x), method.outputs(logits, feats[0])[1])
 
 
-def test_a_last_pt_whose_ema_covered_the_student_only_still_resumes(world, tmp_path):  # noqa: F811
+def test_a_last_pt_whose_ema_covered_the_student_only_still_resumes(distill_world, tmp_path):
     """``last.pt`` files written before the EMA covered the method's modules hold ``module.<student key>``:
     they resume, the student's average restored, the branches' average starting from their weights."""
-    job = lambda: student_job(world, tmp_path, {"name": "one"}, epochs=2, steps_per_epoch=3, ema_decay=0.5)
+    job = lambda: student_job(distill_world, tmp_path, {"name": "one"}, epochs=2, steps_per_epoch=3, ema_decay=0.5)
     with pytest.raises(RuntimeError, match="injected"):
         run_training(job(), TrainHooks(fail_at_epoch=1))
     state = torch.load(tmp_path / "last.pt", weights_only=False)
@@ -246,14 +246,14 @@ def test_a_last_pt_whose_ema_covered_the_student_only_still_resumes(world, tmp_p
 
 @pytest.mark.slow  # ~85 s each on 2 busy cores: a Ray Train run with a failure and a restart
 @pytest.mark.parametrize("name", ["one", "bss"])
-def test_two_ray_train_workers_kill_and_resume(world, tmp_path, ray_session, name):  # noqa: F811
+def test_two_ray_train_workers_kill_and_resume(distill_world, tmp_path, ray_session, name):
     """Under DDP: ONE's branches and gate are synchronised with the student (each used every step), BSS's
     workers append their own numbers of adversarial rows; a worker failure resumes from the checkpoint."""
     from pipelines.config import RayConfig
     from pipelines.train_ray import train
 
     method = {"name": name, "export": "ensemble"} if name == "one" else {"name": name}
-    metrics = train(student_job(world, tmp_path, method, epochs=2, steps_per_epoch=2), RayConfig(workers=2),
+    metrics = train(student_job(distill_world, tmp_path, method, epochs=2, steps_per_epoch=2), RayConfig(workers=2),
                     fail_at_epoch=1)
     hist = pd.read_csv(tmp_path / "history.csv")
     assert list(hist["epoch"]) == [1, 2] and metrics["method"] == name

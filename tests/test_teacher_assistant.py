@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from test_distill import DATA, world  # noqa: F401  (the module-scoped ResNet-8 teacher fixture)
+from conftest import DISTILL_DATA as DATA
 
 from noisystudent.checkpoint import load_checkpoint
 from noisystudent.cli import main
@@ -26,10 +26,10 @@ def _distill(tmp_path, ckpt, init, student="resnet8", lr=1e-7):
 
 
 @pytest.mark.parametrize("how", ["teacher", "path"])
-def test_distill_student_starts_from_the_init_checkpoint(world, tmp_path, how):  # noqa: F811
+def test_distill_student_starts_from_the_init_checkpoint(distill_world, tmp_path, how):
     """At a learning rate of 1e-7 two steps move no weight measurably: the student's convolutions are the
     teacher's (they would be random without ``init``), and it agrees with the teacher on the test images."""
-    _cfg, _data, ckpt, _pl = world
+    _cfg, _data, ckpt, _pl = distill_world
     res, run = _distill(tmp_path, ckpt, "teacher" if how == "teacher" else str(ckpt))
     assert res.exit_code == 0, res.output
     teacher, student = load_checkpoint(ckpt).state_dict, load_checkpoint(run / "distill" / "model.pt").state_dict
@@ -39,8 +39,8 @@ def test_distill_student_starts_from_the_init_checkpoint(world, tmp_path, how): 
     assert metrics["test_fidelity"] > 0.9
 
 
-def test_init_from_another_architecture_is_one_line_exit_2(world, tmp_path):  # noqa: F811
-    _cfg, _data, ckpt, _pl = world
+def test_init_from_another_architecture_is_one_line_exit_2(distill_world, tmp_path):
+    _cfg, _data, ckpt, _pl = distill_world
     res, _ = _distill(tmp_path, ckpt, str(ckpt), student="resnet14")
     assert res.exit_code == 2 and "init" in res.output and "same architecture" in res.output
     assert len([line for line in res.output.splitlines() if line.startswith("error:")]) == 1

@@ -1,5 +1,5 @@
 """Teaching settings (fixed / independent / consistent / function_matching) and the DML cohort, on real
-Fashion-MNIST through the training engine. Shares the teacher of test_distill.py's ``world`` fixture."""
+Fashion-MNIST through the training engine. Shares the session's teacher, conftest ``distill_world``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_distill import DATA, student_job, world  # noqa: F401  (the module-scoped teacher fixture)
+from conftest import DISTILL_DATA as DATA
+from test_distill import student_job
 
 from noisystudent.checkpoint import load_checkpoint
 from noisystudent.data.torch_dataset import apply_transform
@@ -23,18 +24,18 @@ from pipelines.config import config_from_dict
 MODES = ["fixed", "independent", "consistent", "function_matching"]
 
 
-def job_with(world, tmp, method, teaching=None, **over):  # noqa: F811
-    job = student_job(world, tmp, method, **over)
+def job_with(distill_world, tmp, method, teaching=None, **over):
+    job = student_job(distill_world, tmp, method, **over)
     return dataclasses.replace(job, teaching=teaching)
 
 
 # ---------------------------------------------------------------------------------------------- views
 
 
-def test_pair_transform_fixed_gives_the_clean_image_to_the_teacher(world):  # noqa: F811
+def test_pair_transform_fixed_gives_the_clean_image_to_the_teacher(distill_world):
     from noisystudent.config import NoiseConfig
 
-    img = np.asarray(world[1].labeled.load(0))
+    img = np.asarray(distill_world[1].labeled.load(0))
     train = create_transform(28, 1, [0.286], [0.353], NoiseConfig(randaugment_n=2, randaugment_m=15))
     clean = create_transform(28, 1, [0.286], [0.353], None)
     pair = PairTransform(train, clean)(img)
@@ -45,8 +46,8 @@ def test_pair_transform_fixed_gives_the_clean_image_to_the_teacher(world):  # no
     assert any(not torch.equal(v[0], v[1]) for v in views), "independent views never differ"
 
 
-def test_consistent_teacher_sees_exactly_the_students_tensors(world, tmp_path):  # noqa: F811
-    tr = setup(job_with(world, tmp_path, {"name": "hinton"}, {"mode": "consistent"}), TrainHooks(), torch.device("cpu"))
+def test_consistent_teacher_sees_exactly_the_students_tensors(distill_world, tmp_path):
+    tr = setup(job_with(distill_world, tmp_path, {"name": "hinton"}, {"mode": "consistent"}), TrainHooks(), torch.device("cpu"))
     x, y, _ = next(iter(tr.data.labeled))
     batch, y_hard = tr.trainee.teaching.prepare(Batch(x_labeled=x, y=y))
     assert torch.equal(tr.trainee.teaching.teacher_input(batch), batch.inputs)
@@ -54,15 +55,15 @@ def test_consistent_teacher_sees_exactly_the_students_tensors(world, tmp_path): 
 
 
 @pytest.mark.parametrize("mode", ["fixed", "independent"])
-def test_paired_modes_give_the_teacher_its_own_view(world, tmp_path, mode):  # noqa: F811
-    tr = setup(job_with(world, tmp_path, {"name": "hinton"}, {"mode": mode}), TrainHooks(), torch.device("cpu"))
+def test_paired_modes_give_the_teacher_its_own_view(distill_world, tmp_path, mode):
+    tr = setup(job_with(distill_world, tmp_path, {"name": "hinton"}, {"mode": mode}), TrainHooks(), torch.device("cpu"))
     x, y, idx = next(iter(tr.data.labeled))
     assert x.shape[1] == 2  # (B, 2 views, C, H, W)
     batch, _ = tr.trainee.teaching.prepare(Batch(x_labeled=x, y=y))
     t_in = tr.trainee.teaching.teacher_input(batch)
     assert t_in.shape == batch.inputs.shape and not torch.equal(t_in, batch.inputs)
     if mode == "fixed":  # the teacher's rows are the eval transform of the very images
-        clean = torch.stack([apply_transform(tr.evaluator.transform, np.asarray(world[1].labeled.load(int(i)))) for i in idx])
+        clean = torch.stack([apply_transform(tr.evaluator.transform, np.asarray(distill_world[1].labeled.load(int(i)))) for i in idx])
         assert torch.allclose(t_in, clean)
 
 
@@ -98,13 +99,13 @@ def test_teacher_at_another_resolution_gets_its_own_side():
     assert batch.x_labeled.shape[-1] == 24 and t.teacher_input(batch).shape[-1] == 32
 
 
-def test_fidelity_compares_the_teacher_on_the_view_it_was_taught_with(world, tmp_path):  # noqa: F811
+def test_fidelity_compares_the_teacher_on_the_view_it_was_taught_with(distill_world, tmp_path):
     """A teacher taught at 32 px (``teacher_image_size``) is compared with the 28 px student on 32 px
     images, not on the student's: the reported fidelity and teacher accuracy are recomputed by hand."""
     from noisystudent.evaluate import predict_probs
 
-    _, data, teacher_path, _ = world
-    job = job_with(world, tmp_path, {"name": "hinton"}, {"mode": "consistent", "teacher_image_size": 32},
+    _, data, teacher_path, _ = distill_world
+    job = job_with(distill_world, tmp_path, {"name": "hinton"}, {"mode": "consistent", "teacher_image_size": 32},
                    epochs=1, steps_per_epoch=3)
     metrics = run_training(job)
     s = job.spec
@@ -121,8 +122,8 @@ def test_fidelity_compares_the_teacher_on_the_view_it_was_taught_with(world, tmp
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_every_teaching_setting_trains_and_lowers_its_loss(world, tmp_path, mode):  # noqa: F811
-    metrics = run_training(job_with(world, tmp_path, {"name": "hinton"}, {"mode": mode}))
+def test_every_teaching_setting_trains_and_lowers_its_loss(distill_world, tmp_path, mode):
+    metrics = run_training(job_with(distill_world, tmp_path, {"name": "hinton"}, {"mode": mode}))
     hist = pd.read_csv(tmp_path / "history.csv")
     assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0], hist[["epoch", "train_loss"]]
     assert metrics["teaching"] == mode
@@ -138,8 +139,8 @@ def test_teaching_config_errors_name_the_field():
 # ---------------------------------------------------------------------------------------------- DML
 
 
-def test_dml_cohort_trains_keeps_every_member_and_exports_the_named_one(world, tmp_path):  # noqa: F811
-    metrics = run_training(job_with(world, tmp_path, {"name": "dml", "peers": ["resnet14"], "export": "peer1"}))
+def test_dml_cohort_trains_keeps_every_member_and_exports_the_named_one(distill_world, tmp_path):
+    metrics = run_training(job_with(distill_world, tmp_path, {"name": "dml", "peers": ["resnet14"], "export": "peer1"}))
     hist = pd.read_csv(tmp_path / "history.csv")
     assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0]
     assert {"loss_kd", "loss_peer1"} <= set(hist.columns)
@@ -153,9 +154,9 @@ def test_dml_cohort_trains_keeps_every_member_and_exports_the_named_one(world, t
     assert metrics["test_acc"] == metrics["members"][1]["test_acc"] and "test_confusion_matrix" in metrics
 
 
-def test_dml_best_val_exports_the_member_best_on_validation_never_test(world, tmp_path):  # noqa: F811
-    cfg, data, _teacher, _pl = world
-    job = job_with(world, tmp_path, {"name": "dml"})
+def test_dml_best_val_exports_the_member_best_on_validation_never_test(distill_world, tmp_path):
+    cfg, data, _teacher, _pl = distill_world
+    job = job_with(distill_world, tmp_path, {"name": "dml"})
     val = data.labeled.subset(np.arange(0, len(data.labeled), 3))
     metrics = run_training(dataclasses.replace(job, val=val))
     vals = [m["val_acc"] for m in metrics["members"]]
@@ -164,8 +165,8 @@ def test_dml_best_val_exports_the_member_best_on_validation_never_test(world, tm
     assert metrics.get("exported") == (None if best == 0 else "resnet8")
 
 
-def test_dml_cohort_resumes_after_a_kill_with_every_member_restored(world, tmp_path):  # noqa: F811
-    job = job_with(world, tmp_path, {"name": "dml", "peers": ["same", "resnet14"]}, epochs=2, steps_per_epoch=4)
+def test_dml_cohort_resumes_after_a_kill_with_every_member_restored(distill_world, tmp_path):
+    job = job_with(distill_world, tmp_path, {"name": "dml", "peers": ["same", "resnet14"]}, epochs=2, steps_per_epoch=4)
     with pytest.raises(RuntimeError, match="injected"):
         run_training(job, TrainHooks(fail_at_epoch=1))
     state = torch.load(tmp_path / "last.pt", weights_only=True)
@@ -195,14 +196,14 @@ def test_dml_config_errors_name_the_field():
 # ---------------------------------------------------------------------------------------------- Ray Train
 
 
-def test_dml_cohort_and_paired_views_on_two_ray_train_workers(world, tmp_path, ray_session):  # noqa: F811
+def test_dml_cohort_and_paired_views_on_two_ray_train_workers(distill_world, tmp_path, ray_session):
     from pipelines.config import RayConfig
     from pipelines.train_ray import train
 
-    metrics = train(job_with(world, tmp_path / "dml", {"name": "dml", "export": "student"}, epochs=2, steps_per_epoch=3),
+    metrics = train(job_with(distill_world, tmp_path / "dml", {"name": "dml", "export": "student"}, epochs=2, steps_per_epoch=3),
                     RayConfig(workers=2))
     assert (tmp_path / "dml" / "members" / "peer1" / "model.pt").is_file() and len(metrics["members"]) == 2
-    metrics = train(job_with(world, tmp_path / "fixed", {"name": "hinton"}, {"mode": "fixed"}, epochs=1, steps_per_epoch=3),
+    metrics = train(job_with(distill_world, tmp_path / "fixed", {"name": "hinton"}, {"mode": "fixed"}, epochs=1, steps_per_epoch=3),
                     RayConfig(workers=2))
     assert metrics["teaching"] == "fixed" and 0.0 <= metrics["test_fidelity"] <= 1.0
 
