@@ -94,15 +94,19 @@ def test_resume_restores_the_methods_extra_modules(distill_world, tmp_path):
 
 
 def test_two_ray_train_workers_with_an_online_teacher(distill_world, tmp_path, ray_session):
+    """fitnet's regressor (an extra module) under DDP with its teacher online, the teacher given its own clean
+    view of each image (teaching ``fixed``: paired views through the loaders of two workers)."""
     from pipelines.train_ray import train
 
     # hint_epochs 1: the hint stage (CE out of the loss) and the joint stage both run under DDP
-    metrics = train(student_job(distill_world, tmp_path, {"name": "fitnet", "hint_epochs": 1}, epochs=2, steps_per_epoch=4),
-                    RayConfig(workers=2))
+    job = dataclasses.replace(student_job(distill_world, tmp_path, {"name": "fitnet", "hint_epochs": 1}, epochs=2,
+                                          steps_per_epoch=4), teaching={"mode": "fixed"})
+    metrics = train(job, RayConfig(workers=2))
     hist = pd.read_csv(tmp_path / "history.csv")
     assert list(hist["epoch"]) == [1, 2] and hist["loss_hint"].iloc[-1] < hist["loss_hint"].iloc[0]
     assert hist["train_loss"].iloc[0] == pytest.approx(100 * hist["loss_hint"].iloc[0], rel=1e-4)
     assert metrics["method"] == "fitnet" and 0.0 <= metrics["test_fidelity"] <= 1.0
+    assert metrics["teaching"] == "fixed"
 
 
 def test_method_config_errors_name_the_field():

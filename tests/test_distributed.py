@@ -24,15 +24,18 @@ def job_for(tmp, epochs=5, steps=None):
 
 @pytest.fixture(scope="module")
 def one_and_two(tmp_path_factory, require_fmnist, ray_session):
-    # the same 10 optimizer steps an epoch: 2 workers take twice the images a step (each its own 40)
+    """One Ray Train worker, and two whose first attempt fails after epoch 1 and resumes (max_failures 1).
+
+    The same 10 optimizer steps an epoch: 2 workers take twice the images a step (each its own 40)."""
     one = train(job_for(tmp_path_factory.mktemp("w1"), steps=10), RayConfig(workers=1))
     two_dir = tmp_path_factory.mktemp("w2")
-    two = train(job_for(two_dir, steps=10), RayConfig(workers=2))
+    two = train(job_for(two_dir, steps=10), RayConfig(workers=2, max_failures=1), fail_at_epoch=1)
     return one, two, two_dir
 
 
 def test_two_gloo_workers_reach_the_accuracy_of_one(one_and_two):
-    """At equal steps, 2 workers (disjoint shares, gradients averaged) learn at least as well as one.
+    """At equal steps, 2 workers (disjoint shares, gradients averaged) learn at least as well as one, a
+    failure and resume included.
 
     Measured, seeds 0-2: one worker 0.542-0.550, two 0.602-0.624. (Equal *epochs* are no test: two
     workers then take half the steps, and 25 steps give 0.30-0.41 against 0.49-0.54, seed by seed.)"""
@@ -41,24 +44,18 @@ def test_two_gloo_workers_reach_the_accuracy_of_one(one_and_two):
     assert two["test_acc"] > one["test_acc"] - 0.05, (one["test_acc"], two["test_acc"])
 
 
-def test_two_workers_split_the_epoch(one_and_two):
+def test_worker_failure_resumes_from_last_checkpoint(one_and_two):
+    """The two workers' epoch 2 failed: Ray Train restarted the group, which resumed after epoch 1 (not
+    restarted, nothing duplicated) and split every epoch between the two."""
     _one, _two, two_dir = one_and_two
+    assert (two_dir / ".failed-once-1").exists(), "the failure was injected"
     hist = pd.read_csv(two_dir / "history.csv")
-    assert list(hist["epoch"]) == [1, 2, 3, 4, 5]
+    assert list(hist["epoch"]) == [1, 2, 3, 4, 5], "resumed after epoch 1, not restarted or duplicated"
     assert (two_dir / "model.pt").is_file() and not (two_dir / "last.pt").exists()
 
 
-def test_worker_failure_resumes_from_last_checkpoint(tmp_path, require_fmnist, ray_session):
-    job = job_for(tmp_path, epochs=3, steps=3)
-    metrics = train(job, RayConfig(workers=2, max_failures=1), fail_at_epoch=1)
-    assert (tmp_path / ".failed-once-1").exists(), "the failure was injected"
-    hist = pd.read_csv(tmp_path / "history.csv")
-    assert list(hist["epoch"]) == [1, 2, 3], "resumed after epoch 1, not restarted or duplicated"
-    assert metrics["test_acc"] > 0.1
-
-
 def test_failure_beyond_max_failures_is_raised(tmp_path, require_fmnist, ray_session):
-    job = job_for(tmp_path, epochs=2, steps=2)
+    job = job_for(tmp_path, epochs=1, steps=1)
     with pytest.raises(Exception, match="injected failure"):
         train(job, RayConfig(workers=1, max_failures=0), fail_at_epoch=0)
 

@@ -29,14 +29,15 @@ from noisystudent.train import TrainJob, run_training
 
 @pytest.fixture(scope="module")
 def second(distill_world, tmp_path_factory):
-    """Another teacher: the same data, a WRN-16-2 trained briefly (another architecture, other stages)."""
+    """Another teacher: the same data, a WRN-16-2 trained 2 steps (another architecture, other stages)."""
     cfg, data, _t, _pl = distill_world
     out = tmp_path_factory.mktemp("teacher2")
     mcfg = dataclasses.replace(cfg.teacher, name="wrn_16_2")
     from noisystudent.train import spec_for
 
     run_training(TrainJob(spec=spec_for(mcfg, cfg.data, data.classes), model_cfg=mcfg,
-                          train_cfg=dataclasses.replace(cfg.teacher_train, epochs=2, warn_below_steps=0),
+                          train_cfg=dataclasses.replace(cfg.teacher_train, epochs=1, steps_per_epoch=2,
+                                                        warn_below_steps=0),
                           labeled=data.labeled, test=data.test, out_dir=out, progress=False))
     return out / "model.pt"
 
