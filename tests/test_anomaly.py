@@ -103,18 +103,8 @@ def config_dict(root: Path, **over) -> dict:
     return cfg
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread while this module trains: on a small busy machine two threads spend most of their
-    time in OpenMP barriers (20x slower measured on 2 shared cores); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, one_torch_thread):
+def world(tmp_path_factory):
     """A detector trained through the CLI after a first call that failed in epoch 3 (the resume path)."""
     root = tmp_path_factory.mktemp("anomaly")
     write_pngs(root / "train", shapes(np.random.default_rng(0), 200))
@@ -361,20 +351,52 @@ def test_killed_score_resumes_without_duplicates(world, scored, tmp_path):
     np.testing.assert_allclose(df["score"], ref["score"], rtol=1e-6)
     assert score_images(run, source, out, progress=False) == summary  # finished: returned without work
 
-    # an actor process that dies hard mid-job is restarted by Ray; the set stays exact
-    marker = tmp_path / "actor-killed"
-    again = score_images(run, source, tmp_path / "actor", progress=False, save_maps=False, kill_once_marker=str(marker))
-    assert marker.exists() and again["scored"] == 24 and again["rejected"] == 3 and not again["maps"]
-    df2 = read_scores(tmp_path / "actor").sort_values("image_id")
-    assert df2["image_id"].tolist() == ref["image_id"].tolist()
-    np.testing.assert_allclose(df2["score"], ref["score"], rtol=1e-6)
-
     # scores of another detector (a new threshold) are never mixed into the folder
     other = tmp_path / "other-run"
     shutil.copytree(run, other)
     train_detector(anomaly_config_from_dict(config_dict(world["root"], threshold={"fpr": 0.5})), other, progress=False)
     with pytest.raises(UserError, match="holds scores of another job: threshold was .*use force to rescore"):
         score_images(other, source, out, progress=False)
+
+
+def test_the_scoring_actor_without_maps_stores_scores_only(world):
+    """The Ray Data callable class run in this process on one batch: ``save_maps`` off leaves the map column
+    empty and the scores as the detector's."""
+    from pipelines.anomaly.score import AnomalyScorer
+    from pseudo_labels.chunks import IndexChunks
+
+    rec, teacher, student = load_detector(world["run"])
+    reader = IndexChunks(ArraySource(world["scratched"]), chunk_size=12)
+    ids, raws = next(reader.read_partition(0, 12))
+    rows = {}
+    for maps in (True, False):
+        actor = AnomalyScorer(reader, teacher, student, rec["stages"], rec["combine"], rec["threshold"], save_maps=maps)
+        table, ok, rejected = actor.process(ids, raws)
+        assert ok == list(range(12)) and rejected == []
+        rows[maps] = table.to_pandas()
+    assert rows[True]["map"].notna().all() and rows[False]["map"].isna().all()
+    local = score_source(Detector(teacher, student, rec["stages"], rec["combine"]), ArraySource(world["scratched"]))
+    for table in rows.values():
+        np.testing.assert_allclose(table["score"], local["score"], rtol=1e-4)
+        assert (table["flagged"] == (table["score"] > rec["threshold"])).all()
+
+
+@pytest.mark.slow  # a Ray Data actor restart: the same run_chunks/PartitionWorker path is fast-tested by
+# test_labeling::test_force_relabels_everything_and_a_killed_actor_is_retried; scores without maps by
+# test_the_scoring_actor_without_maps_stores_scores_only
+def test_actor_killed_mid_scoring_is_restarted_and_the_set_stays_exact(world, scored, tmp_path):
+    """An actor process that dies hard mid-job is restarted by Ray; the set stays exact (no maps stored)."""
+    from pipelines.anomaly.score import images_source
+
+    done, _ = scored
+    ref = read_scores(done).sort_values("image_id")
+    marker = tmp_path / "actor-killed"
+    again = score_images(world["run"], images_source([world["root"] / "test"], 1), tmp_path / "actor", progress=False,
+                         save_maps=False, kill_once_marker=str(marker))
+    assert marker.exists() and again["scored"] == 24 and again["rejected"] == 3 and not again["maps"]
+    df2 = read_scores(tmp_path / "actor").sort_values("image_id")
+    assert df2["image_id"].tolist() == ref["image_id"].tolist()
+    np.testing.assert_allclose(df2["score"], ref["score"], rtol=1e-6)
 
 
 @pytest.mark.slow

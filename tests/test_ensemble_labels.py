@@ -27,18 +27,26 @@ def test_weights_are_normalised_and_checked():
 
 
 def test_weighted_ensemble_is_the_weighted_mixture_and_is_recorded(world, ray_session):  # noqa: F811
-    source = world["source"].subset(range(0, 93, 3))
+    """Two teachers at temperature 2, top-2 stored: each row is the weighted mixture of the teachers'
+    tempered probabilities (as a bare torch forward computes them), both teachers named."""
+    source = world["source"].subset(range(0, 93, 3))  # 31 images, one of them corrupt
     out = world["tmp"] / "weighted"
-    summary = label_images(source, [world["t1"], world["t2"]], out, temperature=2.0, weights=[0.7, 0.3], **RUN)
+    summary = label_images(source, [world["t1"], world["t2"]], out, temperature=2.0, topk=2, weights=[0.7, 0.3], **RUN)
     idx = _readable(source)
     p1, p2 = (_bare_probs([world[t]], source, idx, temperature=2.0) for t in ("t1", "t2"))
     probs = 0.7 * p1 + 0.3 * p2
     df = read_labels(out).set_index("image_id").loc[[source.image_id(i) for i in idx]]
     np.testing.assert_array_equal(df["label"].to_numpy(), probs.argmax(1))
     np.testing.assert_allclose(df["confidence"].to_numpy(), probs.max(1), rtol=1e-5, atol=1e-6)
+    top2 = np.sort(probs, axis=1)[:, ::-1][:, :2]
+    np.testing.assert_allclose(np.stack(df["topk_probs"].to_numpy()), top2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(probs, (p1 + p2) / 2), "the weights must matter on these teachers"
-    assert read_metadata(out).teacher_weights == pytest.approx([0.7, 0.3])
+    assert (df["teacher"] == "+".join(world["ids"])).all()
+    meta = read_metadata(out)
+    assert meta.teachers == world["ids"] and meta.temperature == 2.0
+    assert meta.teacher_weights == pytest.approx([0.7, 0.3])
     assert summary["teacher_weights"] == pytest.approx([0.7, 0.3])
+    assert summary["rows"] + summary["rejected"] == len(source)
     res = CliRunner().invoke(main, ["labels", "inspect", str(out)])
     assert res.exit_code == 0, res.output
     assert f"{world['ids'][0]} (weight 0.7)" in res.output and f"{world['ids'][1]} (weight 0.3)" in res.output

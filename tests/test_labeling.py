@@ -128,22 +128,6 @@ def test_labels_equal_a_bare_torch_forward(world, labeled):
     assert summary["pseudo_label_accuracy"] == pytest.approx(float((probs.argmax(1) == truth).mean()))
 
 
-def test_ensemble_averages_teacher_probabilities(world, ray_session):
-    source = world["source"].subset(range(0, 93, 3))  # 31 images, one of them corrupt
-    out = world["tmp"] / "ensemble"
-    summary = label_images(source, [world["t1"], world["t2"]], out, temperature=2.0, topk=2, **RUN)
-    idx = _readable(source)
-    probs = _bare_probs([world["t1"], world["t2"]], source, idx, temperature=2.0)
-    df = read_labels(out).set_index("image_id").loc[[source.image_id(i) for i in idx]]
-    np.testing.assert_array_equal(df["label"].to_numpy(), probs.argmax(1))
-    np.testing.assert_allclose(df["confidence"].to_numpy(), probs.max(1), rtol=1e-5, atol=1e-6)
-    top2 = np.sort(probs, axis=1)[:, ::-1][:, :2]
-    np.testing.assert_allclose(np.stack(df["topk_probs"].to_numpy()), top2, rtol=1e-5, atol=1e-6)
-    assert (df["teacher"] == "+".join(world["ids"])).all()
-    assert read_metadata(out).teachers == world["ids"] and read_metadata(out).temperature == 2.0
-    assert summary["rows"] + summary["rejected"] == len(source)
-
-
 def test_killed_run_is_completed_without_touching_finished_shards(world, labeled, ray_session):
     done, _ = labeled
     out = world["tmp"] / "killed"
@@ -172,16 +156,25 @@ def test_killed_run_is_completed_without_touching_finished_shards(world, labeled
     assert (out / "_SUCCESS").stat().st_mtime_ns == success
 
 
-def test_force_relabels_everything(world, labeled, ray_session):
+def test_force_relabels_everything_and_a_killed_actor_is_retried(world, labeled, ray_session):
+    """``force`` relabels every shard, on two actors; one of them dies hard mid-job and is restarted by Ray:
+    the set is complete, duplicate-free and equal to an uninterrupted run's."""
     done, _ = labeled
     out = world["tmp"] / "forced"
     shutil.copytree(done, out)
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
-    summary = label_images(world["source"], [world["t1"]], out, force=True, num_actors=2, **RUN)
+    marker = world["tmp"] / "actor-killed"
+    summary = label_images(world["source"], [world["t1"]], out, force=True, num_actors=2, kill_once_marker=str(marker),
+                           **RUN)
+    assert marker.exists(), "an actor was killed"
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
-    assert summary["processed_this_run"] == 93 and summary["rows"] == 90
+    assert summary["processed_this_run"] == 93 and summary["rows"] == 90 and summary["rejected"] == 3
     assert after.keys() == before.keys() and all(after[k] != before[k] for k in after)
-    assert read_labels(out)["image_id"].is_unique
+    df = read_labels(out, require_complete=True).sort_values("image_id").reset_index(drop=True)
+    ref = read_labels(done).sort_values("image_id").reset_index(drop=True)
+    assert df["image_id"].is_unique and len(df) == 90
+    pd.testing.assert_frame_equal(df[["image_id", "label"]], ref[["image_id", "label"]])
+    np.testing.assert_allclose(df["confidence"], ref["confidence"], rtol=1e-5)
 
 
 def test_other_job_in_folder_is_refused(world, labeled, tmp_path):
@@ -206,17 +199,3 @@ def test_ensemble_needs_the_same_classes(world, tmp_path):
         label_images(world["source"], [world["t1"], other], tmp_path / "out", **RUN)
     with pytest.raises(UserError, match="temperature"):
         label_images(world["source"], [world["t1"]], tmp_path / "out", temperature=0.0, **RUN)
-
-
-def test_actor_killed_mid_job_is_retried_and_set_stays_exact(world, labeled, ray_session, tmp_path):
-    """An actor process that dies hard mid-job is restarted by Ray; the set is complete, duplicate-free
-    and equal to an uninterrupted run's."""
-    out = tmp_path / "killed-actor"
-    marker = tmp_path / "actor-killed"
-    summary = label_images(world["source"], [world["t1"]], out, kill_once_marker=str(marker), **RUN)
-    assert marker.exists(), "an actor was killed"
-    df = read_labels(out, require_complete=True).sort_values("image_id").reset_index(drop=True)
-    ref = read_labels(labeled[0]).sort_values("image_id").reset_index(drop=True)
-    assert df["image_id"].is_unique and len(df) == 90 and summary["rejected"] == 3
-    pd.testing.assert_frame_equal(df[["image_id", "label"]], ref[["image_id", "label"]])
-    np.testing.assert_allclose(df["confidence"], ref["confidence"], rtol=1e-5)

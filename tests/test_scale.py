@@ -199,20 +199,20 @@ def manifest_labels(image_world, teacher, ray_session, tmp_path_factory):
     return summary, _by_relpath(read_labels(out), image_world["root"])
 
 
-def test_streamed_labeling_resumes_only_missing_shards(image_world, teacher, manifest_labels, tmp_path):
+def test_streamed_labeling_resumes_only_missing_shards(image_world, teacher, ray_session, tmp_path):
     """Across 3 WebDataset shards: the driver killed after shards 0 and 2 were written (a temporary of shard 1
-    left behind) resumes by labeling shard 1 only, leaving the others untouched, with no image twice."""
+    left behind) resumes by labeling shard 1 only, leaving the others untouched, with no image twice. (Every
+    format decodes the same images: test_every_format_reads_the_same_images_as_the_folder.)"""
     from pseudo_labels import label_images
 
     w = image_world
-    ref, ref_df = manifest_labels
-    assert ref["shards"] == 4 and ref["rows"] == 36 and ref["rejected"] == 2
     out = tmp_path / "wds"
     src = StreamSource("webdataset", w["wds"], in_chans=1)
     summary = label_images(src, [teacher], out, batch_size=8, progress=False)
     assert summary["shards"] == 3 and summary["rows"] == 36 and summary["rejected"] == 2
-    assert summary["class_histogram"] == ref["class_histogram"]
+    assert sum(summary["class_histogram"]) == 36
     assert sorted(pd.read_csv(out / "rejected.csv")["image_id"]) == sorted(CORRUPT)
+    ref_df = _by_relpath(read_labels(out), w["root"])
 
     for name in ("part-00001.parquet", "_SUCCESS", "summary.json", "rejected.csv"):
         (out / name).unlink()
