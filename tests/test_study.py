@@ -308,22 +308,26 @@ grid:
 resources: {{cpu: 1}}
 max_failures: 0
 """
+LOOP_GRID = "grid:\n  pseudo_labels.threshold: [0.0, 0.5]\n  student.ladder.0.init: [null, teacher]"
 
 
 def test_loop_study_labels_once_and_runs_a_generation_per_trial(tmp_path, require_fmnist, ray_session):
     """``kind: loop``: one teacher, its labels made once in the driver and hard-linked into every trial,
-    each trial a generation of the loop (select -> student -> evaluate -> promote) with its own settings."""
+    each trial a generation of the loop (select -> student -> evaluate -> promote) with its own settings:
+    two trials, the base (threshold 0, a fresh student) and a variant (threshold 0.5, the student initialised
+    from the teacher)."""
     import pandas as pd
 
     from noisystudent.errors import ConfigError
     from pipelines.study import load_study, run_study, status
 
     path = tmp_path / "study.yaml"
-    path.write_text(LOOP_STUDY.format(root=require_fmnist))
+    path.write_text(LOOP_STUDY.format(root=require_fmnist).replace(
+        LOOP_GRID, "variants:\n  - {pseudo_labels.threshold: 0.5, student.ladder.0.init: teacher}"))
     d = tmp_path / "study"
     out = run_study(path, d)
     assert out["errors"] == {}, out["errors"]
-    assert status(d)["counts"] == {"done": 4}
+    assert status(d)["counts"] == {"done": 2}
     (teacher,) = list((d / "teachers").iterdir())
     label_files = sorted((teacher / "gen-1" / "labels").glob("*.parquet"))
     assert label_files
@@ -343,6 +347,12 @@ def test_loop_study_labels_once_and_runs_a_generation_per_trial(tmp_path, requir
         assert sel["rows_in"] == 60
         by_threshold.setdefault(sel["threshold"], set()).add(sel["rows_after_threshold"])
     assert by_threshold[0.0] == {60} and max(by_threshold[0.5]) <= 60
+    # each trial ran its own settings: the variant's student started from the teacher
+    import yaml
+
+    runs = [yaml.safe_load((t / "config.yaml").read_text()) for t in (d / "trials").iterdir()]
+    assert sorted((c["pseudo_labels"]["threshold"], str(c["student"]["ladder"][0].get("init"))) for c in runs) == \
+        [(0.0, "None"), (0.5, "teacher")]
     # fields the labeling job reads cannot vary across one teacher's trials
     path.write_text(LOOP_STUDY.format(root=require_fmnist) + "random: {num_samples: 1, choices: {pseudo_labels.temperature: [2.0]}}\n")
     with pytest.raises(ConfigError, match="pseudo_labels.temperature"):
@@ -356,8 +366,7 @@ def test_study_variants_are_rows_crossed_with_the_grid(tmp_path, require_fmnist)
 
     path = tmp_path / "study.yaml"
     path.write_text(LOOP_STUDY.format(root=require_fmnist).replace(
-        "grid:\n  pseudo_labels.threshold: [0.0, 0.5]\n  student.ladder.0.init: [null, teacher]",
-        "grid:\n  seed: [0, 1]\nvariants:\n  - {student.ratio: 1}\n  - {pseudo_labels.threshold: 0.7, student.loss: hard}"))
+        LOOP_GRID, "grid:\n  seed: [0, 1]\nvariants:\n  - {student.ratio: 1}\n  - {pseudo_labels.threshold: 0.7, student.loss: hard}"))
     s = load_study(path)
     assert len(s.trials) == 6 and len({t.id for t in s.trials}) == 6
     names = sorted({t.overrides["variant"] for t in s.trials})
