@@ -237,11 +237,17 @@ def test_hard_killed_driver_leaves_nothing_behind(ray_session, tmp_path, watcher
 
 
 @pytest.mark.parametrize("import_ray_first", [False, True])
-def test_embedded_instance_starts_with_token_auth_when_mode_is_unset(tmp_path, import_ray_first):
+def test_embedded_instance_starts_with_token_auth_and_its_workers_know_its_address(ray_session, tmp_path,
+                                                                                   import_ray_first):
     """Ray reads RAY_AUTH_MODE when imported: init_ray must never leave the driver and its GCS disagreeing
-    ("InvalidAuthToken"), whether or not ray was imported before it and with the variable unset."""
+    ("InvalidAuthToken"), whether or not ray was imported before it and with the variable unset.
+
+    With two instances on the machine (this session's and the subprocess's), code in a worker that
+    resolves "the" local instance (Ray Train's placement group cleaner, through the State API) gets its
+    own instead of ``ConnectionError: Found multiple active Ray instances``."""
     script = textwrap.dedent(f"""
         {'import ray' if import_ray_first else ''}
+        import os
         from pipelines.ray_runtime import init_ray
         init_ray(num_cpus=1, quiet=True)
         import ray
@@ -250,24 +256,6 @@ def test_embedded_instance_starts_with_token_auth_when_mode_is_unset(tmp_path, i
         def f():
             return 41 + 1
         print("RESULT", ray.get(f.remote()), get_authentication_mode() == AuthenticationMode.TOKEN)
-    """)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "NOISYSTUDENT_RAY_TAG")}
-    env.update(NOISYSTUDENT_STATE_DIR=str(tmp_path), PYTHONPATH=os.getcwd())
-    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert "RESULT 42 True" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
-
-
-def test_workers_of_an_embedded_instance_know_their_own_address(ray_session, tmp_path):
-    """With two instances on the machine (this session's and the subprocess's), code in a worker that
-    resolves "the" local instance (Ray Train's placement group cleaner, through the State API) gets its
-    own instead of ``ConnectionError: Found multiple active Ray instances``."""
-    env = dict(os.environ, NOISYSTUDENT_STATE_DIR=str(tmp_path / "state"), PYTHONPATH=os.getcwd())
-    for var in ("NOISYSTUDENT_RAY_TAG", "RAY_ADDRESS"):
-        env.pop(var, None)
-    script = textwrap.dedent("""
-        import os, ray
-        from pipelines.ray_runtime import init_ray
-        init_ray(num_cpus=1, quiet=True)
 
         @ray.remote
         def resolve():
@@ -275,10 +263,13 @@ def test_workers_of_an_embedded_instance_know_their_own_address(ray_session, tmp
             return len(find_gcs_addresses()), canonicalize_bootstrap_address_or_die(None)
 
         n, got = ray.get(resolve.remote())
-        print("RESULT", n, got, ray.get_runtime_context().gcs_address, "RAY_ADDRESS" in os.environ, flush=True)
+        print("ADDRESS", n, got, ray.get_runtime_context().gcs_address, "RAY_ADDRESS" in os.environ, flush=True)
     """)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "NOISYSTUDENT_RAY_TAG", "RAY_ADDRESS")}
+    env.update(NOISYSTUDENT_STATE_DIR=str(tmp_path), PYTHONPATH=os.getcwd())
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")), None)
+    assert "RESULT 42 True" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("ADDRESS")), None)
     assert line, r.stdout + r.stderr
     _, n, got, own, driver_pinned = line.split()
     assert int(n) >= 2, "expected two Ray instances on the machine"
