@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -40,6 +43,23 @@ NUM_CLASSES = 10
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@functools.lru_cache(maxsize=None)
+def _built(name: str, in_chans: int) -> nn.Module:
+    return create_model(name, NUM_CLASSES, in_chans=in_chans)
+
+
+def _plain(name: str, in_chans: int = 3) -> nn.Module:
+    """A fresh copy of the default (noise-free) model. Built once per name and channels in this module:
+    initialising the weights is most of a big model's cost here (2 s for convnext_small on a busy core)."""
+    return copy.deepcopy(_built(name, in_chans))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_built_models():
+    yield
+    _built.cache_clear()
 
 
 def _input(name: str, batch: int = 2, in_chans: int = 3, small_size: int | None = None) -> torch.Tensor:
@@ -88,7 +108,7 @@ def test_registry_lists_every_family() -> None:
 @pytest.mark.parametrize("name", ALL)
 def test_forward_shape(name: str) -> None:
     for in_chans in (1, 3):
-        model = create_model(name, NUM_CLASSES, in_chans=in_chans).eval()
+        model = _plain(name, in_chans).eval()
         with torch.no_grad():
             out = model(_input(name, in_chans=in_chans))
         assert out.shape == (2, NUM_CLASSES)
@@ -98,7 +118,7 @@ def test_forward_shape(name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_features_and_head_compose_to_forward(name: str) -> None:
-    model = create_model(name, NUM_CLASSES).eval()
+    model = _plain(name).eval()
     x = _input(name)
     with torch.no_grad():
         feats = model.forward_features(x)
@@ -160,7 +180,7 @@ def test_none_options_are_dropped_and_defaults_are_noise_free() -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_reset_classifier_changes_output_width(name: str) -> None:
-    model = create_model(name, NUM_CLASSES).eval()
+    model = _plain(name).eval()
     model.reset_classifier(3)
     assert model.num_classes == 3
     with torch.no_grad():
@@ -252,7 +272,7 @@ def _feature_map_height(model: nn.Module, x: torch.Tensor) -> int:
 
 @pytest.mark.parametrize("name", FEATURE_MODELS)
 def test_feature_info_describes_the_stage_outputs(name: str) -> None:
-    model = create_model(name, NUM_CLASSES).eval()
+    model = _plain(name).eval()
     info = model.feature_info
     x = _stage_input(name)
     with torch.no_grad():
@@ -281,7 +301,7 @@ def test_stage_outputs_equal_torchvision_feature_extractor(name: str) -> None:
     """torchvision's maintained extractor (FX graph, node = module name) is the reference for our direct pass."""
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    model = create_model(name, NUM_CLASSES, in_chans=1).eval()
+    model = _plain(name, in_chans=1).eval()
     info = model.feature_info
     extractor = create_feature_extractor(model, return_nodes={stage["module"]: str(stage["index"]) for stage in info})
     x = _stage_input(name)[:, :1]
@@ -314,7 +334,7 @@ def test_gradients_flow_to_stage_outputs(name: str) -> None:
     """A loss on the stage outputs (a feature-distillation loss) trains the layers below them, with no
     in-place op breaking autograd, next to the classification loss of the same pass."""
     model = create_model(name, NUM_CLASSES, drop_rate=0.1, drop_path_rate=0.1).train()
-    logits, stages = model.forward_intermediates(_stage_input(name))
+    logits, stages = model.forward_intermediates(_stage_input(name, scale=2))
     for feat in stages:
         assert feat.requires_grad
         feat.retain_grad()
@@ -327,7 +347,7 @@ def test_gradients_flow_to_stage_outputs(name: str) -> None:
 
     # the shallowest stage alone is wired to the input side of the network
     model.zero_grad()
-    _, (first,) = model.forward_intermediates(_stage_input(name), indices=[0])
+    _, (first,) = model.forward_intermediates(_stage_input(name, scale=2), indices=[0])
     first.pow(2).mean().backward()
     assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
 
