@@ -1,4 +1,4 @@
-"""Training on Ray Train: 2 gloo workers match 1 worker, and a worker failure resumes from its checkpoint."""
+"""Ray Train: 2 gloo workers match training in one process; a worker failure resumes from its checkpoint."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ def job_for(tmp, epochs=5, steps=None):
 
 @pytest.fixture(scope="module")
 def one_and_two(tmp_path_factory, require_fmnist, ray_session):
-    """One Ray Train worker, and two whose first attempt fails after epoch 1 and resumes (max_failures 1).
+    """The job trained in this process, and on two Ray Train workers whose first attempt fails after epoch 1
+    and resumes (max_failures 1).
 
     The same 10 optimizer steps an epoch: 2 workers take twice the images a step (each its own 40)."""
-    one = train(job_for(tmp_path_factory.mktemp("w1"), steps=10), RayConfig(workers=1))
+    one = train(job_for(tmp_path_factory.mktemp("w1"), steps=10), RayConfig(workers=0))
     two_dir = tmp_path_factory.mktemp("w2")
     two = train(job_for(two_dir, steps=10), RayConfig(workers=2, max_failures=1), fail_at_epoch=1)
     return one, two, two_dir
@@ -55,9 +56,22 @@ def test_worker_failure_resumes_from_last_checkpoint(one_and_two):
 
 
 def test_failure_beyond_max_failures_is_raised(tmp_path, require_fmnist, ray_session):
-    job = job_for(tmp_path, epochs=1, steps=1)
+    """One worker (the default) trains its first epoch and checkpoints it; its second fails, with no
+    failure allowed: the error reaches the caller."""
+    job = job_for(tmp_path, epochs=2, steps=1)
     with pytest.raises(Exception, match="injected failure"):
-        train(job, RayConfig(workers=1, max_failures=0), fail_at_epoch=0)
+        train(job, RayConfig(workers=1, max_failures=0), fail_at_epoch=1)
+    assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1] and (tmp_path / "last.pt").is_file()
+
+
+@pytest.mark.slow  # a Ray Train job to the end on one worker. Fast: the Ray Train path to the end on two workers
+# (test_two_gloo_workers_reach_the_accuracy_of_one), one worker's epoch and checkpoint
+# (test_failure_beyond_max_failures_is_raised), the same job in this process (one_and_two)
+def test_one_ray_train_worker_trains_to_the_end(tmp_path, one_and_two, ray_session):
+    one = train(job_for(tmp_path, steps=10), RayConfig(workers=1))
+    assert one["test_acc"] > 0.35 and one["test_acc"] > one_and_two[0]["test_acc"] - 0.05, one["test_acc"]
+    assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1, 2, 3, 4, 5]
+    assert (tmp_path / "model.pt").is_file() and not (tmp_path / "last.pt").exists()
 
 
 def test_ray_train_info_lines_are_kept_off_the_console():
