@@ -10,7 +10,7 @@ stays one row per image and a sampler can draw rows with probability proportiona
 Ties in confidence are broken by ``image_id`` so the same input always gives the same selection.
 
 :func:`select_pseudo_labels` works on one DataFrame of all rows (the reference, and what small callers
-use); the pipeline streams the same selection shard by shard (:func:`pseudo_labels.selection_io.select_folder`)
+use); the pipeline streams the same selection shard by shard (:func:`pseudo_labels.streamed_select.select_folder`)
 with :class:`ClassCutoffs` (each class's K-th best confidence in O(classes) memory), and a test checks the
 two agree on Fashion-MNIST.
 """
