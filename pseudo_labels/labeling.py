@@ -40,7 +40,8 @@ from noisystudent.io import atomic_path, read_json, write_json, write_text
 from .schema import COLUMNS, SCHEMA, LabelMetadata, effective_topk, probs_to_table
 from noisystudent.data.hidden import class_map, true_labels  # noqa: F401 - true_labels: this package's face
 
-from .sharded import ImageBatchActor, check_run_args, is_streaming, job_record, pending_chunks, run_chunks
+from .job_folder import is_streaming, job_record, pending_chunks
+from .sharded import ImageBatchActor, check_run_args, run_chunks
 from .store import (
     SHARD_GLOB,
     SUCCESS,

@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 from noisystudent.checkpoint import Checkpoint
 from noisystudent.errors import UserError
 from noisystudent.io import atomic_path, read_json, write_json, write_text
-from pseudo_labels.sharded import ImageBatchActor, check_run_args, job_record, pending_chunks, run_chunks
+from pseudo_labels.job_folder import job_record, pending_chunks
+from pseudo_labels.sharded import ImageBatchActor, check_run_args, run_chunks
 from pseudo_labels.store import SHARD_GLOB, SUCCESS, list_shards, shard_name, shard_rejected, write_table_shard
 
 from .train import DetectorRun, load_detector, load_run_config
