@@ -278,13 +278,21 @@ def stop_processes(pids: list[int], grace_s: float = 3.0) -> None:
 # the local instance does when the driver exits), so the embedded instance silences that one logger.
 # A cluster given by --ray-address keeps its dashboard and this warning.
 _PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+# Ray Train v2's controller asks its autoscaling coordinator for resources with a fixed 5 s timeout; on a
+# busy small machine the call times out now and then and the client logs a WARNING with the whole
+# traceback ("safe to ignore ... if it only happens transiently"), which make run and the fault matrix
+# printed at load 3-15 while training went on unharmed. On the embedded instance there is no autoscaler to
+# ask (the resources are the machine's), so that logger is silenced there too; a real failure to place the
+# workers still ends the job with Ray Train's own error.
+_AUTOSCALING_CLIENT_LOGGER = "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"
 
 
 def quiet_worker_logs() -> None:
     """``worker_process_setup_hook`` of the embedded Ray instance (runs in every worker process)."""
     import logging
 
-    logging.getLogger(_PG_CLEANER_LOGGER).setLevel(logging.ERROR)
+    for name in (_PG_CLEANER_LOGGER, _AUTOSCALING_CLIENT_LOGGER):
+        logging.getLogger(name).setLevel(logging.ERROR)
     pin_own_address()
 
 

@@ -87,20 +87,22 @@ def test_ray_train_info_lines_are_kept_off_the_console():
 
 def test_embedded_ray_quiets_the_placement_group_cleaner_in_its_workers(tmp_path):
     """init_ray's embedded instance runs quiet_worker_logs in every worker process: the
-    PlacementGroupCleaner's logger (a warning a second without a dashboard) is at ERROR there, its
-    sibling loggers are not. A fresh process, since the session's Ray instance is not started by init_ray."""
+    PlacementGroupCleaner's logger (a warning a second without a dashboard) and the autoscaling
+    coordinator client's (a traceback whenever a 5 s call times out on a busy machine) are at ERROR there,
+    their sibling loggers are not. A fresh process, since the session's Ray instance is not started by init_ray."""
     import json
     import subprocess
     import sys
 
     script = """
 import json, logging, ray
-from pipelines.ray_runtime import init_ray, _PG_CLEANER_LOGGER
+from pipelines.ray_runtime import init_ray, _PG_CLEANER_LOGGER, _AUTOSCALING_CLIENT_LOGGER
 init_ray(num_cpus=1, quiet=True)
 
 @ray.remote(num_cpus=0)
 def levels():
     return [logging.getLogger(_PG_CLEANER_LOGGER).getEffectiveLevel(),
+            logging.getLogger(_AUTOSCALING_CLIENT_LOGGER).getEffectiveLevel(),
             logging.getLogger("ray.train.v2._internal.execution.controller").getEffectiveLevel()]
 
 print(json.dumps(ray.get(levels.remote())))
@@ -109,5 +111,5 @@ ray.shutdown()
     # cwd outside the checkout: the hook must import from the installed package, as on a cluster node
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    cleaner, sibling = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert cleaner == 40 and sibling < 40  # logging.ERROR
+    cleaner, autoscaling, sibling = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert cleaner == 40 and autoscaling == 40 and sibling < 40  # logging.ERROR
