@@ -287,12 +287,24 @@ _PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_grou
 _AUTOSCALING_CLIENT_LOGGER = "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"
 
 
+QUIETED_LOGGERS = (_PG_CLEANER_LOGGER, _AUTOSCALING_CLIENT_LOGGER)
+
+
+class _ErrorsOnly(logging.Filter):
+    """Passes records of ERROR and above. A filter on the logger, not its level: Ray Train's controller runs
+    ``logging.config.dictConfig`` for ``ray.train`` after this hook, which resets the level (and handlers)
+    of every existing ``ray.train.*`` logger to NOTSET but leaves a logger's filters alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 def quiet_worker_logs() -> None:
     """``worker_process_setup_hook`` of the embedded Ray instance (runs in every worker process)."""
-    import logging
-
-    for name in (_PG_CLEANER_LOGGER, _AUTOSCALING_CLIENT_LOGGER):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in QUIETED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ErrorsOnly) for f in logger.filters):
+            logger.addFilter(_ErrorsOnly())
     pin_own_address()
 
 
