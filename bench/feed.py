@@ -306,7 +306,7 @@ def table() -> str:
 
 def figure(result: dict[str, Any], path: Path) -> Path:
     """Bars of img/s per case and decode threads, before vs ours, for the decode and labeling rows of a run."""
-    from bench.common import pyplot, save_figure
+    from bench.harness import pyplot, save_figure
 
     plt = pyplot()
     sections = [s for s in ("decode", "labeling") if any(r["section"] == s for r in result["rows"])]
