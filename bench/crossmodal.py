@@ -14,7 +14,7 @@ a 1-D CNN (``signal_cnn_s``). Per seed, all through the product's code paths on 
   the student trains on their profiles from those labels joined by ``image_id``.
 
 Every student has the same step budget. Prints a table (test accuracy mean ± std over seeds, gain over
-``profile alone``, whether it beats the two seed spreads added: :func:`bench.common.beats_baseline`), and
+``profile alone``, whether it beats the two seed spreads added: :func:`bench.harness.beats_baseline`), and
 writes ``docs/bench-crossmodal.json`` / ``.png``. ``--quick`` (a few minutes: 50 labels a class, 3,000
 unlabeled pairs, 1,000 test items, short budgets, 1 seed) writes under ``bench/results/`` instead.
 A killed run resumes: finished run folders are read back.
@@ -32,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 
-from bench.common import beats_baseline, load_average, pyplot, save_figure
+from bench.harness import beats_baseline, load_average, pyplot, save_figure
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 ARMS = ("profile alone", "distill", "loop")
