@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -29,6 +30,22 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _ray_cpus_released(request):
+    """After a test on the session's Ray instance, collect garbage if some of its CPUs are still held.
+
+    A failed Ray Data job keeps its actor pool (and the CPUs it reserved) alive until the cycle through its
+    exception's traceback is collected; the cyclic collector may not run for many minutes, and a later
+    two-worker Ray Train job then waits for a CPU that never comes (the suite hung on it)."""
+    yield
+    if "ray_session" not in request.fixturenames:
+        return
+    import ray
+
+    if ray.is_initialized() and ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
+        gc.collect()
 
 
 @pytest.fixture(scope="session")
