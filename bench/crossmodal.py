@@ -128,16 +128,16 @@ def run_seed(pairs: dict[str, str], sizes: Sizes, seed: int, root: Path, device:
     """The teacher, the loop's student and the two distill arms of one seed; their test accuracies."""
     import dataclasses
 
-    from pipelines import steps
+    from noisystudent.io import read_json
     from pipelines.loop import run_all
     from pipelines.state import RunDir
 
     cfg = config(pairs, sizes, seed, device)
     loop = RunDir(root / f"seed{seed}" / "loop")
     run_all(cfg, loop.root, progress=progress, tracking=None)
-    teacher = steps.read_json(loop.teacher_dir() / "metrics.json")
-    student = steps.read_json(loop.student_dir(1) / "metrics.json")
-    labels = steps.read_json(loop.labels_dir(1) / "summary.json")
+    teacher = read_json(loop.teacher_dir() / "metrics.json")
+    student = read_json(loop.student_dir(1) / "metrics.json")
+    labels = read_json(loop.labels_dir(1) / "summary.json")
     out = {"seed": seed, "teacher": teacher["test_acc"], "loop": student["test_acc"],
            "pseudo_label_acc": labels.get("pseudo_label_accuracy")}
     ckpt = str(loop.teacher_dir() / "model.pt")
