@@ -129,6 +129,7 @@ def run_seed(pairs: dict[str, str], sizes: Sizes, seed: int, root: Path, device:
     import dataclasses
 
     from noisystudent.io import read_json
+    from pipelines import steps
     from pipelines.loop import run_all
     from pipelines.state import RunDir
 
