@@ -12,7 +12,6 @@ time (``bench.gpu_check`` uses the made checkpoints on a machine without Ray).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -22,22 +21,6 @@ from typing import Any
 def digest(key: Any) -> str:
     """Ten hex digits of the SHA-256 of ``key`` as sorted JSON."""
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def non_default(obj: Any) -> dict:
-    """A dataclass as the fields that differ from their defaults, nested ones too: a field added to the
-    config later, whose default keeps the old behaviour, leaves a digest unchanged."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            if sub := non_default(value):
-                out[f.name] = sub
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if value != default:
-            out[f.name] = value
-    return out
 
 
 def teacher_dir(cache_root: str | Path, prefix: str, model: str, epochs: int, key: Any) -> Path:

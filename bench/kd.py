@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from bench.cache import non_default, teacher_dir, trained_teacher
+from bench.cache import teacher_dir, trained_teacher
+from noisystudent.config import non_default
 from bench.harness import beats_baseline, pyplot, save_figure, text_table
 
 CONFIG = "configs/distill_fashion_mnist.yaml"
