@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from noisystudent.io import read_json
+from noisystudent.io import link_folder, read_json
 
 from ..state import RunDir
 from ..steps import step_name
@@ -23,8 +23,6 @@ def label_once(teacher_dir: Path, quiet: bool = True) -> None:
 def seed_loop_trial(teacher_dir: Path, run: RunDir) -> None:
     """Start a loop trial's run folder from the teacher's: its model and generation-1 labels (hard links, a
     copy where there are none) with their state entries. The trial's own config freezes on its first step."""
-    from noisystudent.io import link_folder
-
     if run.is_done(LOOP_STEP):
         return
     src = RunDir(teacher_dir)
