@@ -16,8 +16,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import click
 
-from .common import FULL, LOAD_SAMPLES, QUICK, SECTIONS, Row, cleanup, device_kind, environment, median
-from .common import fashion_mnist, format_table, init_ray, load_average, write_results
+from .harness import LOAD_SAMPLES, RESULTS_DIR, Row, cleanup, environment, format_table, init_ray, load_average
+from .harness import median, resolve_device, write_results
+from .suite import FULL, QUICK, SECTIONS, fashion_mnist
 
 
 def _sections(only: str | None) -> list[str]:
@@ -59,7 +60,7 @@ def main(quick: bool, only: str | None, threads: int, repeats: int | None) -> No
     t_start = time.perf_counter()
     cfg, bundle = fashion_mnist(sizes.labels_per_class)
     ray_seconds = init_ray() if {"labeling", "workers"} & set(sections) else None
-    gpu = device_kind() == "cuda"
+    gpu = resolve_device().type == "cuda"
     devices = ["cpu", "cuda"] if gpu else ["cpu"]
 
     rows: list[Row] = []
@@ -106,7 +107,7 @@ def main(quick: bool, only: str | None, threads: int, repeats: int | None) -> No
                           "run labels 59,000 images and reports that cost and the steady rate apart.")
     footer.append("threads: torch intra-op threads ours/bare; NxM = N processes of M threads. A row with more CPUs "
                   "than its bare loop can exceed 1 (workers=2: ideal 2 on an idle machine).")
-    line = f"sizes: {sizes.name}; device: {device}; cpus: {env['cpu_count']}; torch {env['torch']}"
+    line = f"sizes: {sizes.name}; device: {device}; cpus: {env['cpus']}; torch {env['torch']}"
     if ray_seconds is not None:
         line += f"; Ray start {ray_seconds:.1f} s (in no row)"
     footer.append(line)
@@ -122,7 +123,7 @@ def main(quick: bool, only: str | None, threads: int, repeats: int | None) -> No
         "command": " ".join(["python -m bench"] + sys.argv[1:]),
         "table": table,
     }
-    path = write_results(rows, meta)
+    path = write_results(RESULTS_DIR / "bench.json", {"meta": meta, "rows": [dataclasses.asdict(r) for r in rows]})
     click.echo("")
     click.echo(table)
     click.echo(f"\nwrote {path.relative_to(os.getcwd()) if path.is_relative_to(os.getcwd()) else path}")

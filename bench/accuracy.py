@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from bench.harness import parse_sets, text_table
+
 CONVERGED = "oracle-converged"
 
 
@@ -95,8 +97,7 @@ def print_table(rows: list[dict]) -> str:
              pct(r.get("gap_closed_converged")), pct(r.get("gap_closed_budget")),
              f"{f(r['pseudo_label_acc'])} / {f(r['pseudo_label_acc_selected'])}",
              "-" if r["seconds"] is None else f"{r['seconds']:,.0f}"] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head] + body]
+    lines = text_table(head, body)
     which = headline_oracle(rows)
     if which == "converged":
         lines.append(f"\nheadline: gap closed against the converged oracle ({f(conv['test_acc'])}, {conv.get('epochs')} epochs, "
@@ -125,7 +126,6 @@ def main() -> None:
     run_dir = Path(args.run_dir)
     t0 = time.perf_counter()
 
-    from bench.common import parse_sets
     from noisystudent.errors import UserError
     from pipelines.config import load_config
     from pipelines.loop import converged_oracle, converged_oracle_dir, run_all, train_converged_oracle

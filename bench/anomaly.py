@@ -28,8 +28,6 @@ maps over test images of the first class) and each class's HTML report (``<run>/
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +36,8 @@ from typing import Optional
 
 import numpy as np
 
-from bench.common import pyplot, save_figure
+from bench.cache import teacher_dir, trained_teacher
+from bench.harness import pyplot, save_figure, text_table
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 REFERENCE = ("MVTec AD, a different data set: STPM paper mean pixel AUROC 0.970, image AUROC 0.955; anomalib STFPM "
@@ -77,18 +76,10 @@ def teacher_config(sizes: Sizes, device: str, root: str):
 
 def train_teacher(sizes: Sizes, device: str, root: str, cache: Path, progress: bool) -> tuple[Path, dict]:
     """The classifier teacher, trained once on clean training images and cached (resumable)."""
-    from pipelines import steps
-    from pipelines.state import RunDir
-
-    cfg = teacher_config(sizes, device, root)
-    blob = json.dumps({"model": sizes.teacher_model, "epochs": sizes.teacher_epochs, "per_class": sizes.teacher_per_class},
-                      sort_keys=True)
-    run = RunDir(cache / f"anomaly-teacher-{sizes.teacher_model}-{sizes.teacher_epochs}ep-"
-                         f"{hashlib.sha256(blob.encode()).hexdigest()[:10]}")
-    cfg = run.freeze_config(cfg)
-    m = steps.train_teacher(run, cfg, progress=progress)
-    return run.teacher_dir() / "model.pt", {"model": m.get("model"), "test_acc": m.get("test_acc"),
-                                           "train_seconds": m.get("train_seconds"), "dir": str(run.root)}
+    key = {"model": sizes.teacher_model, "epochs": sizes.teacher_epochs, "per_class": sizes.teacher_per_class}
+    folder = teacher_dir(cache, "anomaly", sizes.teacher_model, sizes.teacher_epochs, key)
+    ckpt, m = trained_teacher(teacher_config(sizes, device, root), folder, progress=progress)
+    return ckpt, {k: m.get(k) for k in ("model", "test_acc", "train_seconds", "dir")}
 
 
 def detector_config(sizes: Sizes, c: int, teacher: Path, device: str, root: str):
@@ -207,8 +198,7 @@ def format_table(rows: list[dict]) -> str:
     lines = [[r["name"], f(r["image_auroc_defects"]), f(r["image_auroc_other_classes"]), f(r["pixel_auroc"]),
               f(r["fpr_test_normals"]), f(r["tpr_defects"]), f(r["tpr_other_classes"]), f(r.get("train_images")),
               f(r.get("train_seconds"), 0)] for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head] + lines)
+    return "\n".join(text_table(head, lines))
 
 
 def plot(rows: list[dict], example: Optional[dict], path: Path, title: str) -> None:

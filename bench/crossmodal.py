@@ -14,7 +14,7 @@ a 1-D CNN (``signal_cnn_s``). Per seed, all through the product's code paths on 
   the student trains on their profiles from those labels joined by ``image_id``.
 
 Every student has the same step budget. Prints a table (test accuracy mean ± std over seeds, gain over
-``profile alone``, whether it beats the two seed spreads added: :func:`bench.common.beats_baseline`), and
+``profile alone``, whether it beats the two seed spreads added: :func:`bench.harness.beats_baseline`), and
 writes ``docs/bench-crossmodal.json`` / ``.png``. ``--quick`` (a few minutes: 50 labels a class, 3,000
 unlabeled pairs, 1,000 test items, short budgets, 1 seed) writes under ``bench/results/`` instead.
 A killed run resumes: finished run folders are read back.
@@ -32,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 
-from bench.common import beats_baseline, load_average, pyplot, save_figure
+from bench.harness import beats_baseline, load_average, pyplot, save_figure
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 ARMS = ("profile alone", "distill", "loop")
@@ -128,6 +128,7 @@ def run_seed(pairs: dict[str, str], sizes: Sizes, seed: int, root: Path, device:
     """The teacher, the loop's student and the two distill arms of one seed; their test accuracies."""
     import dataclasses
 
+    from noisystudent.io import read_json
     from pipelines import steps
     from pipelines.loop import run_all
     from pipelines.state import RunDir
@@ -135,9 +136,9 @@ def run_seed(pairs: dict[str, str], sizes: Sizes, seed: int, root: Path, device:
     cfg = config(pairs, sizes, seed, device)
     loop = RunDir(root / f"seed{seed}" / "loop")
     run_all(cfg, loop.root, progress=progress, tracking=None)
-    teacher = steps.read_json(loop.teacher_dir() / "metrics.json")
-    student = steps.read_json(loop.student_dir(1) / "metrics.json")
-    labels = steps.read_json(loop.labels_dir(1) / "summary.json")
+    teacher = read_json(loop.teacher_dir() / "metrics.json")
+    student = read_json(loop.student_dir(1) / "metrics.json")
+    labels = read_json(loop.labels_dir(1) / "summary.json")
     out = {"seed": seed, "teacher": teacher["test_acc"], "loop": student["test_acc"],
            "pseudo_label_acc": labels.get("pseudo_label_accuracy")}
     ckpt = str(loop.teacher_dir() / "model.pt")

@@ -48,7 +48,12 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 
-from bench import gpu_check as gc  # noqa: E402  (its helpers: spec_of, rate, interleave, train_job, ceiling)
+from bench import bare  # noqa: E402
+from bench import gpu_check as gc  # noqa: E402  (its training sizes, noise and job)
+from bench.cache import random_checkpoint  # noqa: E402
+from bench.harness import environment, interleave, load_average, medians, quiet_warnings, rate  # noqa: E402
+from bench.harness import resolve_device, results_path, row, row_table, write_results  # noqa: E402
+from bench.sources import images_for, spec_of  # noqa: E402
 
 ROWS: list[dict[str, Any]] = []
 
@@ -70,8 +75,7 @@ CASES = [("resnet14", 28, 1, "array"), ("wrn_16_2", 32, 3, "array"), ("resnet50"
 
 
 def add(section: str, name: str, ours: float, bare: Optional[float], **extra: Any) -> None:
-    ROWS.append({"section": section, "name": name, "ours": ours, "bare": bare,
-                 "ratio": ours / bare if bare else None, **extra})
+    ROWS.append(row(section, name, ours, bare, **extra))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,7 +112,7 @@ def source_for(fmt: str, n: int, side: int, chans: int, scratch: Path) -> tuple[
     from pseudo_labels.chunks import IndexChunks
 
     if fmt == "array":
-        images = gc.images_for(n, side, chans)
+        images = images_for(n, side, chans)
         reader = IndexChunks(ArraySource(images), chunk_size=n)
         return reader, lambda raw: images[raw]
     path = jpeg_parquet(scratch / f"jpeg-{n}.parquet", n)
@@ -121,7 +125,6 @@ def source_for(fmt: str, n: int, side: int, chans: int, scratch: Path) -> tuple[
 
 
 def labeling(sizes: Sizes, dev: torch.device, threads: list[int], scratch: Path) -> None:
-    from noisystudent.checkpoint import Checkpoint
     from noisystudent.feed import prefetch
     from noisystudent.transforms import create_transform
     from pseudo_labels.labeling import Labeler
@@ -129,11 +132,8 @@ def labeling(sizes: Sizes, dev: torch.device, threads: list[int], scratch: Path)
     cuda = dev.type == "cuda"
     for name, side, chans, fmt in CASES:
         n, bs = (sizes.jpeg_images, sizes.jpeg_batch) if fmt == "jpeg" else (sizes.small_images, sizes.small_batch)
-        torch.manual_seed(0)
-        spec = gc.spec_of(name, side, chans)
-        net = spec.build(inference=True)
-        ckpt = Checkpoint(spec=spec, state_dict={k: v.detach().clone() for k, v in net.state_dict().items()},
-                          checkpoint_id=f"feed-{name}")
+        spec = spec_of(name, side, chans)
+        ckpt = random_checkpoint(spec, f"feed-{name}")
         reader, load_one = source_for(fmt, n, side, chans, scratch)
         batches = list(reader.read_partition(0, bs))  # ids and raws (indices, or JPEG bytes) held in memory
         tag = f"{name} {side}px {fmt}"
@@ -144,27 +144,20 @@ def labeling(sizes: Sizes, dev: torch.device, threads: list[int], scratch: Path)
         x_dev = torch.randn(bs, chans, side, side, device=dev)
         x_dev = x_dev.half().contiguous(memory_format=torch.channels_last) if cuda else x_dev
 
-        @torch.inference_mode()
         def bare_model() -> int:
-            for _ in range(len(batches)):
-                torch.softmax(model(x_dev).float(), dim=1)
-            return n
+            return bare.forward(model, x_dev, len(batches), softmax=True)
 
         tf = create_transform(side, chans, spec.mean, spec.std, None)
 
         def before(t: int) -> Callable[[], int]:
             pool = ThreadPoolExecutor(t) if t > 1 else None
 
-            @torch.inference_mode()
+            def f(r: Any) -> torch.Tensor:
+                return tf(load_one(r))  # per image, as the actor did
+
             def run() -> int:
-                for ids, raws in batches:
-                    f = lambda r: tf(load_one(r))  # noqa: E731 - per image, as the actor did
-                    xs = list(pool.map(f, raws)) if pool else [f(r) for r in raws]
-                    x = torch.stack(xs).to(dev, non_blocking=True)
-                    if cuda:
-                        x = x.half().contiguous(memory_format=torch.channels_last)
-                    torch.softmax(model(x).float(), dim=1).cpu().numpy()
-                return n
+                xs = (torch.stack(list(pool.map(f, raws)) if pool else [f(r) for r in raws]) for _, raws in batches)
+                return bare.label(model, xs, dev, half=cuda, channels_last=cuda)
             return run
 
         def ours(t: int, device_decode: bool = False) -> Callable[[], int]:
@@ -180,18 +173,18 @@ def labeling(sizes: Sizes, dev: torch.device, threads: list[int], scratch: Path)
                 return n
             return run
 
-        measure: dict[str, Callable[[], float]] = {"model": lambda: gc.rate(bare_model, dev)}
+        measure: dict[str, Callable[[], float]] = {"model": lambda: rate(bare_model, dev)}
         for t in threads:
             b, o = before(t), ours(t)
-            measure[f"before-{t}"] = lambda b=b: gc.rate(b, dev)
-            measure[f"ours-{t}"] = lambda o=o: gc.rate(o, dev)
+            measure[f"before-{t}"] = lambda b=b: rate(b, dev)
+            measure[f"ours-{t}"] = lambda o=o: rate(o, dev)
         if cuda and fmt == "jpeg":
             for t in (1,):
                 o = ours(t, device_decode=True)
-                measure[f"nvjpeg-{t}"] = lambda o=o: gc.rate(o, dev)
+                measure[f"nvjpeg-{t}"] = lambda o=o: rate(o, dev)
         for fn in measure.values():  # warm-up: cuDNN, pools, page cache
             fn()
-        med = gc.interleave(sizes.repeats, measure)
+        med = medians(interleave(sizes.repeats, measure))
         m = med["model"]
         prec = "fp16" if cuda else "fp32"
         add("labeling", f"{tag}: bare model ({prec})", m, None, model=name, side=side, format=fmt, threads=None,
@@ -210,14 +203,13 @@ def decode(sizes: Sizes, dev: torch.device, threads: list[int], scratch: Path) -
     """The input half alone (no model): where the time of "more decode threads, slower" went. *before* is the
     per-image albumentations eval transform on a pool of T threads, then stack (the old actor); *ours* is
     :meth:`ImageBatchActor.prepare` plus the normalisation of :class:`EvalInput` on ``dev``."""
-    from noisystudent.checkpoint import Checkpoint
     from noisystudent.transforms import create_transform
     from pseudo_labels.labeling import Labeler
 
     for name, side, chans, fmt in CASES:
         n, bs = (sizes.jpeg_images, sizes.jpeg_batch) if fmt == "jpeg" else (sizes.small_images, sizes.small_batch)
-        spec = gc.spec_of(name, side, chans)
-        ckpt = Checkpoint(spec=spec, state_dict=spec.build(inference=True).state_dict(), checkpoint_id="decode")
+        spec = spec_of(name, side, chans)
+        ckpt = random_checkpoint(spec, "decode")
         reader, load_one = source_for(fmt, n, side, chans, scratch)
         batches = list(reader.read_partition(0, bs))
         tf = create_transform(side, chans, spec.mean, spec.std, None)
@@ -240,11 +232,11 @@ def decode(sizes: Sizes, dev: torch.device, threads: list[int], scratch: Path) -
                     for key, x in host.items():
                         lab.inputs[key].batch(x, dev, lab.input_dtype, lab.channels_last)
                 return n
-            measure[f"before-{t}"] = lambda f=before: gc.rate(f, dev)
-            measure[f"ours-{t}"] = lambda f=ours: gc.rate(f, dev)
+            measure[f"before-{t}"] = lambda f=before: rate(f, dev)
+            measure[f"ours-{t}"] = lambda f=ours: rate(f, dev)
         for fn in measure.values():
             fn()
-        med = gc.interleave(sizes.repeats, measure)
+        med = medians(interleave(sizes.repeats, measure))
         for key, v in med.items():
             kind, t = key.rsplit("-", 1)
             base = med[f"before-{threads[0]}"]
@@ -263,11 +255,11 @@ def training(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
     ts = sizes.train
     cases = [("resnet14", 28, 1), ("wrn_16_2", 32, 3)] + ([("resnet50", 224, 3)] if dev.type == "cuda" else [])
     for name, side, chans in cases:
-        spec = gc.spec_of(name, side, chans)
+        spec = spec_of(name, side, chans)
         batch = ts.train_batch if side < 100 else 128
         t_sizes = dataclasses.replace(ts, train_batch=batch, train_steps=ts.train_steps if side < 100 else max(2, ts.train_steps // 4))
         n = t_sizes.train_batch * t_sizes.train_steps
-        images = gc.images_for(n, side, chans)
+        images = images_for(n, side, chans)
         labels = np.random.default_rng(0).integers(0, 10, n)
         amp = "auto"
         amp_dtype = resolve_amp(amp, dev)
@@ -280,8 +272,8 @@ def training(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
                 run_training(gc.train_job(out, spec, images, labels, t_sizes, dev, amp, noise=noise))
                 return gc.last_epoch_rate(out)
             runs[backend] = run
-        runs["ceiling"] = lambda: gc.ceiling_train(spec, t_sizes, dev, amp_dtype)
-        med = gc.interleave(sizes.repeats, runs)
+        runs["ceiling"] = lambda: bare.ceiling_train(spec, t_sizes.train_batch, t_sizes.ceiling_steps, dev, amp_dtype)
+        med = medians(interleave(sizes.repeats, runs))
         tag = f"{name} {side}px b{batch} w{t_sizes.workers}"
         add("training", f"{tag}: bare step, device-resident ({amp_dtype or 'fp32'})", med["ceiling"], None,
             model=name, side=side, format="array", threads=t_sizes.workers, backend="-", batch=batch)
@@ -295,18 +287,9 @@ def training(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def table() -> str:
-    head = ["section", "measurement", "img/s", "bare img/s", "ratio"]
-    lines = [[r["section"], r["name"], gc.fmt(r["ours"]), gc.fmt(r["bare"]), gc.fmt(r["ratio"], 2)] for r in ROWS]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
-    out = [" | ".join(str(c).ljust(w) for c, w in zip(head, widths)), "-+-".join("-" * w for w in widths)]
-    out += [" | ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
-    return "\n".join(out)
-
-
 def figure(result: dict[str, Any], path: Path) -> Path:
     """Bars of img/s per case and decode threads, before vs ours, for the decode and labeling rows of a run."""
-    from bench.common import pyplot, save_figure
+    from bench.harness import pyplot, save_figure
 
     plt = pyplot()
     sections = [s for s in ("decode", "labeling") if any(r["section"] == s for r in result["rows"])]
@@ -340,8 +323,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.plot:
         print(f"wrote {figure(json.loads(Path(args.plot[0]).read_text()), Path(args.plot[1]))}")
         return 0
-    dev = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
-                       ("cpu" if args.device == "auto" else args.device))
+    dev = resolve_device(args.device)
     sizes = QUICK if args.quick else FULL
     if args.repeats:
         sizes = dataclasses.replace(sizes, repeats=args.repeats)
@@ -349,16 +331,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         sizes = dataclasses.replace(sizes, train=dataclasses.replace(sizes.train, workers=min(sizes.train.workers, 1)))
     threads = [int(t) for t in (args.threads or ("1,2,4,8,16" if dev.type == "cuda" else "1,2")).split(",")]
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    out_path = Path(args.out) if args.out else (
-        Path(os.environ["OUT"]) / "feed.json" if os.environ.get("OUT") else ROOT / "bench" / "results" / "feed.json")
-    import warnings
-
-    from noisystudent.errors import NoisyStudentWarning
-
-    warnings.filterwarnings("ignore", category=NoisyStudentWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    load_before = os.getloadavg()
-    env = gc.environment(dev)
+    out_path = results_path("feed.json", args.out)
+    quiet_warnings(categories=[DeprecationWarning])
+    load_before = load_average()
+    env = environment(dev)
     print(json.dumps(env, indent=1), flush=True)
     t0 = time.perf_counter()
     failed = []
@@ -376,16 +352,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                 traceback.print_exc()
                 failed.append(f"{sec}: {type(exc).__name__}: {exc}")
     seconds = time.perf_counter() - t0
-    load_after = os.getloadavg()
+    load_after = load_average()
     print()
-    print(table())
+    print(row_table(ROWS, ours="img/s", note=False))
     print(f"\nload average before {load_before}, after {load_after}; {seconds:.0f} s; failed: {failed or 'none'}")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps({"environment": env, "quick": args.quick, "threads": threads, "rows": ROWS,
-                                    "failed": failed, "seconds": round(seconds, 1), "load_before": load_before,
-                                    "load_after": load_after, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                    "command": " ".join(["python -m bench.feed"] + (argv or sys.argv[1:]))},
-                                   indent=1, default=str) + "\n")
+    write_results(out_path, {"environment": env, "quick": args.quick, "threads": threads, "rows": ROWS,
+                             "failed": failed, "seconds": round(seconds, 1), "load_before": load_before,
+                             "load_after": load_after, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                             "command": " ".join(["python -m bench.feed"] + (argv or sys.argv[1:]))})
     print(f"wrote {out_path}")
     return 1 if failed else 0
 

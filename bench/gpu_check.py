@@ -1,7 +1,9 @@
 """GPU check: the CUDA paths of the torch layers, measured against bare PyTorch loops, without Ray.
 
 Run from the source tree (``PYTHONPATH=$PWD python bench/gpu_check.py``); ``--quick`` is a CPU smoke test
-with tiny sizes. Nothing here imports Ray: the Ray layers call exactly these torch layers.
+with tiny sizes. Nothing here imports Ray: the Ray layers call exactly these torch layers. Built on
+:mod:`bench.harness` (timing, interleaving, environment, results), :mod:`bench.bare` (the bare loops) and
+:mod:`bench.cache` (the random teachers), none of which imports Ray either.
 
 Sections (each check records ``ok`` or its error and the run goes on):
 
@@ -34,14 +36,11 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import socket
-import statistics
 import sys
 import tempfile
 import time
 import traceback
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -52,21 +51,23 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from noisystudent.checkpoint import Checkpoint, ModelSpec  # noqa: E402
-from noisystudent.config import ModelConfig, NoiseConfig, TrainConfig
-from noisystudent.data.base import ImageSource  # noqa: E402
+from bench import bare  # noqa: E402
+from bench.cache import random_checkpoint, random_teacher  # noqa: E402
+from bench.harness import environment, history_rate, interleave, medians, quiet_warnings, rate  # noqa: E402
+from bench.harness import resolve_device, results_path, row, row_table, sync, write_results  # noqa: E402
+from bench.sources import CLASSES, array_source, images_for, spec_of  # noqa: E402
+from noisystudent.checkpoint import ModelSpec  # noqa: E402
+from noisystudent.config import ModelConfig, NoiseConfig, TrainConfig  # noqa: E402
 from pipelines.config import StudentConfig  # noqa: E402
 
-CLASSES = [f"class{i}" for i in range(10)]
 #: (model, image size, channels) for the labeling rows
 LABEL_MODELS = [("resnet14", 28, 1), ("resnet26", 28, 1), ("wrn_16_2", 32, 3)]
 #: the same for the training rows
 TRAIN_MODELS = [("resnet14", 28, 1), ("wrn_16_2", 32, 3)]
 TEACHER_NOISE = NoiseConfig(randaugment_n=2, randaugment_m=9.0, hflip=True, crop_padding=2)
 #: no augmentation at all: the transform is then the eval transform (resize, normalise)
-CLEAN = NoiseConfig(randaugment_n=0, hflip=False, crop_padding=0, random_erasing=0.0)
+CLEAN = bare.clean_noise()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,82 +93,8 @@ ONLY: list[str] = []  # --only: run just the checks whose name contains one of t
 # helpers
 
 
-class ArraySource(ImageSource):
-    """Synthetic uint8 images as an :class:`ImageSource` (the project's own face for image data)."""
-
-    def __init__(self, images: np.ndarray, labels: Optional[np.ndarray] = None) -> None:
-        super().__init__(images.shape[-1], CLASSES if labels is not None else None)
-        self.images = images
-        self._idx = np.arange(len(images), dtype=np.int64)
-        if labels is not None:
-            self.labels = np.asarray(labels, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self._idx)
-
-    def image_id(self, i: int) -> str:
-        return f"syn-{int(self._idx[i]):06d}"
-
-    def load(self, i: int) -> np.ndarray:
-        return self.images[self._idx[int(i)]]
-
-    def load_batch(self, indices) -> np.ndarray:
-        return self.images[self._idx[np.asarray(indices, dtype=np.int64)]]
-
-    def _take(self, idx: np.ndarray) -> None:
-        self._idx = self._idx[idx]
-
-
-class ArrayDataset(torch.utils.data.Dataset):
-    """The bare loop's data set: a uint8 array, labels and a transform, nothing else."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return self.transform(self.images[i]), int(self.labels[i])
-
-
-def images_for(n: int, size: int, ch: int, seed: int = 0) -> np.ndarray:
-    # uniform noise: pixel content does not change the speed of any transform or model here
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, ch), dtype=np.uint8)
-
-
-def spec_of(name: str, size: int, ch: int, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> ModelSpec:
-    return ModelSpec(name=name, num_classes=len(CLASSES), in_chans=ch, image_size=size, mean=[0.5] * ch,
-                     std=[0.25] * ch, classes=list(CLASSES), drop_rate=drop_rate, drop_path_rate=drop_path_rate)
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def rate(fn: Callable[[], int], dev: torch.device) -> float:
-    """Images/s of ``fn`` (which returns how many images it processed), synchronised on the GPU."""
-    sync(dev)
-    t0 = time.perf_counter()
-    n = fn()
-    sync(dev)
-    return n / max(time.perf_counter() - t0, 1e-9)
-
-
-def interleave(repeats: int, measure: dict[str, Callable[[], float]]) -> dict[str, float]:
-    """Median of each measurement over ``repeats`` rounds, alternating the order each round."""
-    values: dict[str, list[float]] = {k: [] for k in measure}
-    names = list(measure)
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            values[name].append(measure[name]())
-    return {k: statistics.median(v) for k, v in values.items()}
-
-
 def add_row(section: str, name: str, ours: Optional[float], bare: Optional[float] = None, note: str = "") -> None:
-    ratio = ours / bare if (ours is not None and bare) else None
-    ROWS.append({"section": section, "name": name, "ours": ours, "bare": bare, "ratio": ratio, "note": note})
+    ROWS.append(row(section, name, ours, bare, note=note))
 
 
 def check(name: str):
@@ -209,15 +136,12 @@ def labeling(sizes: Sizes, dev: torch.device) -> None:
 
         @check(f"labeling {name} {size}x{size}x{ch}")
         def _():
-            torch.manual_seed(0)
             spec = spec_of(name, size, ch)
-            net = spec.build(inference=True)
-            ckpt = Checkpoint(spec=spec, state_dict={k: v.detach().clone() for k, v in net.state_dict().items()},
-                              checkpoint_id=f"gpu-check-{name}")
+            ckpt = random_checkpoint(spec, f"gpu-check-{name}")
             images = images_for(n, size, ch)
             # as the partition worker builds the actor: Labeler(source=<partition reader>, **actor_kwargs),
             # device "cuda" when it has a GPU; the reader of an in-memory source is its index chunks
-            reader = IndexChunks(ArraySource(images), chunk_size=n)
+            reader = IndexChunks(array_source(images), chunk_size=n)
             kwargs = dict(source=reader, teachers=[ckpt], temperature=1.0, topk=None, device=dev.type)
             labeler = Labeler(**kwargs, decode_threads=1)
             labeler8 = Labeler(**kwargs, decode_threads=8)
@@ -226,9 +150,9 @@ def labeling(sizes: Sizes, dev: torch.device) -> None:
             batches = [np.arange(s, s + bs, dtype=np.int64) for s in range(0, n, bs)]
             cpu_batches = [torch.stack([tf(images[i]) for i in b]) for b in batches]
 
-            bare = ckpt.build_model(dev)
+            plain = ckpt.build_model(dev)  # the bare loop's model: fp16 (NCHW) on a GPU
             if cuda:
-                bare = bare.half()
+                plain = plain.half()
             fp32 = ckpt.build_model(dev)
 
             def ours_call(lab) -> Callable[[], int]:
@@ -246,14 +170,8 @@ def labeling(sizes: Sizes, dev: torch.device) -> None:
                     labeler._probs({key: x})
                 return n
 
-            @torch.inference_mode()
             def bare_probs() -> int:
-                for x in cpu_batches:
-                    x = x.to(dev, non_blocking=True)
-                    if cuda:
-                        x = x.half()
-                    torch.softmax(bare(x).float(), dim=1).cpu().numpy()
-                return n
+                return bare.label(plain, cpu_batches, dev, half=cuda)
 
             # correctness first (also the warm-up of every path)
             got = labeler._probs({key: cpu_batches[0]})
@@ -268,33 +186,24 @@ def labeling(sizes: Sizes, dev: torch.device) -> None:
             ours_call(labeler8)()
             bare_probs()
 
-            med = interleave(sizes.repeats, {
+            med = medians(interleave(sizes.repeats, {
                 "probs": lambda: rate(ours_probs, dev),
                 "bare": lambda: rate(bare_probs, dev),
                 "call1": lambda: rate(ours_call(labeler), dev),
                 "call8": lambda: rate(ours_call(labeler8), dev),
-            })
+            }))
 
             # ceilings: pure forward on a GPU-resident batch, no host copies
             x_dev = cpu_batches[0].to(dev)
             x_ours = x_dev.half().contiguous(memory_format=torch.channels_last) if cuda else x_dev
             x_bare = x_dev.half() if cuda else x_dev
-
-            def fwd(m, x) -> Callable[[], int]:
-                @torch.inference_mode()
-                def run() -> int:
-                    for _ in range(nb):
-                        m(x)
-                    return n
-                return run
-
-            for m, x in ((model, x_ours), (bare, x_bare), (fp32, x_dev)):
-                fwd(m, x)()
-            ceil = interleave(sizes.repeats, {
-                "ours": lambda: rate(fwd(model, x_ours), dev),
-                "bare": lambda: rate(fwd(bare, x_bare), dev),
-                "fp32": lambda: rate(fwd(fp32, x_dev), dev),
-            })
+            for m, x in ((model, x_ours), (plain, x_bare), (fp32, x_dev)):
+                bare.forward(m, x, nb)
+            ceil = medians(interleave(sizes.repeats, {
+                "ours": lambda: rate(lambda: bare.forward(model, x_ours, nb), dev),
+                "bare": lambda: rate(lambda: bare.forward(plain, x_bare, nb), dev),
+                "fp32": lambda: rate(lambda: bare.forward(fp32, x_dev, nb), dev),
+            }))
             prec = "fp16+channels_last" if cuda else "fp32"
             tag = f"{name} {size}x{size}x{ch} b{bs}"
             add_row("labeling", f"{tag} Labeler._probs vs bare half loop", med["probs"], med["bare"], prec)
@@ -318,84 +227,27 @@ def train_job(out: Path, spec: ModelSpec, images: np.ndarray, labels: np.ndarray
     tcfg = TrainConfig(epochs=epochs, batch_size=sizes.train_batch, lr=0.05, num_workers=sizes.workers, amp=amp,
                        ema_decay=extra.pop("ema_decay", None))
     mcfg = ModelConfig(name=spec.name, drop_rate=spec.drop_rate, drop_path_rate=spec.drop_path_rate, noise=noise)
-    return TrainJob(spec=spec, model_cfg=mcfg, train_cfg=tcfg, labeled=ArraySource(images, labels), out_dir=out,
+    return TrainJob(spec=spec, model_cfg=mcfg, train_cfg=tcfg, labeled=array_source(images, labels), out_dir=out,
                     device=str(dev), progress=False, **extra)
 
 
 def last_epoch_rate(out: Path) -> float:
-    import pandas as pd
-
-    return float(pd.read_csv(out / "history.csv")["images_per_s"].iloc[-1])
+    return history_rate(out, "last")
 
 
 def bare_train(spec: ModelSpec, images: np.ndarray, labels: np.ndarray, sizes: Sizes, dev: torch.device,
-               amp_dtype: Optional[torch.dtype], noise: NoiseConfig = TEACHER_NOISE, epochs: int = 2,
-               teacher: Optional[torch.nn.Module] = None, temperature: float = 4.0, alpha: float = 0.9) -> float:
-    """The hand-written loop: same model, transform, loader, optimizer and autocast; last epoch's images/s.
-
-    With ``teacher``: Hinton KD, the frozen teacher run under ``no_grad`` on the same batch,
-    ``alpha * T^2 * KL(t_T || s_T) + (1 - alpha) * CE``."""
-    from torch.utils.data import DataLoader
-
-    from noisystudent.models import create_model
-    from noisystudent.transforms import create_transform
-
-    torch.manual_seed(0)
-    model = create_model(spec.name, num_classes=spec.num_classes, in_chans=spec.in_chans).to(dev).train()
-    tf = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, noise)
-    loader = DataLoader(ArrayDataset(images, labels, tf), batch_size=sizes.train_batch, shuffle=True, drop_last=True,
-                        num_workers=sizes.workers, persistent_workers=sizes.workers > 0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
-    result = 0.0
-    for _ in range(epochs):
-        sync(dev)
-        t0, n = time.perf_counter(), 0
-        for x, y in loader:
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_probs = torch.softmax(teacher(x).float() / temperature, dim=1)
-                    kd = F.kl_div(F.log_softmax(logits.float() / temperature, dim=1), t_probs, reduction="batchmean")
-                    loss = alpha * temperature**2 * kd + (1 - alpha) * loss
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            n += len(x)
-        sync(dev)
-        result = n / (time.perf_counter() - t0)
-    return result
+               amp_dtype: Optional[torch.dtype], noise: NoiseConfig = TEACHER_NOISE,
+               teacher: Optional[torch.nn.Module] = None) -> float:
+    """:func:`bench.bare.train` as :func:`train_job` trains: its batch, loader workers, optimizer and autocast,
+    two epochs, the last one's images/s; with ``teacher`` Hinton KD (T = 4, alpha = 0.9)."""
+    return bare.train(spec, noise, images, labels, dev, batch_size=sizes.train_batch, epochs=2, workers=sizes.workers,
+                      amp_dtype=amp_dtype, teacher=teacher)
 
 
 def ceiling_train(spec: ModelSpec, sizes: Sizes, dev: torch.device, amp_dtype: Optional[torch.dtype],
                   channels_last: bool = False) -> float:
     """The bare step on GPU-resident tensors: what the GPU can do with no data loading at all."""
-    from noisystudent.models import create_model
-
-    torch.manual_seed(0)
-    model = create_model(spec.name, num_classes=spec.num_classes, in_chans=spec.in_chans).to(dev).train()
-    x = torch.randn(sizes.train_batch, spec.in_chans, spec.image_size, spec.image_size, device=dev)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, spec.num_classes, (sizes.train_batch,), device=dev)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-
-    def steps(k: int) -> int:
-        for _ in range(k):
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return k * sizes.train_batch
-
-    steps(3)
-    return rate(lambda: steps(sizes.ceiling_steps), dev)
+    return bare.ceiling_train(spec, sizes.train_batch, sizes.ceiling_steps, dev, amp_dtype, channels_last)
 
 
 def training(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
@@ -427,8 +279,8 @@ def training(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
                     metrics.update(run_training(train_job(out, spec, images, labels, sizes, dev, amp, noise=noise)))
                     return last_epoch_rate(out)
 
-                med = interleave(sizes.repeats, {
-                    "ours": ours, "bare": lambda: bare_train(spec, images, labels, sizes, dev, dtype, noise=noise)})
+                med = medians(interleave(sizes.repeats, {
+                    "ours": ours, "bare": lambda: bare_train(spec, images, labels, sizes, dev, dtype, noise=noise)}))
                 assert metrics["amp"] == (auto_name if amp == "auto" else "off"), metrics["amp"]
                 add_row("training", f"{tag} run_training amp={amp} ({metrics['amp']}) vs bare", med["ours"], med["bare"], noise_name)
                 return {"amp_recorded": metrics["amp"], "images_per_s": med}
@@ -451,17 +303,11 @@ def training(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
 
     @check("online teacher (distillation engine): hinton and fitnet vs supervised vs bare KD loop")
     def _():
-        from noisystudent.checkpoint import load_checkpoint, save_checkpoint
         from noisystudent.distill import resolve_method_config
 
         spec = spec_of(name, size, ch)
-        tspec = spec_of("resnet26", size, ch)
-        torch.manual_seed(1)
-        tpath = scratch / "teacher-resnet26.pt"
-        save_checkpoint(tpath, tspec.build(inference=True), tspec, role="teacher")
-        teacher = load_checkpoint(tpath).build_model(dev)
-        for prm in teacher.parameters():
-            prm.requires_grad_(False)
+        tpath = random_teacher(scratch, spec_of("resnet26", size, ch))
+        teacher = bare.load_teacher(tpath, dev)
         methods = {m: resolve_method_config({"name": m}, "method") for m in ("hinton", "fitnet")}
         found: dict[str, Any] = {}
 
@@ -474,11 +320,11 @@ def training(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
                 return last_epoch_rate(out)
             return run
 
-        med = interleave(sizes.repeats, {
+        med = medians(interleave(sizes.repeats, {
             "hinton": ours("hinton"), "fitnet": ours("fitnet"), "supervised": ours(None),
             "bare_kd": lambda: bare_train(spec, images, labels, sizes, dev, auto, noise=CLEAN, teacher=teacher),
             "bare": lambda: bare_train(spec, images, labels, sizes, dev, auto, noise=CLEAN),
-        })
+        }))
         tag = f"{name} <- resnet26 teacher, no augmentation, {auto_name}"
         add_row("online", f"{tag}: run_training hinton (online) vs bare KD loop", med["hinton"], med["bare_kd"], "")
         add_row("online", f"{tag}: run_training fitnet (online) vs bare KD loop", med["fitnet"], med["bare_kd"], "features + regressor")
@@ -501,11 +347,11 @@ def training(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
         from noisystudent.engine import PseudoLabeledSet
 
         rng = np.random.default_rng(3)
-        unl = ArraySource(images_for(n, size, ch, seed=3))
+        unl = array_source(images_for(n, size, ch, seed=3))
         targets = rng.dirichlet(np.ones(len(CLASSES)) * 0.3, n).astype(np.float32)
         pseudo = PseudoLabeledSet(unl, targets, np.ones(n, dtype=np.int64))
-        test = ArraySource(images_for(max(256, sizes.train_batch), size, ch, seed=4),
-                           rng.integers(0, len(CLASSES), max(256, sizes.train_batch)))
+        test = array_source(images_for(max(256, sizes.train_batch), size, ch, seed=4),
+                            rng.integers(0, len(CLASSES), max(256, sizes.train_batch)))
         student = StudentConfig(ratio=1.0, loss="soft", finetune_epochs=1)
         out = fresh("student")
         spec = spec_of(name, size, ch, drop_rate=0.2, drop_path_rate=0.1)
@@ -568,7 +414,7 @@ def methods(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
     """Each registered method online under the auto dtype (throughput and finite losses) and under fp16 with
     the GradScaler (finite losses); Beyer et al.'s teaching modes, with a teacher at a larger input size;
     STPM training and its detector in fp16 against fp32."""
-    from noisystudent.checkpoint import load_checkpoint, save_checkpoint
+    from noisystudent.checkpoint import load_checkpoint
     from noisystudent.config import TeachingConfig
     from noisystudent.distill import list_methods, resolve_method_config
     from noisystudent.engine import resolve_amp, run_training
@@ -580,18 +426,11 @@ def methods(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
     images = images_for(n, size, ch, seed=6)
     labels = np.random.default_rng(6).integers(0, len(CLASSES), n)
     n_test = max(256, sizes.train_batch)
-    test = ArraySource(images_for(n_test, size, ch, seed=7), np.random.default_rng(7).integers(0, len(CLASSES), n_test))
+    test = array_source(images_for(n_test, size, ch, seed=7), np.random.default_rng(7).integers(0, len(CLASSES), n_test))
     spec = spec_of(name, size, ch)
-    teachers: dict[tuple[str, int], str] = {}
 
     def teacher(arch: str, side: int) -> str:
-        if (arch, side) not in teachers:
-            torch.manual_seed(1)
-            tspec = spec_of(arch, side, ch)
-            path = scratch / f"teacher-{arch}-{side}.pt"
-            save_checkpoint(path, tspec.build(inference=True), tspec, role="teacher")
-            teachers[(arch, side)] = str(path)
-        return teachers[(arch, side)]
+        return str(random_teacher(scratch, spec_of(arch, side, ch)))
 
     counter = iter(range(10_000))
     missing = sorted(set(list_methods()) - set(METHODS) - {"supervised", "noisy_student", "stpm"})
@@ -612,9 +451,7 @@ def methods(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
 
     @check("bare loops for the method rows (KD with a resnet26 teacher, plain)")
     def _():
-        t = load_checkpoint(teacher("resnet26", size)).build_model(dev)
-        for prm in t.parameters():
-            prm.requires_grad_(False)
+        t = bare.load_teacher(teacher("resnet26", size), dev)
         base["kd"] = bare_train(spec, images, labels, sizes, dev, auto, noise=CLEAN, teacher=t)
         base["plain"] = bare_train(spec, images, labels, sizes, dev, auto, noise=CLEAN)
         base["kd_noised"] = bare_train(spec, images, labels, sizes, dev, auto, noise=TEACHER_NOISE, teacher=t)
@@ -632,9 +469,9 @@ def methods(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
             exported = load_checkpoint(out / "model.pt").spec.name
             ours = last_epoch_rate(out)
             teacherless = method in ("dml", "one")
-            bare = base.get("plain" if teacherless else "kd")
+            baseline = base.get("plain" if teacherless else "kd")
             add_row("methods", f"{name} <- resnet26, {method} ({auto_name}) vs bare {'loop' if teacherless else 'KD loop'}",
-                    ours, bare, f"exports {exported}")
+                    ours, baseline, f"exports {exported}")
             return {"losses": losses, "test_acc": m.get("test_acc"), "test_fidelity": m.get("test_fidelity"),
                     "exported": exported, "images_per_s": ours}
 
@@ -709,9 +546,7 @@ def streaming(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
 
     name, size, ch = "resnet26", 28, 1
     spec = spec_of(name, size, ch)
-    torch.manual_seed(0)
-    ckpt = Checkpoint(spec=spec, state_dict={k: v.detach().clone() for k, v in spec.build(inference=True).state_dict().items()},
-                      checkpoint_id="gpu-check-stream")
+    ckpt = random_checkpoint(spec, "gpu-check-stream")
     meta = LabelMetadata(class_names=list(CLASSES), num_classes=len(CLASSES), topk=3, teachers=[ckpt.checkpoint_id])
     bs = sizes.label_batch
     n = bs * sizes.label_batches
@@ -809,15 +644,18 @@ def ddp(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
             # as pipelines.train_ray builds them: the loaders shard by rank themselves (ShuffleSampler), so
             # prepare_data_loader(add_dist_sampler=False) leaves them as they are
             hooks = lambda: TrainHooks(prepare_model=prepare_model, rank=0, world_size=1)  # noqa: E731
-            rates: dict[str, list[float]] = {"ddp": [], "plain": []}
             metrics: dict[str, Any] = {}
-            for r in range(sizes.repeats):
-                for kind in ("ddp", "plain") if r % 2 == 0 else ("plain", "ddp"):
-                    out = scratch / f"ddp-{kind}-{r}"
-                    metrics = run_training(train_job(out, spec, images, labels, sizes, dev, "auto"),
-                                           hooks() if kind == "ddp" else None)
-                    rates[kind].append(last_epoch_rate(out))
-            med = {k: statistics.median(v) for k, v in rates.items()}
+            counter = iter(range(10_000))
+
+            def run(kind: str) -> Callable[[], float]:
+                def go() -> float:
+                    out = scratch / f"ddp-{kind}-{next(counter)}"
+                    metrics.update(run_training(train_job(out, spec, images, labels, sizes, dev, "auto"),
+                                                hooks() if kind == "ddp" else None))
+                    return last_epoch_rate(out)
+                return go
+
+            med = medians(interleave(sizes.repeats, {"ddp": run("ddp"), "plain": run("plain")}))
             add_row("ddp", f"{name} run_training in DDP ({backend}, world 1) vs without", med["ddp"], med["plain"], metrics["amp"])
             return {"backend": backend, "images_per_s": med, "amp": metrics["amp"]}
         finally:
@@ -825,48 +663,6 @@ def ddp(sizes: Sizes, dev: torch.device, scratch: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-
-
-def environment(dev: torch.device) -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": str(dev),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    try:
-        import albumentations
-
-        env["albumentations"] = albumentations.__version__
-    except Exception as exc:  # noqa: BLE001
-        env["albumentations"] = f"missing ({exc})"
-    if dev.type == "cuda":
-        props = torch.cuda.get_device_properties(dev)
-        env.update({
-            "gpu": torch.cuda.get_device_name(dev),
-            "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-            "capability": f"{props.major}.{props.minor}",
-            "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(),
-            "bf16_supported": torch.cuda.is_bf16_supported(),
-            "nccl": ".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None,
-        })
-    return env
-
-
-def fmt(v: Optional[float], digits: int = 0) -> str:
-    return "-" if v is None else f"{v:,.{digits}f}"
-
-
-def table() -> str:
-    head = ["section", "measurement", "ours img/s", "bare img/s", "ratio", "note"]
-    lines = [[r["section"], r["name"], fmt(r["ours"]), fmt(r["bare"]), fmt(r["ratio"], 2), r["note"]] for r in ROWS]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
-    out = [" | ".join(str(c).ljust(w) for c, w in zip(head, widths))]
-    out.append("-+-".join("-" * w for w in widths))
-    out += [" | ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
-    return "\n".join(out)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -879,23 +675,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json or bench/results/gpu_check.json)")
     args = p.parse_args(argv)
 
-    dev = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
-                       ("cpu" if args.device == "auto" else args.device))
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", 0)
+    dev = resolve_device(args.device)
     sizes = QUICK if args.quick else FULL
     if dev.type == "cpu" and not args.quick:
         sizes = dataclasses.replace(FULL, workers=min(FULL.workers, max(0, (os.cpu_count() or 1) - 1)))
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     ONLY.extend(args.only)
-    out_path = Path(args.out) if args.out else (
-        Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else ROOT / "bench" / "results" / "gpu_check.json")
-
-    # the budget warnings of these deliberately short jobs, and dml's "no validation data" export note
-    from noisystudent.errors import NoisyStudentWarning
-
-    warnings.filterwarnings("ignore", category=NoisyStudentWarning)
-    warnings.filterwarnings("ignore", message=r".*has no validation data.*")
+    out_path = results_path("gpu_check.json", args.out)
+    quiet_warnings(r".*has no validation data.*")  # and dml's "no validation data" export note
     env = environment(dev)
     print(json.dumps(env, indent=1), flush=True)
     t0 = time.perf_counter()
@@ -914,17 +701,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     seconds = time.perf_counter() - t0
 
     print()
-    print(table())
+    print(row_table(ROWS))
     failed = [c for c in CHECKS if not c["ok"]]
     print(f"\n{len(CHECKS) - len(failed)}/{len(CHECKS)} checks ok in {seconds:.0f} s")
     for c in failed:
         print(f"FAILED {c['name']}: {c['error']}")
         print("   " + "\n   ".join(c["traceback"]))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     result = {"environment": env, "sizes": dataclasses.asdict(sizes), "quick": args.quick, "sections": sections,
               "seconds": round(seconds, 1), "rows": ROWS, "checks": CHECKS,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    out_path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    write_results(out_path, result)
     print(f"wrote {out_path}")
     return 1 if failed else 0
 

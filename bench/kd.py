@@ -30,8 +30,6 @@ that writes under ``bench/results/`` instead of ``docs/``.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import statistics
 import time
@@ -39,7 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from bench.common import beats_baseline, pyplot, save_figure
+from bench.cache import teacher_dir, trained_teacher
+from noisystudent.config import non_default
+from bench.harness import beats_baseline, pyplot, save_figure, text_table
 
 CONFIG = "configs/distill_fashion_mnist.yaml"
 METHODS = ("supervised", "hinton", "fitnet", "at", "fsp", "sp", "rkd")
@@ -85,44 +85,18 @@ def base_config(sizes: Sizes, teacher_model: str = "resnet26", device: str = "au
     })
 
 
-def _non_default(obj) -> dict:
-    """A dataclass as the fields that differ from their defaults, nested ones too: a field added to the
-    config later, whose default keeps the old behaviour, leaves the teacher's digest unchanged."""
-    import dataclasses
-
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            if sub := _non_default(value):
-                out[f.name] = sub
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if value != default:
-            out[f.name] = value
-    return out
-
-
 def teacher_cache_dir(cfg, cache_root: str | Path) -> Path:
     """``cache_root/kd-teacher-<model>-<epochs>ep-<digest>``; the digest covers the teacher's model, the
     data split, its training settings and the seed (not the device or where the data lies)."""
-    data = _non_default(cfg.data)
+    data = non_default(cfg.data)
     data.pop("root", None)
-    blob = json.dumps({"model": _non_default(cfg.teacher), "train": _non_default(cfg.teacher_train), "data": data,
-                       "seed": cfg.seed}, sort_keys=True, default=str)
-    digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
-    return Path(cache_root) / f"kd-teacher-{cfg.teacher.name}-{cfg.teacher_train.epochs}ep-{digest}"
+    key = {"model": non_default(cfg.teacher), "train": non_default(cfg.teacher_train), "data": data, "seed": cfg.seed}
+    return teacher_dir(cache_root, "kd", cfg.teacher.name, cfg.teacher_train.epochs, key)
 
 
 def train_teacher(cfg, cache_root: str | Path, progress: bool = True) -> tuple[Path, dict]:
     """Train (or resume, or reuse) the cached teacher; return its checkpoint and metrics (with ``dir``)."""
-    from pipelines import steps
-    from pipelines.state import RunDir
-
-    run = RunDir(teacher_cache_dir(cfg, cache_root))
-    cfg = run.freeze_config(cfg)
-    metrics = steps.train_teacher(run, cfg, progress=progress)
-    return run.teacher_dir() / "model.pt", {**metrics, "dir": str(run.root)}
+    return trained_teacher(cfg, teacher_cache_dir(cfg, cache_root), progress=progress)
 
 
 def student_config(cfg, student: str, method: str, seed: int, teacher_ckpt: Path):
@@ -201,8 +175,7 @@ def format_table(rows: list[dict], teacher: dict) -> str:
              "-" if r["beats_baseline"] is None else ("yes" if r["beats_baseline"] else "no"),
              pm(r["test_fidelity"], r["test_fidelity_std"]),
              "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head] + body]
+    lines = text_table(head, body)
     lines.append(f"\nteacher {teacher.get('model')}: test acc {100 * teacher.get('test_acc', float('nan')):.2f}%, "
                  f"{teacher.get('train_seconds', 0):.0f} s (cached in {teacher.get('dir')})")
     return "\n".join(lines)

@@ -29,8 +29,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .common import Row, Sizes, Stopwatch, interleave, median, scratch_dir
-from .throughput import ArrayDataset
+from . import bare
+from .harness import Row, Stopwatch, interleave, median, paired_ratio, scratch_dir
+from .suite import Sizes
 
 BATCH_SIZE = 1024
 #: labeled images per class of the split whose unlabeled part is labeled: 100 -> 1,000 labeled, 59,000 unlabeled
@@ -44,7 +45,6 @@ def make_teacher(cfg: Any, bundle: Any, path: Path, steps: int, device: str = "c
     better than uniform ones), so the teacher is trained a little rather than left at random init.
     """
     import torch
-    import torch.nn.functional as F
 
     from noisystudent.checkpoint import save_checkpoint
     from noisystudent.engine import spec_for
@@ -61,26 +61,22 @@ def make_teacher(cfg: Any, bundle: Any, path: Path, steps: int, device: str = "c
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
         idx = torch.randint(0, len(x_all), (64,), generator=gen)
-        loss = F.cross_entropy(model(x_all[idx].to(device)), y_all[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        bare.step(model, opt, None, x_all[idx].to(device), y_all[idx].to(device))
     save_checkpoint(path, model.eval(), spec, generation=0, role="teacher")
     return path
 
 
 def _bare_label_run(checkpoint: Path, images: np.ndarray, batch_size: int, device: str, threads: Optional[int],
                     half: bool = False, barrier: Any = None) -> tuple[int, float, float]:
-    """The bare inference loop: ``(images labeled, loop start, loop end)`` on the monotonic clock.
+    """The bare inference loop (:func:`bench.bare.label` over :func:`bench.bare.label_loader`): ``(images
+    labeled, loop start, loop end)`` on the monotonic clock.
 
     Model loading and transform construction happen before ``barrier`` (when given), so concurrent
     processes start their loops together and only the loops are timed.
     """
     import torch
-    from torch.utils.data import DataLoader
 
     from noisystudent.checkpoint import load_checkpoint
-    from noisystudent.transforms import create_transform
 
     old_threads = torch.get_num_threads()
     if threads:
@@ -90,21 +86,12 @@ def _bare_label_run(checkpoint: Path, images: np.ndarray, batch_size: int, devic
         model = ck.build_model(device)
         if half:
             model = model.half().to(memory_format=torch.channels_last)
-        s = ck.spec
-        tf = create_transform(s.image_size, s.in_chans, s.mean, s.std, None)
-        loader = DataLoader(ArrayDataset(images, np.zeros(len(images), np.int64), tf), batch_size=batch_size,
-                            shuffle=False, num_workers=0)
+        batches = bare.label_loader(images, ck.spec, batch_size)
         if barrier is not None:
             barrier.wait()
-        out = []
         start = time.monotonic()
-        with torch.inference_mode():
-            for x, _ in loader:
-                x = x.to(device, non_blocking=True)
-                if half:
-                    x = x.half().contiguous(memory_format=torch.channels_last)
-                out.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())  # .cpu() syncs a GPU
-        return sum(len(p) for p in out), start, time.monotonic()
+        n = bare.label(model, batches, device, half=half, channels_last=half)  # .cpu() syncs a GPU
+        return n, start, time.monotonic()
     finally:
         torch.set_num_threads(old_threads)
 
@@ -191,7 +178,7 @@ def bench_labeling(cfg: Any, bundle: Any, sizes: Sizes, device: str = "cpu", act
             return len(src) / sw.seconds
         return run
 
-    def bare(actors: int):
+    def baseline(actors: int):
         if gpu:
             return lambda: bare_label(ckpt, images, BATCH_SIZE, device, None, half=True)
         if actors == 1:
@@ -200,7 +187,7 @@ def bench_labeling(cfg: Any, bundle: Any, sizes: Sizes, device: str = "cpu", act
 
     measure: dict[str, Any] = {}
     for actors, gpus, cpus in configs:
-        measure[f"bare-{actors}"] = bare(actors)
+        measure[f"bare-{actors}"] = baseline(actors)
         measure[f"ours-{actors}"] = ours(f"ours-{actors}", source, actors, gpus, cpus)
     got = interleave(labeling_rounds(sizes, n), measure, bar)
     last = configs[-1]
@@ -225,7 +212,7 @@ def bench_labeling(cfg: Any, bundle: Any, sizes: Sizes, device: str = "cpu", act
             th = f"{actors}x{int(cpus)}/{actors}x1"
         rows.append(Row(
             section=section, name=f"label_images, {what}", ours=median(o), bare=median(b),
-            ratio=median([x / y for x, y in zip(o, b)]), images=n, repeats=len(o), threads=th,
+            ratio=paired_ratio(o, b), images=n, repeats=len(o), threads=th,
             note=f"job {median(calls[key]):.1f} s; {bpi:.1f} B/img (10 probs)",
             samples={"ours": o, "bare": b, "ours_call_seconds": calls[key],
                      "ours_job_seconds": [s["seconds"] for s in summaries[key]]},

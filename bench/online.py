@@ -31,8 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from .common import Row, Sizes, Stopwatch, interleave, median, scratch_dir
-from .throughput import BATCH_SIZE, ArrayDataset, _forever, _sync, bare_train, history_images_per_s, teacher_job
+from . import bare
+from .harness import Row, Stopwatch, history_rate, interleave, median, paired_ratio, scratch_dir
+from .suite import Sizes
+from .throughput import BATCH_SIZE, bare_train, teacher_job
 
 TEACHER_MODEL = "resnet26"
 METHOD = {"name": "hinton"}
@@ -72,57 +74,6 @@ def _amp_dtype(device: str):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def bare_distill(spec: Any, noise: Any, images: np.ndarray, labels: np.ndarray, train_cfg: Any, steps: int,
-                 device: str, teacher_path: Path, temperature: float, alpha: float, seed: int = 0) -> float:
-    """Images/s of a hand-written Hinton distillation loop: student step plus a frozen teacher's forward."""
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.data import DataLoader
-
-    from noisystudent.models import create_model
-    from noisystudent.transforms import create_transform
-
-    torch.manual_seed(seed)
-    payload = torch.load(teacher_path, map_location="cpu", weights_only=True)
-    t_spec = payload["spec"]
-    teacher = create_model(t_spec["name"], num_classes=t_spec["num_classes"], in_chans=t_spec["in_chans"])
-    teacher.load_state_dict(payload["state_dict"])
-    teacher = teacher.to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    model = create_model(spec.name, num_classes=spec.num_classes, in_chans=spec.in_chans,
-                         drop_rate=spec.drop_rate, drop_path_rate=spec.drop_path_rate).to(device).train()
-    transform = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, noise)
-    loader = DataLoader(ArrayDataset(images, labels, transform), batch_size=train_cfg.batch_size, shuffle=True,
-                        drop_last=True, num_workers=0)
-    opt = torch.optim.SGD(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum, nesterov=True,
-                          weight_decay=train_cfg.weight_decay)
-    amp = _amp_dtype(device)
-    scaler = torch.amp.GradScaler(device, enabled=amp == torch.float16)
-    T = temperature
-    batches = _forever(loader)
-    n = 0
-    with Stopwatch() as sw:
-        for _ in range(steps):
-            x, y = next(batches)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device, dtype=amp, enabled=amp is not None):
-                with torch.no_grad():
-                    t = teacher(x)
-                s = model(x)
-                kd = F.kl_div(F.log_softmax(s.float() / T, dim=1), F.softmax(t.float() / T, dim=1),
-                              reduction="batchmean") * T * T
-                ce = F.cross_entropy(s, y, label_smoothing=train_cfg.label_smoothing)
-                loss = alpha * kd + (1 - alpha) * ce
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            n += len(x)
-        _sync(device)
-    return n / sw.seconds
-
-
 def online_job(cfg: Any, bundle: Any, steps: int, out_dir: Path, device: str, teacher_path: Path) -> Any:
     """The ``teacher`` rows' job (config's noise) as a student of ``teacher_path`` by ``hinton``."""
     job = teacher_job(cfg, bundle, cfg.teacher.noise, steps, out_dir, device)
@@ -154,22 +105,25 @@ def bench_online(cfg: Any, bundle: Any, sizes: Sizes, threads: int, device: str,
         with Stopwatch() as sw:
             run_training(job)
         walls.append(sw.seconds)
-        return history_images_per_s(out)
+        return history_rate(out)
 
-    def bare() -> float:
-        return bare_distill(spec, noise, images, labels, cfg.teacher_train, steps, device, teacher_path,
-                            params["temperature"], params["alpha"])
+    teacher = bare.load_teacher(teacher_path, device)
+
+    def baseline() -> float:
+        return bare_train(spec, noise, images, labels, cfg.teacher_train, steps, device, teacher=teacher,
+                          temperature=params["temperature"], alpha=params["alpha"], amp_dtype=_amp_dtype(device),
+                          label_smoothing=cfg.teacher_train.label_smoothing)
 
     def bare_no_teacher() -> float:
         return bare_train(spec, noise, images, labels, cfg.teacher_train, steps, device)
 
-    got = interleave(sizes.repeats, {"ours": ours, "bare": bare, "bare-no-teacher": bare_no_teacher}, bar)
+    got = interleave(sizes.repeats, {"ours": ours, "bare": baseline, "bare-no-teacher": bare_no_teacher}, bar)
     o, b, b0 = got["ours"], got["bare"], got["bare-no-teacher"]
     cost = 1 - median(b) / median(b0) if median(b0) else float("nan")
     return [Row(
         section="online" + ("" if device == "cpu" else f" ({device})"),
         name=f"hinton: {cfg.teacher.name} student + {TEACHER_MODEL} online teacher",
-        ours=median(o), bare=median(b), ratio=median([x / y for x, y in zip(o, b)]),
+        ours=median(o), bare=median(b), ratio=paired_ratio(o, b),
         images=steps * BATCH_SIZE, repeats=len(o), threads=f"{threads}/{threads}",
         note=f"loop only; call {median(walls):.1f} s; teacher fwd {cost:.0%} of bare step",
         samples={"ours": o, "bare": b, "bare_no_teacher": b0, "ours_call_seconds": walls},

@@ -26,7 +26,7 @@ from typing import Optional
 
 import pandas as pd
 
-from bench.common import pyplot, save_figure
+from bench.harness import pyplot, save_figure
 from bench.kd import FULL, QUICK, base_config, run_student, train_teacher
 
 SETTINGS = ("fixed", "consistent", "function_matching")

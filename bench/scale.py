@@ -42,7 +42,8 @@ import numpy as np
 
 from noisystudent.data.base import ImageSource
 
-from .common import Stopwatch, cleanup, environment, init_ray, load_average, scratch_dir
+from .cache import random_teacher
+from .harness import Stopwatch, cleanup, environment, init_ray, load_average, scratch_dir, text_table
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS_JSON = ROOT / "docs" / "bench-scale.json"
@@ -115,39 +116,33 @@ class MemorySampler:
 # the pieces
 
 
-def make_teacher(path: Path) -> Path:
-    import torch
+def teacher_spec() -> Any:
+    """The 1,000-class ResNet-8 on 8x8 grayscale images that labels the synthetic images (random weights)."""
+    from noisystudent.checkpoint import ModelSpec
 
-    from noisystudent.checkpoint import ModelSpec, save_checkpoint
-    from noisystudent.models import create_model
-
-    torch.manual_seed(0)
-    model = create_model("resnet8", num_classes=CLASSES, in_chans=1)
-    spec = ModelSpec(name="resnet8", num_classes=CLASSES, in_chans=1, image_size=IMAGE, mean=[0.5], std=[0.5],
+    return ModelSpec(name="resnet8", num_classes=CLASSES, in_chans=1, image_size=IMAGE, mean=[0.5], std=[0.5],
                      classes=[f"c{k:04d}" for k in range(CLASSES)])
-    save_checkpoint(path, model.eval(), spec, generation=0, role="teacher")
-    return path
 
 
 def bare_loop(ckpt: Path, n: int) -> float:
-    """img/s of generate + transform + ResNet-8 forward + softmax in this process, one thread, no Ray."""
+    """img/s of generate + transform + ResNet-8 forward + softmax in this process, one thread, no Ray
+    (:func:`bench.bare.label` on batches made here)."""
     import torch
 
     from noisystudent.checkpoint import load_checkpoint
     from noisystudent.transforms import create_transform
 
+    from . import bare
     from .sources import SyntheticStream
 
     old = torch.get_num_threads()
     torch.set_num_threads(1)
-    ck = load_checkpoint(ckpt)
-    model = ck.build_model("cpu")
+    model = load_checkpoint(ckpt).build_model("cpu")
     tf = create_transform(IMAGE, 1, [0.5], [0.5], noise=None)
     src = SyntheticStream(n, PARTITION, IMAGE, 1)
-    with Stopwatch() as sw, torch.inference_mode():
-        for s in range(0, n, BATCH):
-            x = torch.stack([tf(src.decode("", i)) for i in range(s, min(n, s + BATCH))])
-            torch.softmax(model(x), dim=1).numpy()
+    batches = (torch.stack([tf(src.decode("", i)) for i in range(s, min(n, s + BATCH))]) for s in range(0, n, BATCH))
+    with Stopwatch() as sw:
+        bare.label(model, batches, "cpu")
     torch.set_num_threads(old)
     return n / sw.seconds
 
@@ -291,9 +286,7 @@ def table(rows: list[dict], bare: float, students: list[dict]) -> str:
              f"{r['select_seconds']:.1f}", f"{r['driver_peak_rss_mb']:.0f}", f"{r['label_worker_rss_mb']:.0f}",
              f"{r['parquet_bytes_per_image']:.0f}", str(r["K"]), f"{r['rows_selected']:,} ({r['weighted_rows_selected']:,})"]
             for r in rows]
-    widths = [max(len(x[k]) for x in [head] + body) for k in range(len(head))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [head] + body]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = text_table(head, body, right=range(len(head)), rule="  ")
     lines.append(f"bare loop (one process, one thread, same images and ResNet-8 forward, no Ray): {bare:,.0f} img/s")
     for s in students:
         lines.append(f"student epoch over {s['selected_rows']:,} selected rows ({s['epoch_images']:,} with duplicates), "
@@ -320,7 +313,7 @@ def student_slopes(students: list[dict]) -> list[dict]:
 
 
 def plot(rows: list[dict], bare: float, path: Path, students: Optional[list[dict]] = None) -> None:
-    from bench.common import pyplot, save_figure
+    from bench.harness import pyplot, save_figure
 
     plt = pyplot()
     slopes = [s for s in student_slopes(students or []) if s["bytes_per_row"] is not None]
@@ -386,7 +379,7 @@ def main(sizes: str, quick: bool, actors: int, student_steps: Optional[int], no_
     t0 = time.perf_counter()
     load_before = load_average()
     work = scratch_dir("scale")
-    ckpt = make_teacher(work / "teacher" / "model.pt")
+    ckpt = random_teacher(work / "teacher", teacher_spec(), seed=0)
     bare = bare_loop(ckpt, bare_images)
     print(f"bare loop: {bare:,.0f} img/s", flush=True)
     ray_s = init_ray()

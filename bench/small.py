@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from bench.harness import text_table
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "configs" / "imagefolder_example.yaml"
 FMNIST = Path(os.environ.get("NOISYSTUDENT_FMNIST", "/usr/share/datasets/fashion-mnist"))
 PATH_FIELDS = ("labeled", "unlabeled", "test")
@@ -104,8 +106,7 @@ def print_table(rows: list[dict]) -> str:
     body = [[str(r["generation"]), r["model"], f(r.get("taught_by")), f(r.get("val_acc")), f(r["test_acc"]),
              {"student": "its student", "teacher": "its teacher", None: "-"}[r.get("promoted")],
              f(r["seconds"], ",.0f")] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head] + body]
+    lines = text_table(head, body)
     lines += [f"gen {r['generation']} promotion: {r['decision']}" for r in rows if r.get("decision")]
     return "\n".join(lines)
 

@@ -1,15 +1,42 @@
-"""Sources only the benchmarks use: images made on the fly, so a scale run needs no disk.
+"""Data only the benchmarks use: images made on the fly (a scale run needs no disk) or held in memory.
 
 Here and not in the core's data package, which holds what a user's config can name.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from noisystudent.data.protocols import Batch
+
+#: the ten classes of the synthetic images of the GPU check and bench.feed
+CLASSES = [f"class{i}" for i in range(10)]
+
+
+def images_for(n: int, size: int, ch: int, seed: int = 0) -> np.ndarray:
+    """``n`` random ``(size, size, ch)`` uint8 images: pixel content does not change the speed of any
+    transform or model the throughput benchmarks time."""
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, ch), dtype=np.uint8)
+
+
+def array_source(images: np.ndarray, labels: Optional[np.ndarray] = None):
+    """``images`` (ids ``syn-<index>``) as the project's in-memory source, labeled with :data:`CLASSES`
+    when ``labels`` are given."""
+    from noisystudent.data.array import ArraySource
+
+    if labels is None:
+        return ArraySource(images, prefix="syn")
+    return ArraySource(images, labels=labels, classes=list(CLASSES), prefix="syn")
+
+
+def spec_of(name: str, size: int, ch: int, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> Any:
+    """The :class:`~noisystudent.checkpoint.ModelSpec` of model ``name`` on these images (mean 0.5, std 0.25)."""
+    from noisystudent.checkpoint import ModelSpec
+
+    return ModelSpec(name=name, num_classes=len(CLASSES), in_chans=ch, image_size=size, mean=[0.5] * ch,
+                     std=[0.25] * ch, classes=list(CLASSES), drop_rate=drop_rate, drop_path_rate=drop_path_rate)
 
 
 class SyntheticStream:

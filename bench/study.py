@@ -19,7 +19,7 @@ from typing import Optional
 
 import yaml
 
-from bench.common import beats_baseline
+from bench.harness import beats_baseline
 from noisystudent.io import read_json
 
 STUDY = Path("configs/study_fashion_mnist.yaml")
@@ -43,7 +43,7 @@ def teachers(study_dir: Path) -> list[dict]:
 
 def gains(table) -> list[dict]:
     """Each method's mean gain over ``supervised`` at the same label noise, and whether it beats it
-    (:func:`bench.common.beats_baseline`, bench-kd's verdict)."""
+    (:func:`bench.harness.beats_baseline`, bench-kd's verdict)."""
     noise, method = "data.label_noise.rate", "distill.method.name"
     out = []
     if table.empty or method not in table.columns or noise not in table.columns:
@@ -79,7 +79,7 @@ def _condition(r: dict) -> tuple[str, float]:
 def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_stem: Path) -> dict:
     """``<out_stem>.json`` (trials, the summary over seeds, gains over supervised, teachers) and
     ``<out_stem>.png`` (test accuracy per method and label noise, seeds as points, teachers dashed)."""
-    from bench.common import environment, pyplot, save_figure
+    from bench.harness import environment, pyplot, save_figure
     from noisystudent.io import write_json
     from pipelines.study import summary
 

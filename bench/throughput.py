@@ -24,71 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from .common import Row, Sizes, Stopwatch, interleave, median, scratch_dir
+from . import bare
+from .harness import Row, Stopwatch, history_rate, interleave, median, paired_ratio, scratch_dir
+from .suite import Sizes
 
 BATCH_SIZE = 64
 
 
-class ArrayDataset:
-    """The bare loop's data set: an ``(N, H, W, C)`` uint8 array, labels and a transform. Nothing else."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Any) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return self.transform(self.images[i]), int(self.labels[i])
-
-
-def _forever(loader: Any):
-    """Batches without end, a new epoch (new shuffle, new augmentation) each time round. Not
-    ``itertools.cycle``, which would replay the first epoch's already transformed tensors."""
-    while True:
-        yield from loader
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def bare_train(spec: Any, noise: Any, images: np.ndarray, labels: np.ndarray, train_cfg: Any, steps: int,
-               device: str, seed: int = 0) -> float:
-    """Images/s of a hand-written training loop doing the same work as ``run_training``."""
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.data import DataLoader
-
-    from noisystudent.models import create_model
-    from noisystudent.transforms import create_transform
-
-    torch.manual_seed(seed)
-    model = create_model(spec.name, num_classes=spec.num_classes, in_chans=spec.in_chans,
-                         drop_rate=spec.drop_rate, drop_path_rate=spec.drop_path_rate).to(device).train()
-    transform = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, noise)
-    loader = DataLoader(ArrayDataset(images, labels, transform), batch_size=train_cfg.batch_size, shuffle=True,
-                        drop_last=True, num_workers=0)
-    opt = torch.optim.SGD(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum, nesterov=True,
-                          weight_decay=train_cfg.weight_decay)
-    batches = _forever(loader)
-    n = 0
-    with Stopwatch() as sw:
-        for _ in range(steps):
-            x, y = next(batches)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            n += len(x)
-        _sync(device)
-    return n / sw.seconds
+               device: str, **kd: Any) -> float:
+    """Images/s of :func:`bench.bare.train` for ``steps`` steps with ``train_cfg``'s batch size and optimizer
+    (``kd``: its teacher, temperature, alpha, autocast and label smoothing, for the online rows)."""
+    return bare.train(spec, noise, images, labels, device, batch_size=train_cfg.batch_size, lr=train_cfg.lr,
+                      momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay, steps=steps, **kd)
 
 
 def teacher_job(cfg: Any, bundle: Any, noise: Any, steps: int, out_dir: Path, device: str) -> Any:
@@ -103,18 +52,6 @@ def teacher_job(cfg: Any, bundle: Any, noise: Any, steps: int, out_dir: Path, de
                     seed=0, device=device, role="teacher", progress=False)
 
 
-def history_images_per_s(out_dir: Path) -> float:
-    """The training loop's own figure, from the job's ``history.csv`` (mean over its epochs)."""
-    return float(pd.read_csv(Path(out_dir) / "history.csv")["images_per_s"].mean())
-
-
-def clean_noise() -> Any:
-    """Noise that does nothing: ``create_transform`` then returns exactly the eval transform."""
-    from noisystudent.config import NoiseConfig
-
-    return NoiseConfig(randaugment_n=0, hflip=False, crop_padding=0, random_erasing=0.0)
-
-
 def bench_teacher(cfg: Any, bundle: Any, sizes: Sizes, threads: int, device: str, bar: Any = None) -> list[Row]:
     """Rows: ``run_training`` vs the bare loop, with the config's noise and with clean inputs."""
     from noisystudent.engine import run_training
@@ -122,7 +59,7 @@ def bench_teacher(cfg: Any, bundle: Any, sizes: Sizes, threads: int, device: str
     images = bundle.labeled.load_all()
     labels = np.asarray(bundle.labeled.labels)
     steps = sizes.train_steps
-    variants = {"noised": cfg.teacher.noise, "clean": clean_noise()}
+    variants = {"noised": cfg.teacher.noise, "clean": bare.clean_noise()}
     walls: dict[str, list[float]] = {k: [] for k in variants}
 
     def ours(kind: str):
@@ -132,17 +69,17 @@ def bench_teacher(cfg: Any, bundle: Any, sizes: Sizes, threads: int, device: str
             with Stopwatch() as sw:
                 run_training(job)
             walls[kind].append(sw.seconds)
-            return history_images_per_s(out)
+            return history_rate(out)
         return run
 
-    def bare(kind: str):
+    def baseline(kind: str):
         spec = teacher_job(cfg, bundle, variants[kind], steps, Path("."), device).spec
         return lambda: bare_train(spec, variants[kind], images, labels, cfg.teacher_train, steps, device)
 
     measure = {}
     for kind in variants:
         measure[f"ours-{kind}"] = ours(kind)
-        measure[f"bare-{kind}"] = bare(kind)
+        measure[f"bare-{kind}"] = baseline(kind)
     got = interleave(sizes.repeats, measure, bar)
 
     rows = []
@@ -154,7 +91,7 @@ def bench_teacher(cfg: Any, bundle: Any, sizes: Sizes, threads: int, device: str
         rows.append(Row(
             section="teacher" + ("" if device == "cpu" else f" ({device})"),
             name=label,
-            ours=median(o), bare=median(b), ratio=median([x / y for x, y in zip(o, b)]),
+            ours=median(o), bare=median(b), ratio=paired_ratio(o, b),
             images=n_img, repeats=len(o), threads=f"{threads}/{threads}",
             note=f"loop only; call {median(walls[kind]):.1f} s",
             samples={"ours": o, "bare": b, "ours_call_seconds": walls[kind]},
@@ -193,12 +130,12 @@ def bench_workers(cfg: Any, bundle: Any, sizes: Sizes, threads: int, worker_coun
             with Stopwatch() as sw:
                 train(job, RayConfig(workers=n, max_failures=0))
             walls[n].append(sw.seconds)
-            return history_images_per_s(parent / "teacher")
+            return history_rate(parent / "teacher")
         return run
 
     spec = teacher_job(cfg, bundle, noise, steps, Path("."), "cpu").spec
 
-    def bare(n_threads: int):
+    def baseline(n_threads: int):
         def run() -> float:
             import torch
 
@@ -210,11 +147,11 @@ def bench_workers(cfg: Any, bundle: Any, sizes: Sizes, threads: int, worker_coun
                 torch.set_num_threads(old)
         return run
 
-    measure = {"bare": bare(threads)}
+    measure = {"bare": baseline(threads)}
     # A single Ray Train worker gets every CPU, so Ray sets OMP_NUM_THREADS to the CPU count; the bare
     # loop at that many threads tells the cost of the threads apart from the cost of Ray Train.
     if cpus != threads and 1 in worker_counts:
-        measure[f"bare-{cpus}t"] = bare(cpus)
+        measure[f"bare-{cpus}t"] = baseline(cpus)
     for n in worker_counts:
         measure[f"workers={n}"] = ours(n)
     got = interleave(sizes.worker_repeats, measure, bar)
@@ -231,7 +168,7 @@ def bench_workers(cfg: Any, bundle: Any, sizes: Sizes, threads: int, worker_coun
             th, note = f"{n}x{per}/{threads}", "loop only, all workers"
         rows.append(Row(
             section="workers", name=name, ours=median(o), bare=median(b),
-            ratio=median([x / y for x, y in zip(o, b)]), images=steps * BATCH_SIZE * max(n, 1), repeats=len(o),
+            ratio=paired_ratio(o, b), images=steps * BATCH_SIZE * max(n, 1), repeats=len(o),
             threads=th, note=f"{note}; call {median(walls[n]):.1f} s",
             samples={"ours": o, "bare": b, "ours_call_seconds": walls[n]},
             extra={"workers": n, "steps_per_worker": steps, "batch_size": BATCH_SIZE, "ray_cpus": cpus},
@@ -240,7 +177,7 @@ def bench_workers(cfg: Any, bundle: Any, sizes: Sizes, threads: int, worker_coun
         bt = got[f"bare-{cpus}t"]
         rows.append(Row(
             section="workers", name=f"bare loop at {cpus} threads (reference)", ours=median(bt), bare=median(b),
-            ratio=median([x / y for x, y in zip(bt, b)]), images=steps * BATCH_SIZE, repeats=len(bt),
+            ratio=paired_ratio(bt, b), images=steps * BATCH_SIZE, repeats=len(bt),
             threads=f"{cpus}/{threads}", note="the threads a 1-worker Ray Train job gets",
             samples={"ours": bt, "bare": b}, extra={"threads": cpus},
         ))

@@ -320,5 +320,21 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def non_default(obj: Any) -> dict:
+    """A config dataclass as the fields that differ from their defaults, nested ones too: a field added
+    later, whose default keeps the old behaviour, leaves a digest of it (a cache key) unchanged."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            if sub := non_default(value):
+                out[f.name] = sub
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if value != default:
+            out[f.name] = value
+    return out
+
+
 def dump_config(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from noisystudent.config import ALL_LABELS_PER_CLASS
+from noisystudent.config import ALL_LABELS_PER_CLASS, non_default
 from pipelines.config import ExperimentConfig
 
 from . import steps
@@ -149,22 +149,6 @@ ORACLE_CACHE = Path("runs/cache")
 ORACLE_STEP = baseline_step("oracle")
 
 
-def _non_default(obj: Any) -> dict:
-    """A dataclass as a dict of the fields that differ from their defaults (nested ones too): a field added
-    later whose default keeps the old behaviour leaves a digest of it unchanged."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            if sub := _non_default(value):
-                out[f.name] = sub
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if value != default:
-            out[f.name] = value
-    return out
-
-
 def converged_oracle_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """The config of ``cfg``'s converged all-labels oracle: the last ladder model on every labeled training
     image (Fashion-MNIST: all 60,000), trained ``oracle_converged_epochs`` with ``teacher_train``'s
@@ -188,10 +172,10 @@ def converged_oracle_dir(cfg: ExperimentConfig, cache_root: str | Path = ORACLE_
     """``cache_root/oracle-<model>-<epochs>ep-<digest>``: the digest covers the model, the data split, the
     training settings and the seed (not the device, Ray, or where the Fashion-MNIST files lie)."""
     oracle = converged_oracle_config(cfg)
-    data = _non_default(oracle.data)
+    data = non_default(oracle.data)
     if oracle.data.kind in ALL_LABELS_PER_CLASS:
         data.pop("root", None)
-    blob = json.dumps({"model": _non_default(oracle.teacher), "data": data, "train": _non_default(oracle.teacher_train),
+    blob = json.dumps({"model": non_default(oracle.teacher), "data": data, "train": non_default(oracle.teacher_train),
                        "seed": oracle.seed}, sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     return Path(cache_root) / f"oracle-{oracle.teacher.name}-{oracle.teacher_train.epochs}ep-{digest}"

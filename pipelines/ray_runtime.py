@@ -278,13 +278,33 @@ def stop_processes(pids: list[int], grace_s: float = 3.0) -> None:
 # the local instance does when the driver exits), so the embedded instance silences that one logger.
 # A cluster given by --ray-address keeps its dashboard and this warning.
 _PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+# Ray Train v2's controller asks its autoscaling coordinator for resources with a fixed 5 s timeout; on a
+# busy small machine the call times out now and then and the client logs a WARNING with the whole
+# traceback ("safe to ignore ... if it only happens transiently"), which make run and the fault matrix
+# printed at load 3-15 while training went on unharmed. On the embedded instance there is no autoscaler to
+# ask (the resources are the machine's), so that logger is silenced there too; a real failure to place the
+# workers still ends the job with Ray Train's own error.
+_AUTOSCALING_CLIENT_LOGGER = "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"
+
+
+QUIETED_LOGGERS = (_PG_CLEANER_LOGGER, _AUTOSCALING_CLIENT_LOGGER)
+
+
+class _ErrorsOnly(logging.Filter):
+    """Passes records of ERROR and above. A filter on the logger, not its level: Ray Train's controller runs
+    ``logging.config.dictConfig`` for ``ray.train`` after this hook, which resets the level (and handlers)
+    of every existing ``ray.train.*`` logger to NOTSET but leaves a logger's filters alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
 
 
 def quiet_worker_logs() -> None:
     """``worker_process_setup_hook`` of the embedded Ray instance (runs in every worker process)."""
-    import logging
-
-    logging.getLogger(_PG_CLEANER_LOGGER).setLevel(logging.ERROR)
+    for name in QUIETED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ErrorsOnly) for f in logger.filters):
+            logger.addFilter(_ErrorsOnly())
     pin_own_address()
 
 

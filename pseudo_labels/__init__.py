@@ -9,7 +9,8 @@ from typing import Any
 
 from .schema import COLUMNS, SCHEMA, SCHEMA_VERSION, LabelMetadata, probs_to_table
 from .select import select_pseudo_labels
-from .selection_io import read_selection, read_selection_summary, select_folder, write_selection
+from .selection_io import read_selection, read_selection_summary, write_selection
+from .streamed_select import select_folder
 from .store import (
     SUCCESS,
     is_complete,

@@ -40,7 +40,8 @@ from noisystudent.io import atomic_path, read_json, write_json, write_text
 from .schema import COLUMNS, SCHEMA, LabelMetadata, effective_topk, probs_to_table
 from noisystudent.data.hidden import class_map, true_labels  # noqa: F401 - true_labels: this package's face
 
-from .sharded import ImageBatchActor, check_run_args, is_streaming, job_record, pending_chunks, run_chunks
+from .job_folder import is_streaming, job_record, pending_chunks
+from .sharded import ImageBatchActor, check_run_args, run_chunks
 from .store import (
     SHARD_GLOB,
     SUCCESS,
@@ -217,21 +218,15 @@ def _write_chunk(out: Path, metadata: LabelMetadata):
     return write
 
 
-def _finish(out: Path, source: Any, metadata: LabelMetadata, *, processed: int, seconds: float,
-            chunk_size: int, teacher_paths: list[str]) -> dict[str, Any]:
-    """Merge the shards' summaries (footers only: O(shards)), check they account for every image of an
-    in-memory source, then write ``rejected.csv`` (shard by shard), ``summary.json`` and ``_SUCCESS``."""
-    import csv
-
-    shards = list_shards(out)
-    C = metadata.num_classes
+def _merge_shard_summaries(shards: Sequence[Path], num_classes: int) -> dict[str, Any]:
+    """The sum of the shards' own summaries (footers only: O(shards), never a row per image)."""
     rows = rejected = known = correct = 0
-    classes = np.zeros(C, dtype=np.int64)
+    classes = np.zeros(num_classes, dtype=np.int64)
     conf_counts = np.zeros(CONFIDENCE_BINS, dtype=np.int64)
     conf_sum = 0.0
     has_truth = False
     for shard in shards:
-        sm = read_shard_summary(shard, C)
+        sm = read_shard_summary(shard, num_classes)
         rows += sm["rows"]
         rejected += sm["rejected"]
         classes += np.asarray(sm["class_counts"], dtype=np.int64)
@@ -241,12 +236,15 @@ def _finish(out: Path, source: Any, metadata: LabelMetadata, *, processed: int, 
             has_truth = True
             known += sm["truth_known"]
             correct += sm["truth_correct"]
-    n = rows + rejected
-    if not is_streaming(source) and n != len(source):
-        raise UserError(f"labels in {out} account for {n} images but the source has {len(source)}; relabel with force")
+    return {"rows": rows, "rejected": rejected, "classes": classes, "conf_counts": conf_counts, "conf_sum": conf_sum,
+            "has_truth": has_truth, "known": known, "correct": correct}
 
-    skipped = list(getattr(source, "skipped", []) or [])
-    with atomic_path(out / REJECTED_FILE) as tmp:
+
+def _write_rejected(path: Path, shards: Sequence[Path], skipped: list) -> None:
+    """``rejected.csv``, shard by shard, then the images the source skipped when it was scanned."""
+    import csv
+
+    with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(["image_id", "reason"])
@@ -254,15 +252,29 @@ def _finish(out: Path, source: Any, metadata: LabelMetadata, *, processed: int, 
                 w.writerows(shard_rejected(shard))
             w.writerows((i, f"skipped when the source was scanned: {r}") for i, r in skipped)
 
+
+def _finish(out: Path, source: Any, metadata: LabelMetadata, *, processed: int, seconds: float,
+            chunk_size: int, teacher_paths: list[str]) -> dict[str, Any]:
+    """Merge the shards' summaries (footers only: O(shards)), check they account for every image of an
+    in-memory source, then write ``rejected.csv`` (shard by shard), ``summary.json`` and ``_SUCCESS``."""
+    shards = list_shards(out)
+    m = _merge_shard_summaries(shards, metadata.num_classes)
+    rows = m["rows"]
+    n = rows + m["rejected"]
+    if not is_streaming(source) and n != len(source):
+        raise UserError(f"labels in {out} account for {n} images but the source has {len(source)}; relabel with force")
+
+    skipped = list(getattr(source, "skipped", []) or [])
+    _write_rejected(out / REJECTED_FILE, shards, skipped)
     summary: dict[str, Any] = {
         "images": n,
         "rows": rows,
-        "rejected": rejected,
+        "rejected": m["rejected"],
         "skipped_at_scan": len(skipped),
         "classes": metadata.class_names,
-        "class_histogram": classes.astype(int).tolist(),
-        "confidence_histogram": {"edges": _histogram(np.zeros(0))["edges"], "counts": conf_counts.astype(int).tolist()},
-        "mean_confidence": conf_sum / rows if rows else None,
+        "class_histogram": m["classes"].astype(int).tolist(),
+        "confidence_histogram": {"edges": _histogram(np.zeros(0))["edges"], "counts": m["conf_counts"].astype(int).tolist()},
+        "mean_confidence": m["conf_sum"] / rows if rows else None,
         "processed_this_run": processed,
         "seconds": round(seconds, 3),
         "throughput_images_per_s": round(processed / seconds, 2) if processed and seconds > 0 else None,
@@ -276,12 +288,29 @@ def _finish(out: Path, source: Any, metadata: LabelMetadata, *, processed: int, 
         "source_format": getattr(source, "format", "index_chunks"),
         "schema_version": metadata.schema_version,
     }
-    if has_truth and known:
-        summary["pseudo_label_accuracy"] = correct / known
-        summary["pseudo_label_accuracy_n"] = int(known)
+    if m["has_truth"] and m["known"]:
+        summary["pseudo_label_accuracy"] = m["correct"] / m["known"]
+        summary["pseudo_label_accuracy_n"] = int(m["known"])
     write_json(out / SUMMARY_FILE, summary)
     write_text(out / SUCCESS, time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
     return summary
+
+
+def _label_metadata(teachers: Sequence[Checkpoint], temperature: float, topk: Optional[int],
+                    weights: Optional[Sequence[float]]) -> LabelMetadata:
+    """What every shard of this job records: the teachers' classes, temperature, top-k, teachers and weights."""
+    from noisystudent.distill.ensemble import normalize_weights
+
+    spec = teachers[0].spec
+    return LabelMetadata(
+        class_names=list(spec.classes),
+        num_classes=spec.num_classes,
+        temperature=temperature,
+        topk=topk,
+        teachers=[t.checkpoint_id for t in teachers],
+        # recorded only when given, so a single teacher's (or an equal ensemble's) labels stay resumable
+        teacher_weights=normalize_weights(weights, len(teachers), "weights") if weights is not None else None,
+    )
 
 
 def label_images(
@@ -327,21 +356,8 @@ def label_images(
     """
     _check_args(temperature, topk, batch_size, num_actors, num_gpus_per_actor, num_cpus_per_actor, chunk_size)
     out = Path(out_dir)
-    from noisystudent.distill.ensemble import normalize_weights
-
     teachers = load_teachers(checkpoints)
-    spec = teachers[0].spec
-    metadata = LabelMetadata(
-        class_names=list(spec.classes),
-        num_classes=spec.num_classes,
-        temperature=temperature,
-        topk=topk,
-        teachers=[t.checkpoint_id for t in teachers],
-        # recorded only when given, so a single teacher's (or an equal ensemble's) labels stay resumable
-        teacher_weights=normalize_weights(weights, len(teachers), "weights") if weights is not None else None,
-    )
-    teacher_paths = [str(p) for p in checkpoints]
-
+    metadata = _label_metadata(teachers, temperature, topk, weights)
     if not is_streaming(source) and len(source) == 0:
         raise UserError("the unlabeled source holds no images")
     job = job_record(source, chunk_size, metadata.record())
@@ -362,4 +378,4 @@ def label_images(
     )
     seconds = time.perf_counter() - start
     return _finish(out, source, metadata, processed=processed, seconds=seconds, chunk_size=chunk_size,
-                   teacher_paths=teacher_paths)
+                   teacher_paths=[str(p) for p in checkpoints])

@@ -40,6 +40,9 @@ SCHEMA = pa.schema(
 
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 
+# A selection's shards: the label schema plus how many times a row counts (a duplicated class's rows > 1).
+SELECTED_SCHEMA = SCHEMA.append(pa.field("weight", pa.int32(), nullable=False))
+
 
 @dataclass
 class LabelMetadata:

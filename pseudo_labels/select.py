@@ -10,7 +10,7 @@ stays one row per image and a sampler can draw rows with probability proportiona
 Ties in confidence are broken by ``image_id`` so the same input always gives the same selection.
 
 :func:`select_pseudo_labels` works on one DataFrame of all rows (the reference, and what small callers
-use); the pipeline streams the same selection shard by shard (:func:`pseudo_labels.selection_io.select_folder`)
+use); the pipeline streams the same selection shard by shard (:func:`pseudo_labels.streamed_select.select_folder`)
 with :class:`ClassCutoffs` (each class's K-th best confidence in O(classes) memory), and a test checks the
 two agree on Fashion-MNIST.
 """
@@ -69,6 +69,33 @@ def balance_weights(counts: int, k: int) -> np.ndarray:
     return w
 
 
+def _check_inputs(df: pd.DataFrame, num_classes: int, threshold: float, per_class: Optional[int]) -> None:
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise UserError(f"pseudo_labels.threshold must be in [0, 1], got {threshold}")
+    if per_class is not None and int(per_class) < 0:
+        raise UserError(f"pseudo_labels.per_class must be >= 0 or null, got {per_class}")
+    if num_classes < 1:
+        raise UserError(f"num_classes must be >= 1, got {num_classes}")
+    missing = {"image_id", "label", "confidence"} - set(df.columns)
+    if missing:
+        raise UserError(f"pseudo-label table lacks column(s) {', '.join(sorted(missing))}")
+    labels = df["label"].to_numpy()
+    if len(df) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UserError(f"pseudo-label table has labels outside [0, {num_classes}) for num_classes={num_classes}")
+
+
+def _balanced(ranked: pd.DataFrame, per_class_before: list[int], k: int) -> pd.DataFrame:
+    """K rows a class from ``ranked`` (grouped by label in class order): each row's weight from
+    :func:`balance_weights`, rows of weight 0 dropped."""
+    weights = np.zeros(len(ranked), dtype=np.int64)
+    start = 0
+    for count in per_class_before:  # ranked is grouped by label in class order
+        weights[start : start + count] = balance_weights(count, k)
+        start += count
+    selected = ranked.assign(weight=weights)
+    return selected[selected["weight"].to_numpy() > 0]
+
+
 def select_pseudo_labels(
     df: pd.DataFrame,
     num_classes: int,
@@ -86,19 +113,7 @@ def select_pseudo_labels(
     balancing (after = weighted), K, and pseudo-label accuracy (all, after threshold, selected and
     weighted) when a ``true_label`` column is present.
     """
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise UserError(f"pseudo_labels.threshold must be in [0, 1], got {threshold}")
-    if per_class is not None and int(per_class) < 0:
-        raise UserError(f"pseudo_labels.per_class must be >= 0 or null, got {per_class}")
-    if num_classes < 1:
-        raise UserError(f"num_classes must be >= 1, got {num_classes}")
-    missing = {"image_id", "label", "confidence"} - set(df.columns)
-    if missing:
-        raise UserError(f"pseudo-label table lacks column(s) {', '.join(sorted(missing))}")
-    labels = df["label"].to_numpy()
-    if len(df) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise UserError(f"pseudo-label table has labels outside [0, {num_classes}) for num_classes={num_classes}")
-
+    _check_inputs(df, num_classes, threshold, per_class)
     kept = df[df["confidence"].to_numpy() >= threshold]
     per_class_before = _class_counts(kept["label"].to_numpy(), num_classes)
     ranked = _ranked(kept)
@@ -108,13 +123,7 @@ def select_pseudo_labels(
         selected = ranked.assign(weight=np.ones(len(ranked), dtype=np.int64))
     else:
         k = len(kept) // num_classes if int(per_class) == 0 else int(per_class)
-        weights = np.zeros(len(ranked), dtype=np.int64)
-        start = 0
-        for count in per_class_before:  # ranked is grouped by label in class order
-            weights[start : start + count] = balance_weights(count, k)
-            start += count
-        selected = ranked.assign(weight=weights)
-        selected = selected[selected["weight"].to_numpy() > 0]
+        selected = _balanced(ranked, per_class_before, k)
     selected = selected.reset_index(drop=True)
 
     w = selected["weight"].to_numpy()

@@ -36,31 +36,31 @@ pool it starts (its own map-transformer reference, ray-project/ray#53727); it do
 arguments here and does not affect results.
 
 A re-run first removes ``.tmp-*`` leftovers of a killed run, keeps every finished shard untouched and
-scores only the missing partitions (:func:`pending_chunks`). The caller writes ``_SUCCESS`` last, after
+scores only the missing partitions (:func:`~pseudo_labels.job_folder.pending_chunks`). The caller writes ``_SUCCESS`` last, after
 its summary files; with it present a re-run reuses the folder (after checking that it holds the output
 of the same images and models), and ``force`` deletes the job's files and starts again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from noisystudent.data.hidden import remap
-from noisystudent.data.protocols import AttachedOnWorker, HiddenLabelReader, IdentifiedSource, PartitionedSource
-from noisystudent.errors import ImageDecodeError, UserError
-from noisystudent.io import clean_temporaries, read_json, write_json
+from noisystudent.data.protocols import AttachedOnWorker, HiddenLabelReader
+from noisystudent.errors import UserError
 
-from .store import SHARD_GLOB, SUCCESS, shard_name
+# the folder's bookkeeping, imported from here by the jobs that run on this module
+from .job_folder import (JOB_FILE, check_job, ids_sha256, is_streaming, job_record, num_partitions, pending_chunks,
+                         remove_outputs)
 
-JOB_FILE = "_job.json"
+__all__ = ["JOB_FILE", "REASON", "ImageBatchActor", "PartitionWorker", "WriteChunk", "check_job", "check_run_args",
+           "ids_sha256", "is_streaming", "job_record", "num_partitions", "pending_chunks", "reader_for",
+           "remove_outputs", "run_chunks"]
 
 # Why an image was rejected, in the per-partition result of an actor.
 REASON = "reject_reason"
@@ -227,24 +227,7 @@ class PartitionWorker:
 
 
 # --------------------------------------------------------------------------------------------------
-# the folder: which chunks are left, and whether it holds this job's output
-
-
-def ids_sha256(source: Any) -> str:
-    """A hash of every image id in index order: the identity of an in-memory source a job cuts into chunks
-    (streamed, O(1) memory). A streaming source gives its own (a hash of its partition names)."""
-    if isinstance(source, IdentifiedSource):
-        return source.identity()
-    h = hashlib.sha256()
-    for i in range(len(source)):
-        h.update(source.image_id(i).encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()
-
-
-def is_streaming(source: Any) -> bool:
-    """A source cut into its own partitions (files), not an in-memory source cut into index chunks."""
-    return isinstance(source, PartitionedSource)
+# the driver
 
 
 def reader_for(source: Any, chunk_size: int) -> Any:
@@ -263,86 +246,6 @@ def reader_for(source: Any, chunk_size: int) -> Any:
     except ImportError:  # pragma: no cover
         pass
     return IndexChunks(source, chunk_size, source_ref=ref)
-
-
-def num_partitions(source: Any, chunk_size: int) -> int:
-    return source.num_partitions if is_streaming(source) else math.ceil(len(source) / chunk_size)
-
-
-def job_record(source: Any, chunk_size: int, metadata: dict[str, Any]) -> dict[str, Any]:
-    """What ``_job.json`` pins: the images (or the partition files), the cut and the caller's metadata."""
-    streaming = is_streaming(source)
-    return {"num_images": None if streaming else len(source), "chunk_size": None if streaming else chunk_size,
-            "num_partitions": num_partitions(source, chunk_size), "image_ids_sha256": ids_sha256(source),
-            "format": getattr(source, "format", "index_chunks"), "metadata": metadata}
-
-
-def remove_outputs(out: Path, extra: Sequence[str] = ()) -> None:
-    """Delete what a job wrote (``_SUCCESS`` first, so a kill midway never looks complete)."""
-    (out / SUCCESS).unlink(missing_ok=True)
-    for name in (*extra, JOB_FILE):
-        (out / name).unlink(missing_ok=True)
-    for shard in out.glob(SHARD_GLOB):
-        shard.unlink()
-    clean_temporaries(out)
-
-
-def check_job(out: Path, job: dict[str, Any], reuse: bool = False, what: str = "labels", redo: str = "relabel") -> None:
-    """Write ``_job.json`` on a fresh folder; on an existing one refuse any difference that matters.
-
-    Resuming needs everything equal, the chunk size included (chunks of another size would overlap).
-    Reusing a finished folder (``reuse``) needs the same images and metadata. ``what`` and ``redo`` name
-    the output in messages ("holds labels of another job ... use force to relabel").
-    """
-    path = out / JOB_FILE
-    if not path.is_file():
-        if reuse or any(out.glob(SHARD_GLOB)):
-            raise UserError(f"{out} holds {what} but no {JOB_FILE}; they were not written by this job (use force to {redo})")
-        write_json(path, job)
-        return
-    old = read_json(path)
-    old_meta = old.get("metadata", {})
-    pairs = [(key, old.get(key), job[key]) for key in ("num_images", "image_ids_sha256", "chunk_size", "format")
-             if key in old or key != "format"]
-    pairs += [(key, old_meta.get(key), value) for key, value in job["metadata"].items()]
-    for key, was, now in pairs:
-        if reuse and key == "chunk_size":
-            continue
-        if was != now:
-            raise UserError(f"{out} holds {what} of another job: {key} was {was!r}, now {now!r}; use force to {redo}")
-
-
-def pending_chunks(out: Path, job: dict[str, Any], *, force: bool, outputs: Sequence[str],
-                   check_shard: Callable[[Path], None], what: str = "labels", redo: str = "relabel") -> Optional[list[int]]:
-    """Prepare ``out`` for ``job`` and return the chunks still to score; None when the folder is finished.
-
-    ``force`` deletes the job's files first. A finished folder (``_SUCCESS`` and every file of ``outputs``
-    present) is checked against ``job`` and reused (None). Otherwise leftovers of a killed run are removed,
-    ``_job.json`` is written or checked, every existing shard goes through ``check_shard`` (the caller's
-    metadata check), and the chunks without a shard are returned, in order.
-    """
-    if force and out.is_dir():
-        remove_outputs(out, outputs)
-    elif (out / SUCCESS).is_file() and all((out / name).is_file() for name in outputs):
-        check_job(out, job, reuse=True, what=what, redo=redo)
-        return None
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SUCCESS).unlink(missing_ok=True)
-    clean_temporaries(out)
-    check_job(out, job, what=what, redo=redo)
-
-    n_chunks = job["num_partitions"]
-    existing = {p.name for p in out.glob(SHARD_GLOB)}
-    stray = existing - {shard_name(c) for c in range(n_chunks)}
-    if stray:
-        raise UserError(f"{out} holds shards outside this job's {n_chunks} chunks: {sorted(stray)[:3]}; use force to {redo}")
-    for name in sorted(existing):
-        check_shard(out / name)
-    return [c for c in range(n_chunks) if shard_name(c) not in existing]
-
-
-# --------------------------------------------------------------------------------------------------
-# the driver
 
 
 def run_chunks(source: Any, chunks: list[int], *, chunk_size: int, actor: type, actor_kwargs: dict[str, Any],
@@ -368,7 +271,6 @@ def run_chunks(source: Any, chunks: list[int], *, chunk_size: int, actor: type, 
     old_bars = ctx.enable_progress_bars
     ctx.enable_progress_bars = False  # one tqdm bar on the driver instead of one per operator
     bar = tqdm(total=len(chunks), desc=desc, unit="shard", disable=not progress, dynamic_ncols=True)
-    images = 0
     try:
         # One row (and one block, so one task) per pending partition: the driver's whole state.
         ds = ray.data.from_items([{"partition": int(c)} for c in chunks], override_num_blocks=len(chunks))
@@ -376,13 +278,7 @@ def run_chunks(source: Any, chunks: list[int], *, chunk_size: int, actor: type, 
             PartitionWorker,
             fn_constructor_kwargs={
                 "actor": actor,
-                "actor_kwargs": {
-                    "device": "cuda" if num_gpus_per_actor > 0 else "cpu",
-                    "decode_threads": max(1, int(num_cpus_per_actor)),
-                    "torch_threads": max(1, int(num_cpus_per_actor)) if num_gpus_per_actor == 0 else None,
-                    "kill_once_marker": None,
-                    **actor_kwargs,
-                },
+                "actor_kwargs": {**_actor_defaults(num_gpus_per_actor, num_cpus_per_actor), **actor_kwargs},
                 "reader": reader,
                 "write_chunk": write_chunk,
                 "batch_size": batch_size,
@@ -398,21 +294,38 @@ def run_chunks(source: Any, chunks: list[int], *, chunk_size: int, actor: type, 
             # default to max_restarts=-1 and max_task_retries=-1 (passing them here is deprecated since
             # Ray 2.60). A retried partition is rewritten whole, under the same name.
         )
-        done: set[int] = set()
-        for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for p, n in zip(out["partition"].tolist(), out["images"].tolist()):
-                if p in done:
-                    raise RuntimeError(f"partition {p} was reported twice")
-                done.add(p)
-                images += int(n)
-                bar.update(1)
-                bar.set_postfix(images=images, refresh=False)
-        missing = sorted(set(chunks) - done)
-        if missing:
-            raise RuntimeError(f"the job ended with partitions {missing[:10]} not written")
+        return _count_reported(ds, chunks, bar)
     finally:
         bar.close()
         ctx.enable_progress_bars = old_bars
+
+
+def _actor_defaults(num_gpus_per_actor: float, num_cpus_per_actor: float) -> dict[str, Any]:
+    """An actor's device and threads: one GPU each, or CPU actors with ``num_cpus_per_actor`` torch threads."""
+    return {
+        "device": "cuda" if num_gpus_per_actor > 0 else "cpu",
+        "decode_threads": max(1, int(num_cpus_per_actor)),
+        "torch_threads": max(1, int(num_cpus_per_actor)) if num_gpus_per_actor == 0 else None,
+        "kill_once_marker": None,
+    }
+
+
+def _count_reported(ds: Any, chunks: list[int], bar: Any) -> int:
+    """Drain the job's per-partition rows; return the images read. Each partition must be reported exactly
+    once (a retried task rewrites its shard, never reports it twice), and every one of ``chunks``."""
+    images = 0
+    done: set[int] = set()
+    for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for p, n in zip(out["partition"].tolist(), out["images"].tolist()):
+            if p in done:
+                raise RuntimeError(f"partition {p} was reported twice")
+            done.add(p)
+            images += int(n)
+            bar.update(1)
+            bar.set_postfix(images=images, refresh=False)
+    missing = sorted(set(chunks) - done)
+    if missing:
+        raise RuntimeError(f"the job ended with partitions {missing[:10]} not written")
     return images
 
 

@@ -21,12 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from noisystudent.errors import UserError
-from noisystudent.io import atomic_path
+from noisystudent.io import atomic_path, clean_temporaries
 
 from .schema import LabelMetadata
 
 SUCCESS = "_SUCCESS"
 SHARD_GLOB = "part-*.parquet"
+SUMMARY = "summary.json"  # a finished selection's figures, written just before _SUCCESS
 # Per-shard list of images that could not be read, kept in the shard itself so a shard is the one
 # atomic record of its chunk: labels and rejects appear together or not at all.
 REJECTED_KEY = b"noisystudent.rejected"
@@ -68,6 +69,18 @@ def write_table_shard(
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
+
+
+def clear_shards(folder: str | os.PathLike) -> Path:
+    """Start rewriting a shard folder: ``_SUCCESS`` goes first (no reader trusts the folder from then on),
+    then leftover temporaries and the old shards."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SUCCESS).unlink(missing_ok=True)
+    clean_temporaries(folder)
+    for old in folder.glob(SHARD_GLOB):
+        old.unlink()
+    return folder
 
 
 def list_shards(folder_or_file: str | os.PathLike) -> list[Path]:

@@ -48,24 +48,32 @@ def ray_session():
 
 @pytest.fixture(autouse=True)
 def _ray_cpus_released(request):
-    """After a test on the session's Ray instance, collect garbage if some of its CPUs are still held.
+    """After a test on the session's Ray instance, make sure it gave back every CPU it reserved.
 
-    A failed Ray Data job keeps its actor pool (and the CPUs it reserved) alive until the cycle through its
-    exception's traceback is collected; the cyclic collector may not run for many minutes, and a later
-    two-worker Ray Train job then waits for a CPU that never comes (the suite hung on it)."""
+    A failed Ray Data job can keep its actor pool (and the CPUs it reserved) alive: until the cycle
+    through its exception's traceback is collected, or for good when Ray Data's executor is still
+    referenced. A later two-worker Ray Train job then waits forever for a CPU that never comes (CI hung on
+    it for 90 minutes). So: collect garbage, wait a little for the actors to exit, and otherwise fail
+    *this* test, naming it, instead of hanging a later one."""
     yield
     if "ray_session" not in request.fixturenames:
         return
     import ray
 
-    def held() -> bool:
-        return ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0)
-
-    if ray.is_initialized() and held():
-        gc.collect()
-        deadline = time.monotonic() + 3  # the resource view follows an actor's exit within a second or two
-        while held() and time.monotonic() < deadline:
-            time.sleep(0.2)
+    if not ray.is_initialized():
+        return
+    total = ray.cluster_resources().get("CPU", 0)
+    if ray.available_resources().get("CPU", 0) >= total:
+        return
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) >= total:
+            return
+        time.sleep(0.5)
+    held = total - ray.available_resources().get("CPU", 0)
+    pytest.fail(f"{request.node.nodeid} left {held:g} of the session's {total:g} Ray CPUs reserved 30 s after it "
+                "ended (an actor pool or task still alive): later multi-worker jobs would wait for them forever")
 
 
 @pytest.fixture(scope="session")

@@ -110,8 +110,9 @@ def test_found_inside_ray_data_wrappers(ray_session, tmp_path):
 
             raise out_of_space(target, errno.ENOSPC)
 
-    # no CPU reserved: the failed job's actor lives until the cycle through the exception is collected, and a
-    # reserved CPU would keep a later two-worker Ray Train job waiting for it
+    # num_cpus=0: under pytest the failed job's actor outlives the test (the log records pytest keeps for the
+    # report hold the exception's traceback, and with it the dataset), and a reserved CPU would starve the
+    # suite's later two-worker Ray Train jobs
     ds = ray.data.from_items([{"x": 1}]).map_batches(Writer, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0)
     with pytest.raises(Exception) as info:
         ds.take_all()

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
-from bench.common import parse_sets
+from bench.harness import parse_sets
 from bench.peers import protocol as proto
 from bench.peers.cputime import run_measured
 from bench.peers.table import figure, format_table, summarize

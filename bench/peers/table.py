@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from bench.harness import pyplot, save_figure, text_table
+
 LABELS = {"ours": "ours: Noisy Student loop (teacher + students)", "fixmatch": "USB FixMatch",
           "pseudolabel": "USB Pseudo-Label"}
 
@@ -46,8 +48,7 @@ def format_table(rows: list[dict], protocol: dict, meta: dict) -> str:
         if r["arm"] == "ours":
             body.append(["  (its generation-0 teacher)", f"{r['teacher_acc_mean']:.4f} ± {r['teacher_acc_std']:.4f}", "",
                          str(len(r["seeds"])), "", "", ""])
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head] + body]
+    lines = text_table(head, body)
     p = protocol
     lines += ["", f"protocol: {p['config']} (+ {len(p['overrides'])} override(s)); {p['sizes']['labeled']} labeled, "
               f"{p['sizes']['val']} validation, {p['sizes']['unlabeled']:,} unlabeled, {p['sizes']['test']:,} test images; "
@@ -60,8 +61,6 @@ def format_table(rows: list[dict], protocol: dict, meta: dict) -> str:
 
 def figure(rows: list[dict], protocol: dict, path: Path) -> Path:
     """Test accuracy (mean ± std) against CPU minutes, one point per arm; our teacher as a dashed line."""
-    from bench.common import pyplot, save_figure
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in rows:

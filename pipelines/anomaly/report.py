@@ -17,6 +17,7 @@ Same page machinery as the run report (:mod:`pipelines.report.html`): no scripts
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -194,115 +195,126 @@ def _pick(scores: np.ndarray, labels: Optional[np.ndarray], n: int) -> list[int]
 # the page
 
 
-def build_anomaly_report(score_dir: str | os.PathLike, out_dir: Optional[str | os.PathLike] = None, *,
-                         masks: Optional[str | os.PathLike | Mapping[str, np.ndarray]] = None, source: Any = None,
-                         grid: int = 16) -> Path:
-    """Write the report of a finished score folder; return the path of ``index.html``.
+Curve = tuple[str, np.ndarray, np.ndarray, Optional[float]]  # name, false-positive rates, true-positive rates, AUROC
 
-    ``source`` gives the images for the grid (default: the inputs recorded in ``summary.json``, read again);
-    ``masks`` a folder of masks or ``{image_id: mask}`` for pixel AUROC and outlines."""
-    from noisystudent.anomaly import auroc, decode_map, pixel_auroc, roc_curve
 
-    from pipelines.report.html import Note, Plot, Pre, Section, Table, render_page
-    from pipelines.report.plots import figure_png
+@dataclass
+class _Scored:
+    """What the page shows of a finished score folder."""
 
-    score_dir = Path(score_dir)
+    summary: dict
+    df: Any  # pandas DataFrame: image_id, score, flagged (and map when stored)
+    ids: list[str]
+    scores: np.ndarray
+    threshold: float
+    shape: Optional[list[int]]  # of a stored map; None when scored with --no-maps
+    labels: Optional[np.ndarray]  # anomalous or not, from the folders; None without ground truth
+    groups: Optional[Sequence[str]]  # each image's top-level folder (with ground truth)
+
+
+def _read_summary(score_dir: Path) -> dict:
     if not (score_dir / SUMMARY_FILE).is_file():
         raise UserError(f"{score_dir} holds no finished scores (no {SUMMARY_FILE}); run `noisystudent anomaly score` first")
-    summary = read_json(score_dir / SUMMARY_FILE)
-    out = Path(out_dir) if out_dir is not None else score_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    return read_json(score_dir / SUMMARY_FILE)
+
+
+def _read_scored(score_dir: Path, summary: dict) -> _Scored:
     df = read_scores(score_dir, maps=bool(summary.get("maps")))
     ids = df["image_id"].tolist()
-    scores = df["score"].to_numpy(dtype=np.float64)
-    threshold = float(summary["threshold"])
-    shape = summary.get("map_shape")
     truth = ground_truth(ids)
-    labels = truth[0] if truth is not None else None
-    notes: list[str] = []
+    return _Scored(summary=summary, df=df, ids=ids, scores=df["score"].to_numpy(dtype=np.float64),
+                   threshold=float(summary["threshold"]), shape=summary.get("map_shape"),
+                   labels=truth[0] if truth is not None else None, groups=truth[1] if truth is not None else None)
 
-    mask_of: dict[str, np.ndarray] = {}
-    if masks is not None and shape:
-        mask_of = load_masks(masks, ids, int(shape[0]))
-    elif masks is not None:
-        notes.append("Masks were given but the scores hold no maps (scored with --no-maps): no pixel AUROC.")
 
+def _image_rows(d: _Scored) -> tuple[list[tuple[str, Any]], list[Curve]]:
+    """The summary table's rows, and the image ROC curves (overall, then per folder) with ground truth."""
+    from noisystudent.anomaly import auroc, roc_curve
+
+    summary = d.summary
     rows = [("images", summary["images"]), ("scored", summary["scored"]), ("rejected (unreadable)", summary["rejected"]),
-            ("flagged (score > threshold)", summary["flagged"]), ("threshold", threshold),
+            ("flagged (score > threshold)", summary["flagged"]), ("threshold", d.threshold),
             ("threshold FPR target (validation normals)", summary.get("threshold_fpr_target")),
             ("detector", summary.get("detector_id"))]
-    curves, pixel = [], None
-    if labels is not None:
-        fpr, tpr, _ = roc_curve(labels, scores)
-        curves.append(("all anomalous vs good", fpr, tpr, auroc(labels, scores)))
-        rows += [("image AUROC", summary.get("image_auroc")), ("flag rate, anomalous (TPR)", summary.get("flag_rate_tpr")),
-                 ("flag rate, good (FPR)", summary.get("flag_rate_fpr"))]
-        groups = truth[1]
-        for g, area in (summary.get("image_auroc_per_group") or {}).items():
-            rows.append((f"image AUROC, {g}/ vs good/", area))
-            keep = np.asarray([x in (g, GOOD) for x in groups])
-            if len(curves) < 8 and len(summary["image_auroc_per_group"]) > 1:
-                f, t, _ = roc_curve(labels[keep], scores[keep])
-                curves.append((f"{g}/", f, t, area))
-    else:
-        notes.append("No ground truth: the images are not in good/ and defect/ (or other) folders, so no ROC curve.")
-    if mask_of:
-        use = [k for k, i in enumerate(ids) if i in mask_of or (labels is not None and not labels[k])]
-        if use:
-            maps = np.stack([decode_map(df["map"].iloc[k], shape) for k in use])
-            ms = np.stack([mask_of.get(ids[k], np.zeros(tuple(shape), bool)) for k in use])
-            area = pixel_auroc(maps, ms)
-            rows.append(("pixel AUROC", area))
-            rows.append(("images with masks (incl. good/ as all-normal)", len(use)))
-            if area is not None:
-                f, t, _ = roc_curve(ms.ravel()[:: max(1, ms.size // 2_000_000)], maps.ravel()[:: max(1, ms.size // 2_000_000)])
-                pixel = ("pixels", f, t, area)
-    table = Table([("what", "what"), ("value", "value")], [(k, {"what": k, "value": _fmt(v)}) for k, v in rows],
-                  numeric=frozenset({"value"}))
+    curves: list[Curve] = []
+    if d.labels is None:
+        return rows, curves
+    labels, scores = d.labels, d.scores
+    fpr, tpr, _ = roc_curve(labels, scores)
+    curves.append(("all anomalous vs good", fpr, tpr, auroc(labels, scores)))
+    rows += [("image AUROC", summary.get("image_auroc")), ("flag rate, anomalous (TPR)", summary.get("flag_rate_tpr")),
+             ("flag rate, good (FPR)", summary.get("flag_rate_fpr"))]
+    for g, area in (summary.get("image_auroc_per_group") or {}).items():
+        rows.append((f"image AUROC, {g}/ vs good/", area))
+        keep = np.asarray([x in (g, GOOD) for x in d.groups])
+        if len(curves) < 8 and len(summary["image_auroc_per_group"]) > 1:
+            f, t, _ = roc_curve(labels[keep], scores[keep])
+            curves.append((f"{g}/", f, t, area))
+    return rows, curves
 
-    plots: list[Plot] = [Plot("scores.png", "Score histogram", figure_png(score_histogram(scores, threshold, labels)),
-                              "An image is flagged when its score is above the dashed threshold.")]
-    if curves:
-        plots.append(Plot("roc.png", "ROC curves", figure_png(roc_figure(curves, pixel)),
-                          "Image-level (and, with masks, pixel-level) ROC; AUROC in the legend."))
 
-    picked = _pick(scores, labels, grid)
-    grid_note = None
-    if source is None:
+def _pixel_rows(d: _Scored, mask_of: dict[str, np.ndarray]) -> tuple[list[tuple[str, Any]], Optional[Curve]]:
+    """Pixel AUROC over the images with a mask (and good/ ones as all normal), and its ROC curve."""
+    from noisystudent.anomaly import decode_map, pixel_auroc, roc_curve
+
+    if not mask_of:
+        return [], None
+    ids, labels = d.ids, d.labels
+    use = [k for k, i in enumerate(ids) if i in mask_of or (labels is not None and not labels[k])]
+    if not use:
+        return [], None
+    maps = np.stack([decode_map(d.df["map"].iloc[k], d.shape) for k in use])
+    ms = np.stack([mask_of.get(ids[k], np.zeros(tuple(d.shape), bool)) for k in use])
+    area = pixel_auroc(maps, ms)
+    rows = [("pixel AUROC", area), ("images with masks (incl. good/ as all-normal)", len(use))]
+    if area is None:
+        return rows, None
+    f, t, _ = roc_curve(ms.ravel()[:: max(1, ms.size // 2_000_000)], maps.ravel()[:: max(1, ms.size // 2_000_000)])
+    return rows, ("pixels", f, t, area)
+
+
+def _maps_plot(d: _Scored, picked: list[int], source: Any, mask_of: dict[str, np.ndarray]):
+    """The grid of picked images with their maps overlaid (a :class:`~pipelines.report.html.Plot`), or None
+    when none of them can be read again."""
+    from noisystudent.anomaly import decode_map
+
+    from pipelines.report.html import Plot
+    from pipelines.report.plots import figure_png
+
+    ids, df, shape = d.ids, d.df, d.shape
+    pos = source.positions([ids[k] for k in picked])
+    imgs, maps_, titles, flags, outlines = [], [], [], [], []
+    for k, p in zip(picked, pos):
+        if p < 0:
+            continue
         try:
-            source = images_source(summary.get("inputs") or [], int(summary.get("in_chans") or 3))
-        except UserError as exc:
-            grid_note = f"Image grid left out: the scored images cannot be read again here ({exc})."
-    if source is not None and picked:
-        pos = source.positions([ids[k] for k in picked])
-        imgs, maps_, titles, flags, outlines = [], [], [], [], []
-        for k, p in zip(picked, pos):
-            if p < 0:
-                continue
-            try:
-                img = source.load(int(p))
-            except Exception:  # noqa: BLE001 - a file gone since scoring leaves a gap, not a crash
-                continue
-            m = decode_map(df["map"].iloc[k], shape) if shape else None
-            if m is not None and img.shape[:2] != m.shape:
-                import cv2
+            img = source.load(int(p))
+        except Exception:  # noqa: BLE001 - a file gone since scoring leaves a gap, not a crash
+            continue
+        m = decode_map(df["map"].iloc[k], shape) if shape else None
+        if m is not None and img.shape[:2] != m.shape:
+            import cv2
 
-                img = cv2.resize(img, (m.shape[1], m.shape[0]), interpolation=cv2.INTER_AREA)
-            imgs.append(img)
-            maps_.append(m)
-            short = ids[k] if len(ids[k]) <= 22 else "..." + ids[k][-19:]
-            titles.append(f"{short}\n{scores[k]:.3g}" + (" FLAG" if df["flagged"].iloc[k] else ""))
-            flags.append(bool(df["flagged"].iloc[k]))
-            outlines.append(mask_of.get(ids[k]))
-        if imgs:
-            caption = ("Anomaly maps over the images (colour and opacity rise with sqrt(map / threshold); red titles "
-                       "are flagged)"
-                       + ("; white outlines are the masks." if mask_of else ".")
-                       + (" Without stored maps (--no-maps) the images alone." if not shape else ""))
-            plots.append(Plot("maps.png", "Images and anomaly maps",
-                              figure_png(maps_grid(imgs, maps_, titles, flags, threshold, outlines)), caption))
-    if grid_note:
-        notes.append(grid_note)
+            img = cv2.resize(img, (m.shape[1], m.shape[0]), interpolation=cv2.INTER_AREA)
+        imgs.append(img)
+        maps_.append(m)
+        short = ids[k] if len(ids[k]) <= 22 else "..." + ids[k][-19:]
+        titles.append(f"{short}\n{d.scores[k]:.3g}" + (" FLAG" if df["flagged"].iloc[k] else ""))
+        flags.append(bool(df["flagged"].iloc[k]))
+        outlines.append(mask_of.get(ids[k]))
+    if not imgs:
+        return None
+    caption = ("Anomaly maps over the images (colour and opacity rise with sqrt(map / threshold); red titles "
+               "are flagged)"
+               + ("; white outlines are the masks." if mask_of else ".")
+               + (" Without stored maps (--no-maps) the images alone." if not shape else ""))
+    return Plot("maps.png", "Images and anomaly maps",
+                figure_png(maps_grid(imgs, maps_, titles, flags, d.threshold, outlines)), caption)
+
+
+def _sections(table, plots: list, curves: list[Curve], score_dir: Path, summary: dict) -> list:
+    """The page's sections: summary, scores, ROC (with ground truth), maps, and the unreadable images."""
+    from pipelines.report.html import Note, Pre, Section
 
     sections = [Section("summary", "Summary", [table]), Section("scores", "Scores", [p for p in plots if p.name == "scores.png"])]
     if curves:
@@ -313,6 +325,55 @@ def build_anomaly_report(score_dir: str | os.PathLike, out_dir: Optional[str | o
     if rejected_path.is_file() and summary.get("rejected", 0) + summary.get("skipped_at_scan", 0) > 0:
         sections.append(Section("rejected", "Unreadable images", [Pre(rejected_path.read_text(encoding="utf-8"),
                                                                        f"{REJECTED_FILE} (not scored)")]))
+    return sections
+
+
+def build_anomaly_report(score_dir: str | os.PathLike, out_dir: Optional[str | os.PathLike] = None, *,
+                         masks: Optional[str | os.PathLike | Mapping[str, np.ndarray]] = None, source: Any = None,
+                         grid: int = 16) -> Path:
+    """Write the report of a finished score folder; return the path of ``index.html``.
+
+    ``source`` gives the images for the grid (default: the inputs recorded in ``summary.json``, read again);
+    ``masks`` a folder of masks or ``{image_id: mask}`` for pixel AUROC and outlines."""
+    from pipelines.report.html import Plot, Table, render_page
+    from pipelines.report.plots import figure_png
+
+    score_dir = Path(score_dir)
+    summary = _read_summary(score_dir)
+    out = Path(out_dir) if out_dir is not None else score_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    d = _read_scored(score_dir, summary)
+    notes: list[str] = []
+    mask_of: dict[str, np.ndarray] = {}
+    if masks is not None and d.shape:
+        mask_of = load_masks(masks, d.ids, int(d.shape[0]))
+    elif masks is not None:
+        notes.append("Masks were given but the scores hold no maps (scored with --no-maps): no pixel AUROC.")
+    rows, curves = _image_rows(d)
+    if d.labels is None:
+        notes.append("No ground truth: the images are not in good/ and defect/ (or other) folders, so no ROC curve.")
+    pixel_rows, pixel = _pixel_rows(d, mask_of)
+    table = Table([("what", "what"), ("value", "value")], [(k, {"what": k, "value": _fmt(v)}) for k, v in rows + pixel_rows],
+                  numeric=frozenset({"value"}))
+    plots: list[Plot] = [Plot("scores.png", "Score histogram", figure_png(score_histogram(d.scores, d.threshold, d.labels)),
+                              "An image is flagged when its score is above the dashed threshold.")]
+    if curves:
+        plots.append(Plot("roc.png", "ROC curves", figure_png(roc_figure(curves, pixel)),
+                          "Image-level (and, with masks, pixel-level) ROC; AUROC in the legend."))
+    picked = _pick(d.scores, d.labels, grid)
+    grid_note = None
+    if source is None:
+        try:
+            source = images_source(summary.get("inputs") or [], int(summary.get("in_chans") or 3))
+        except UserError as exc:
+            grid_note = f"Image grid left out: the scored images cannot be read again here ({exc})."
+    if source is not None and picked:
+        maps_plot = _maps_plot(d, picked, source, mask_of)
+        if maps_plot is not None:
+            plots.append(maps_plot)
+    if grid_note:
+        notes.append(grid_note)
+    sections = _sections(table, plots, curves, score_dir, summary)
     for name in PLOTS:
         if name not in {p.name for p in plots}:
             (out / name).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ image AUROC and the flag rates of each group.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -30,7 +31,8 @@ import pyarrow.parquet as pq
 from noisystudent.checkpoint import Checkpoint
 from noisystudent.errors import UserError
 from noisystudent.io import atomic_path, read_json, write_json, write_text
-from pseudo_labels.sharded import ImageBatchActor, check_run_args, job_record, pending_chunks, run_chunks
+from pseudo_labels.job_folder import job_record, pending_chunks
+from pseudo_labels.sharded import ImageBatchActor, check_run_args, run_chunks
 from pseudo_labels.store import SHARD_GLOB, SUCCESS, list_shards, shard_name, shard_rejected, write_table_shard
 
 from .train import DetectorRun, load_detector, load_run_config
@@ -231,6 +233,14 @@ def _finish(out: Path, source: Any, record: dict, metadata: dict, *, processed: 
     return summary
 
 
+def _check_shard(path: Path, metadata: dict) -> None:
+    """A shard an earlier job left must hold this job's kind of scores (detector, threshold, maps, ...)."""
+    got = _shard_meta(path)
+    for key, value in metadata.items():
+        if got.get(key) != value:
+            raise UserError(f"score shard {path}: {key} is {got.get(key)!r}, this job has {value!r}; use --force to rescore")
+
+
 def score_images(run_dir: str | os.PathLike, source: Any, out_dir: str | os.PathLike, *,
                  batch_size: Optional[int] = None, num_actors: Optional[int] = None,
                  num_gpus_per_actor: Optional[float] = None, num_cpus_per_actor: Optional[float] = None,
@@ -266,15 +276,8 @@ def score_images(run_dir: str | os.PathLike, source: Any, out_dir: str | os.Path
                 "stages": record["stages"], "combine": record["combine"], "image_size": size,
                 "map_shape": [size, size] if save_maps else None, "map_encoding": "float32-byteshuffle-zlib"}
     job = job_record(source, chunk_size, metadata)
-
-    def check_shard(path: Path) -> None:
-        got = _shard_meta(path)
-        for key, value in metadata.items():
-            if got.get(key) != value:
-                raise UserError(f"score shard {path}: {key} is {got.get(key)!r}, this job has {value!r}; use --force to rescore")
-
-    todo = pending_chunks(out, job, force=force, outputs=(SUMMARY_FILE, REJECTED_FILE), check_shard=check_shard,
-                          what="scores", redo="rescore")
+    todo = pending_chunks(out, job, force=force, outputs=(SUMMARY_FILE, REJECTED_FILE),
+                          check_shard=functools.partial(_check_shard, metadata=metadata), what="scores", redo="rescore")
     if todo is None:
         return read_json(out / SUMMARY_FILE)
 

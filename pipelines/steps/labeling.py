@@ -127,9 +127,9 @@ def _truth_lookup(source, class_names):
 
 def _select(ctx: StepContext) -> Outcome:
     """Confidence filter and per-class balancing of generation ``g``'s labels into ``selected/``, streamed
-    shard by shard (:func:`pseudo_labels.selection_io.select_folder`): never one frame of every label."""
+    shard by shard (:func:`pseudo_labels.streamed_select.select_folder`): never one frame of every label."""
     from pseudo_labels import read_metadata
-    from pseudo_labels.selection_io import select_folder
+    from pseudo_labels.streamed_select import select_folder
 
     run, cfg, g = ctx.run, ctx.cfg, ctx.g
     out = run.selected_dir(g)
