@@ -56,12 +56,11 @@ def test_worker_failure_resumes_from_last_checkpoint(one_and_two):
 
 
 def test_failure_beyond_max_failures_is_raised(tmp_path, require_fmnist, ray_session):
-    """One worker (the default) trains its first epoch and checkpoints it; its second fails, with no
-    failure allowed: the error reaches the caller."""
-    job = job_for(tmp_path, epochs=2, steps=1)
+    """One Ray Train worker (the default) fails in its first epoch with no failure allowed: the error reaches
+    the caller."""
+    job = job_for(tmp_path, epochs=1, steps=1)
     with pytest.raises(Exception, match="injected failure"):
-        train(job, RayConfig(workers=1, max_failures=0), fail_at_epoch=1)
-    assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1] and (tmp_path / "last.pt").is_file()
+        train(job, RayConfig(workers=1, max_failures=0), fail_at_epoch=0)
 
 
 @pytest.mark.slow  # a Ray Train job to the end on one worker. Fast: the Ray Train path to the end on two workers
