@@ -64,7 +64,7 @@ def test_failure_beyond_max_failures_is_raised(tmp_path, require_fmnist, ray_ses
 
 
 @pytest.mark.slow  # a Ray Train job to the end on one worker. Fast: the Ray Train path to the end on two workers
-# (test_two_gloo_workers_reach_the_accuracy_of_one), one worker's epoch and checkpoint
+# (test_two_gloo_workers_reach_the_accuracy_of_one), one worker's failure reaching the caller
 # (test_failure_beyond_max_failures_is_raised), the same job in this process (one_and_two)
 def test_one_ray_train_worker_trains_to_the_end(tmp_path, one_and_two, ray_session):
     one = train(job_for(tmp_path, steps=10), RayConfig(workers=1))
