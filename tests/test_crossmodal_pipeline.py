@@ -89,3 +89,20 @@ def test_teacher_checkpoint_on_the_wrong_channels_exits_2(tmp_path):
     path.write_text(yaml.safe_dump(experiment(tmp_path)))
     res = CliRunner().invoke(main, ["distill", str(path), "--run-dir", str(tmp_path / "r"), "--teacher", str(tmp_path / "t.pt")])
     assert res.exit_code == 2 and "config field 'teacher.modality'" in res.output and "3-channel" in res.output, res.output
+
+
+@pytest.mark.slow  # `make test-all`: the benchmark's quick arms end to end (a few minutes on 2 cores)
+def test_bench_crossmodal_quick_runs_every_arm_and_writes_its_table(tmp_path, require_fmnist):
+    """`python -m bench.crossmodal --quick`: real Fashion-MNIST pairs, the image teacher, the loop and both
+    distill arms; the JSON has one row per arm with accuracies that are real (above chance), and the figure."""
+    from bench.crossmodal import ARMS, main as bench_main
+
+    stem = tmp_path / "out" / "bench-crossmodal-quick"
+    result = bench_main(["--quick", "--quiet", "--threads", "1", "--device", "cpu",
+                         "--run-dir", str(tmp_path / "runs"), "--out", str(stem)])
+    arms = [row["arm"] for row in result["rows"]]
+    assert arms == ["teacher (image)", *ARMS]
+    assert all(0.3 < row["acc"] <= 1.0 for row in result["rows"]), result["rows"]
+    assert stem.with_suffix(".json").is_file() and stem.with_suffix(".png").stat().st_size > 10_000
+    run = result["runs"][0]
+    assert 0.3 < run["pseudo_label_acc"] <= 1.0 and 0.0 <= run["distill_fidelity"] <= 1.0
