@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +190,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     lo = min(100 * r["acc"] for r in rows)
     ax.set_ylim(max(0, lo - 10), 100)
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 80), fontsize=9)  # the long title fits the figure's width
     fig.tight_layout()
     save_figure(fig, path)
 
