@@ -143,12 +143,12 @@ def test_train_amp_is_validated(where):
 
 
 def test_ray_torch_threads_is_validated_and_a_runtime_field(tmp_path):
-    """``ray.torch_threads``: 1 by default, null keeps Ray's OMP_NUM_THREADS, below 1 names the field; a run
+    """``ray.torch_threads``: null by default (Ray's OMP_NUM_THREADS, the worker's CPUs), below 1 names the field; a run
     may change it (like every ``ray`` field) without being refused as a different config."""
     from pipelines.state import RunDir
 
-    assert config_from_dict({}).ray.torch_threads == 1
-    assert config_from_dict({"ray": {"torch_threads": None}}).ray.torch_threads is None
+    assert config_from_dict({}).ray.torch_threads is None
+    assert config_from_dict({"ray": {"torch_threads": 1}}).ray.torch_threads == 1
     assert config_from_dict({"ray": {"torch_threads": 4}}).ray.torch_threads == 4
     for bad, words in ((0, ">= 1"), (1.5, "integer"), ("two", "integer")):
         with pytest.raises(ConfigError) as info:
