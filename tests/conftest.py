@@ -63,16 +63,19 @@ def _ray_cpus_released(request):
     if not ray.is_initialized():
         return
     total = ray.cluster_resources().get("CPU", 0)
-    if ray.available_resources().get("CPU", 0) >= total:
+
+    def held() -> float:
+        return total - ray.available_resources().get("CPU", 0)
+
+    if held() <= 0:
         return
     gc.collect()
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if ray.available_resources().get("CPU", 0) >= total:
-            return
+    while held() > 0 and time.monotonic() < deadline:
         time.sleep(0.5)
-    held = total - ray.available_resources().get("CPU", 0)
-    pytest.fail(f"{request.node.nodeid} left {held:g} of the session's {total:g} Ray CPUs reserved 30 s after it "
+    if held() <= 0:
+        return
+    pytest.fail(f"{request.node.nodeid} left {held():g} of the session's {total:g} Ray CPUs reserved 30 s after it "
                 "ended (an actor pool or task still alive): later multi-worker jobs would wait for them forever")
 
 
