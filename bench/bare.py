@@ -55,16 +55,19 @@ def clean_noise() -> Any:
     return NoiseConfig(randaugment_n=0, hflip=False, crop_padding=0, random_erasing=0.0)
 
 
-def model_of(spec: Any, device: Any) -> torch.nn.Module:
-    """``spec``'s model from ``create_model`` (its drop rates included), on ``device``, in train mode."""
+def model_of(spec: Any, device: Any, channels_last: bool = False) -> torch.nn.Module:
+    """``spec``'s model from ``create_model`` (its drop rates included), on ``device``, in train mode;
+    ``channels_last``: its weights in the NHWC memory format, as a job's (``train.channels_last``)."""
     from noisystudent.models import create_model
 
-    return create_model(spec.name, num_classes=spec.num_classes, in_chans=spec.in_chans, drop_rate=spec.drop_rate,
-                        drop_path_rate=spec.drop_path_rate).to(device).train()
+    model = create_model(spec.name, num_classes=spec.num_classes, in_chans=spec.in_chans, drop_rate=spec.drop_rate,
+                         drop_path_rate=spec.drop_path_rate).to(device).train()
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def load_teacher(path: Path, device: Any) -> torch.nn.Module:
-    """A checkpoint file's model rebuilt by hand (``create_model`` + ``load_state_dict``), eval mode, frozen."""
+def load_teacher(path: Path, device: Any, channels_last: bool = True) -> torch.nn.Module:
+    """A checkpoint file's model rebuilt by hand (``create_model`` + ``load_state_dict``), eval mode, frozen;
+    NHWC weights as a job's online teacher (``train.channels_last``) unless ``channels_last`` is false."""
     from noisystudent.models import create_model
 
     payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -72,6 +75,8 @@ def load_teacher(path: Path, device: Any) -> torch.nn.Module:
     teacher = create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"])
     teacher.load_state_dict(payload["state_dict"])
     teacher = teacher.to(device).eval()
+    if channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
@@ -126,8 +131,11 @@ def train(spec: Any, noise: Any, images: np.ndarray, labels: np.ndarray, device:
           lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4, steps: Optional[int] = None,
           epochs: int = 1, workers: int = 0, amp_dtype: Optional[torch.dtype] = None,
           teacher: Optional[torch.nn.Module] = None, temperature: float = 4.0, alpha: float = 0.9,
-          label_smoothing: float = 0.0, seed: int = 0) -> float:
+          label_smoothing: float = 0.0, seed: int = 0, channels_last: bool = True) -> float:
     """Images/s of the hand-written training loop (see the module's docstring).
+
+    ``channels_last`` (default, as a job's ``train.channels_last``): the model in the NHWC memory format, so
+    the ratio to a job measures the pipeline around the step, not the layout of the weights.
 
     ``steps``: one timed span of that many steps over batches drawn without end (:func:`forever`); else
     ``epochs`` epochs, each timed, the last one's rate returned (the first starts loader workers and warms
@@ -135,7 +143,7 @@ def train(spec: Any, noise: Any, images: np.ndarray, labels: np.ndarray, device:
     from noisystudent.transforms import create_transform
 
     torch.manual_seed(seed)
-    model = model_of(spec, device)
+    model = model_of(spec, device, channels_last)
     transform = create_transform(spec.image_size, spec.in_chans, spec.mean, spec.std, noise)
     loader = DataLoader(ArrayDataset(images, labels, transform), batch_size=batch_size, shuffle=True, drop_last=True,
                         num_workers=workers, persistent_workers=workers > 0)

@@ -83,14 +83,14 @@ def _bare_label_run(checkpoint: Path, images: np.ndarray, batch_size: int, devic
         torch.set_num_threads(threads)
     try:
         ck = load_checkpoint(checkpoint)
-        model = ck.build_model(device)
+        model = ck.build_model(device, channels_last=True)  # as the labeling actor's (pseudo_labels.labeling)
         if half:
-            model = model.half().to(memory_format=torch.channels_last)
+            model = model.half()
         batches = bare.label_loader(images, ck.spec, batch_size)
         if barrier is not None:
             barrier.wait()
         start = time.monotonic()
-        n = bare.label(model, batches, device, half=half, channels_last=half)  # .cpu() syncs a GPU
+        n = bare.label(model, batches, device, half=half, channels_last=True)  # .cpu() syncs a GPU
         return n, start, time.monotonic()
     finally:
         torch.set_num_threads(old_threads)

@@ -143,10 +143,14 @@ class Checkpoint:
     checkpoint_id: str = ""
     path: Optional[Path] = None
 
-    def build_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+    def build_model(self, device: str | torch.device = "cpu", channels_last: bool = False) -> torch.nn.Module:
+        """The model with these weights, in eval mode on ``device``; ``channels_last``: its 4-D weights in the
+        NHWC memory format (:func:`noisystudent.models.to_memory_format`)."""
+        from .models import to_memory_format
+
         model = self.spec.build(inference=True)
         model.load_state_dict(self.state_dict)
-        return model.to(device).eval()
+        return to_memory_format(model.to(device), channels_last).eval()
 
 
 def _state_hash(state_dict: dict[str, torch.Tensor]) -> str:
@@ -160,7 +164,8 @@ def _state_hash(state_dict: dict[str, torch.Tensor]) -> str:
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     model = getattr(model, "module", model)  # unwrap DDP
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # contiguous: a model trained channels-last saves the same NCHW file as one trained without
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 def checkpoint_id(model: torch.nn.Module, generation: int, role: str) -> str:

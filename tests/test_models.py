@@ -18,6 +18,7 @@ from noisystudent.models import (
     list_models,
     model_num_params,
     stage_info,
+    to_memory_format,
 )
 from noisystudent.models.layers import drop_path_rates
 from noisystudent.models.torchvision_models import TorchvisionNet
@@ -401,3 +402,30 @@ def test_stage_info_validates_configs() -> None:
         stage_info("convnext_tiny", image_size=2)
     with pytest.raises(UserError, match="image size"):
         stage_info("resnet8", image_size=0)
+
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_2"])
+def test_channels_last_changes_the_layout_not_the_numbers(name: str, tmp_path) -> None:
+    """``to_memory_format`` puts the 4-D weights in NHWC; forward and the saved checkpoint stay the NCHW ones."""
+    from noisystudent.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    plain = create_model(name, num_classes=10, in_chans=3).eval()
+    fast = to_memory_format(copy.deepcopy(plain), True)
+    convs = [p for p in fast.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert any(not p.is_contiguous() for p in convs)  # 3x3 kernels do change layout (1x1 ones are both)
+    assert all(p.is_contiguous() for p in fast.parameters() if p.dim() != 4)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-4)
+    assert to_memory_format(plain, False) is plain and all(p.is_contiguous() for p in plain.parameters())
+    spec = ModelSpec(name=name, num_classes=10, in_chans=3, image_size=32, mean=[0.5] * 3, std=[0.5] * 3,
+                     classes=[str(c) for c in range(10)])
+    # the same weights get the same id and an NCHW file whatever their layout in memory
+    assert save_checkpoint(tmp_path / "a.pt", fast, spec) == save_checkpoint(tmp_path / "b.pt", plain, spec)
+    ckpt = load_checkpoint(tmp_path / "a.pt")
+    assert all(t.is_contiguous() for t in ckpt.state_dict.values())
+    back = ckpt.build_model(channels_last=True)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in back.parameters() if p.dim() == 4)

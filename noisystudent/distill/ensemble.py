@@ -129,7 +129,7 @@ class _MixtureModel(nn.Module):
 
 
 def load_ensemble(teachers: Sequence[tuple[str, float]], spec, device: torch.device, tap: Optional[int],
-                  field: str) -> EnsembleTeacher:
+                  field: str, channels_last: bool = False) -> EnsembleTeacher:
     """Every teacher frozen and weights-only loaded (:class:`OnlineTeacher`), checked against the student's
     classes and channels and against each other's input size (one teaching view serves them all)."""
     from noisystudent.checkpoint import load_checkpoint
@@ -144,5 +144,5 @@ def load_ensemble(teachers: Sequence[tuple[str, float]], spec, device: torch.dev
         if members and ckpt.spec.image_size != members[0].checkpoint.spec.image_size:
             raise UserError(f"teacher {path} takes {ckpt.spec.image_size} px images, teacher {teachers[0][0]} "
                             f"{members[0].checkpoint.spec.image_size} px: an online ensemble shares one view size")
-        members.append(OnlineTeacher(ckpt, device))
+        members.append(OnlineTeacher(ckpt, device, channels_last=channels_last))
     return EnsembleTeacher(members, [w for _, w in teachers], tap=tap, field=field)

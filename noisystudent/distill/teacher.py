@@ -22,9 +22,10 @@ class OnlineTeacher:
     """Not an ``nn.Module`` on purpose: it must stay out of the student's optimizer, DDP wrapper and
     ``state_dict`` (the teacher's checkpoint is already on disk and named in the config)."""
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, stages: tuple[int, ...] = ()):
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, stages: tuple[int, ...] = (),
+                 channels_last: bool = False):
         self.checkpoint = checkpoint
-        self.model = checkpoint.build_model(device)  # eval mode, noise rates zero
+        self.model = checkpoint.build_model(device, channels_last)  # eval mode, noise rates zero
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.stages = tuple(stages)

@@ -55,7 +55,7 @@ def load_teacher(job: TrainJob, device: torch.device, stages) -> OnlineTeacher:
     elif s.in_chans != t.in_chans:  # a different side is fine: the teaching setting resizes each model's view
         raise UserError(f"teacher {job.teacher_ckpt} takes {t.in_chans}-channel images, the student "
                         f"{s.in_chans}-channel ones")
-    return OnlineTeacher(ckpt, device, stages=stages)
+    return OnlineTeacher(ckpt, device, stages=stages, channels_last=job.train_cfg.channels_last)
 
 
 def init_weights(model: torch.nn.Module, path: str, spec: ModelSpec) -> None:
@@ -126,7 +126,8 @@ def build_trainee(job: TrainJob, hooks: TrainHooks, device: torch.device) -> Tra
             from ..distill.ensemble import load_ensemble
 
             teacher = load_ensemble(job.teachers, spec, device, method_cfg.get("tap"),
-                                    "distill.method" if job.role == "distill" else "student.method")
+                                    "distill.method" if job.role == "distill" else "student.method",
+                                    channels_last=job.train_cfg.channels_last)
         else:
             teacher = load_teacher(job, device, ())
     # each stage dict also names its model, so a method's config error can name both models
@@ -140,7 +141,11 @@ def build_trainee(job: TrainJob, hooks: TrainHooks, device: torch.device) -> Tra
     if method.teacher_kind == "offline" and not use_pseudo:
         raise UserError(f"method {method_cfg['name']!r} learns from stored pseudo-labels, which this job has none of; "
                         "use it in `noisystudent run`, or an online method (e.g. hinton) with `noisystudent distill`")
-    model = hooks.prepare_model(StudentStep(student, method))
+    from ..models import to_memory_format
+
+    # the student and the method's modules (a regressor, ONE's branches) in the job's memory format, before
+    # DDP wraps them: its gradient buckets follow the parameters' layout
+    model = hooks.prepare_model(to_memory_format(StudentStep(student, method), job.train_cfg.channels_last))
     # the teaching setting applies to an online teacher only (stored labels were made on clean images)
     cross = teacher_modality(job, teacher.checkpoint.spec) if teacher is not None else None
     if cross is not None:  # the teacher reads another modality of the same items (docs/crossmodal.md)

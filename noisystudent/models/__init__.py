@@ -17,7 +17,7 @@ indices that exist). Which stages each family has is written in its module's doc
 from noisystudent.models import cifar_resnet, torchvision_models, wide_resnet  # noqa: F401  (registration)
 from noisystudent.models import one  # noqa: F401,E402  (ONE's multi-branch oneM_BASE family)
 from noisystudent.models import signal_cnn  # noqa: F401,E402  (1-D CNNs over a signal modality)
-from noisystudent.models._factory import create_model, model_num_params, stage_info
+from noisystudent.models._factory import create_model, model_num_params, stage_info, to_memory_format
 from noisystudent.models._registry import is_model, list_families, list_models, register_family, register_model
 from noisystudent.models.layers import Classifier, ClassifierHead, feature_take_indices
 
@@ -33,4 +33,5 @@ __all__ = [
     "register_family",
     "register_model",
     "stage_info",
+    "to_memory_format",
 ]

@@ -11,7 +11,7 @@ from noisystudent.errors import UserError
 from noisystudent.models._registry import list_families, list_models, model_entrypoint
 from noisystudent.models.layers import StageIndices, feature_take_indices
 
-__all__ = ["create_model", "model_num_params", "stage_info"]
+__all__ = ["create_model", "model_num_params", "stage_info", "to_memory_format"]
 
 
 def create_model(
@@ -46,6 +46,20 @@ def create_model(
             raise UserError(f"model {name!r}: {arg} must be in [0, 1), got {value!r}")
     kwargs.update({arg: float(value) for arg, value in rates.items() if value is not None})
     return entry(num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def to_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
+    """``model`` with its 4-D weights in the channels-last (NHWC) memory format when ``channels_last``
+    (in place, returned for chaining); 1-D and 2-D weights, and a model without 4-D ones, are unchanged.
+
+    Why: oneDNN's convolutions on a CPU and cuDNN's tensor-core kernels on a GPU run fastest on NHWC data;
+    a channels-last model makes every convolution take and give NHWC, converting the input once at the
+    first layer. Measured on this project's 2-core CPU (docs/engine.md#memory-format): a ResNet-14 training
+    step 1.31x, its inference 1.33-1.67x, WRN-16-2 1.14x, EfficientNet-B0 1.19x; the numbers are the same
+    to float rounding."""
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def model_num_params(model: nn.Module, trainable_only: bool = False) -> int:
