@@ -220,10 +220,16 @@ class ToUint8:
     def __init__(self, image_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> None:
         from .feed import EvalInput
 
-        self.fit = EvalInput(image_size, in_chans, mean, std).fit
+        inp = EvalInput(image_size, in_chans, mean, std)
+        self.fit, self.fit_batch = inp.fit, inp.fit_batch
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(self.fit(np.asarray(image)).transpose(2, 0, 1)))
+
+    def batch(self, images: np.ndarray) -> torch.Tensor:
+        """``(N, H, W, C)`` uint8 -> ``(N, C, S, S)`` uint8, what stacking :meth:`__call__` of each gives
+        (the datasets' batched fetch, :meth:`noisystudent.data.torch_dataset.SourceDataset.__getitems__`)."""
+        return torch.from_numpy(np.ascontiguousarray(self.fit_batch(np.asarray(images)).transpose(0, 3, 1, 2)))
 
 
 class DeviceNoiseHook:

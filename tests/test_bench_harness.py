@@ -105,3 +105,20 @@ def test_bare_loops_run_on_a_tiny_model(tmp_path):
     model = random_checkpoint(spec, "m").build_model("cpu")
     assert bare.label(model, bare.label_loader(images, spec, 5), "cpu") == 16
     assert bare.forward(model, torch.zeros(4, 1, 8, 8), 3, softmax=True) == 12
+    nhwc = bare.model_of(spec, "cpu", channels_last=True)
+    assert any(p.dim() == 4 and not p.is_contiguous() for p in nhwc.parameters())
+    assert all(p.is_contiguous() for p in bare.model_of(spec, "cpu").parameters())
+
+
+def test_memory_format_bench_prints_its_table_and_writes_json(tmp_path, capsys):
+    """``python -m bench.memory_format --quick``: both layouts of each case timed, a ratio, a results file."""
+    import json
+
+    from bench import memory_format
+
+    assert memory_format.main(["--quick", "--out", str(tmp_path / "mf.json")]) == 0
+    out = capsys.readouterr().out
+    assert "NHWC/NCHW" in out and "resnet8" in out and "load average" in out
+    rows = json.loads((tmp_path / "mf.json").read_text())["rows"]
+    assert len(rows) == len(memory_format.QUICK)
+    assert all(r["nchw"] > 0 and r["nhwc"] > 0 and r["ratio"] > 0 for r in rows)

@@ -1,7 +1,8 @@
-"""The training loaders' ShuffleSampler: DistributedSampler's sharding, RandomSampler's fresh order per pass."""
+"""The training loaders: ShuffleSampler (DistributedSampler's sharding, RandomSampler's fresh order per pass) and the datasets' batched fetch."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,3 +57,47 @@ def test_engine_loaders_use_it_over_repeated_pseudo_labels():
     dl.sampler.set_epoch(0)
     everything = sorted(int(ds[i][0]) for i in dl.sampler)
     assert everything == [0, 1, 1, 1, 3, 4, 4]
+
+
+def _batches(ds, batch_size=5):
+    from noisystudent.engine.loaders import make_loader
+
+    return list(make_loader(ds, batch_size, 0, seed=3))
+
+
+def test_batched_fetch_gives_what_the_per_image_path_gives():
+    """``__getitems__`` (array source + a batch transform): one fancy index per batch, the same tensors, targets
+    and indices as one ``__getitem__`` per image collated, for every kind of target and through the duplicates."""
+    from noisystudent.batch_noise import ToUint8
+    from noisystudent.data.array import ArraySource
+    from noisystudent.data.torch_dataset import Collated, SourceDataset, TopKTargets
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (23, 8, 8), dtype=np.uint8)
+    labels = rng.integers(0, 10, 23)
+    probs = rng.random((23, 10)).astype(np.float32)
+    classes = np.argsort(-probs, 1)[:, :3].astype(np.int32)
+    classes[4, 2] = -1  # a padding entry
+    top = np.take_along_axis(probs, classes.clip(0), 1)
+    tf = ToUint8(8, 1, [0.5], [0.5])
+    weights = rng.integers(0, 3, 23)
+    for targets in (None, labels, probs, TopKTargets(classes, top, 10), TopKTargets(classes, top, 10, hard=True)):
+        ds = SourceDataset(ArraySource(images, labels=labels, classes=[str(c) for c in range(10)]), tf, targets=targets)
+        assert isinstance(ds.__getitems__([0, 5, 2]), Collated)
+        for wrapped in (ds, RepeatedDataset(ds, weights)):
+            per_image = type("PerImage", (), {"__len__": lambda s: len(wrapped), "__getitem__": lambda s, j: wrapped[j]})()
+            for a, b in zip(_batches(wrapped), _batches(per_image)):
+                for x, y in zip(a, b):
+                    assert x.dtype == y.dtype and x.shape == y.shape
+                    torch.testing.assert_close(x, y)
+
+
+def test_batched_fetch_falls_back_without_a_batch_path():
+    """A transform without ``batch`` (albumentations noise) keeps the per-image items, so an unreadable image is
+    still skipped one by one."""
+    from noisystudent.data.array import ArraySource
+    from noisystudent.data.torch_dataset import SourceDataset
+
+    ds = SourceDataset(ArraySource(np.zeros((4, 8, 8), np.uint8), labels=np.arange(4), classes=list("abcd")), lambda im: torch.zeros(1, 8, 8))
+    items = ds.__getitems__([1, 3])
+    assert isinstance(items, list) and [i for _, _, i in items] == [1, 3]

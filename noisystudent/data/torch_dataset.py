@@ -19,7 +19,7 @@ matters.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -110,6 +110,30 @@ class SourceDataset(Dataset):
         labels = self.source.labels
         return torch.tensor(int(labels[i]) if labels is not None else -1, dtype=torch.int64)
 
+    def targets_of(self, idx: np.ndarray) -> torch.Tensor:
+        """The targets of positions ``idx`` as one tensor (what collating their :meth:`target` rows gives)."""
+        if isinstance(self.targets, TopKTargets):
+            return self.targets.dense_rows(idx)
+        if self.targets is not None:
+            return torch.from_numpy(np.ascontiguousarray(self.targets[idx]))
+        labels = self.source.labels
+        if labels is None:
+            return torch.full((len(idx),), -1, dtype=torch.int64)
+        return torch.from_numpy(np.asarray(labels)[idx].astype(np.int64))
+
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        """A whole batch at once, when the source holds its pixels in one array (``load_batch``) and the
+        transform works on batches (``transform.batch``, e.g. the device noise backend's uint8 transform):
+        one fancy index and one tensor instead of a ``__getitem__``, a transform call and a collate per
+        image. PyTorch's ``DataLoader`` calls this with a batch's indices when a dataset defines it; a
+        source or transform without the batch path gives the per-image items, as before."""
+        batch_tf = getattr(self.transform, "batch", None)
+        idx = np.asarray(indices, dtype=np.int64)
+        images = self.source.load_batch(idx) if batch_tf is not None and len(idx) else None
+        if images is None:
+            return [self[int(i)] for i in idx]
+        return Collated((batch_tf(images), self.targets_of(idx), torch.from_numpy(idx)))
+
     def __getitem__(self, i: int) -> Optional[tuple[torch.Tensor, torch.Tensor, int]]:
         i = int(i)
         try:
@@ -151,6 +175,22 @@ class TopKTargets:
     def nbytes(self) -> int:
         return self.classes.nbytes + self.probs.nbytes
 
+    def dense_rows(self, idx: np.ndarray) -> torch.Tensor:
+        """:meth:`dense` of every position of ``idx`` as one ``(len(idx), C)`` tensor, without a Python loop."""
+        c, p = self.classes[idx], self.probs[idx]
+        ok = c >= 0
+        out = np.zeros((len(idx), self.num_classes), dtype=np.float32)
+        rows = np.arange(len(idx))[:, None].repeat(c.shape[1], 1)
+        if self.hard:
+            top = np.argmax(np.where(ok, p, -np.inf), axis=1)
+            cls = c[np.arange(len(idx)), top]
+            out[np.arange(len(idx)), np.where(ok.any(1), cls, 0)] = 1.0
+            return torch.from_numpy(out)
+        out[rows[ok], c[ok]] = p[ok]
+        total = out.sum(1, keepdims=True)
+        np.divide(out, total, out=out, where=total > 0)
+        return torch.from_numpy(out)
+
     def dense(self, i: int) -> torch.Tensor:
         row = np.zeros(self.num_classes, dtype=np.float32)
         c, p = self.classes[i], self.probs[i]
@@ -185,10 +225,26 @@ class RepeatedDataset(Dataset):
             raise IndexError(j)
         return self.dataset[int(np.searchsorted(self.ends, j, side="right"))]
 
+    def __getitems__(self, positions: Sequence[int]) -> Any:
+        """The positions' items through the wrapped dataset's batched fetch when it has one."""
+        j = np.asarray(positions, dtype=np.int64)
+        if len(j) and (j.min() < 0 or j.max() >= len(self)):
+            raise IndexError(int(j.max()) if j.max() >= len(self) else int(j.min()))
+        base = np.searchsorted(self.ends, j, side="right")
+        getitems = getattr(self.dataset, "__getitems__", None)
+        return getitems(base) if getitems is not None else [self.dataset[int(i)] for i in base]
+
+
+class Collated(tuple):
+    """A batch a dataset's ``__getitems__`` already stacked: :func:`collate_skip_none` passes it through."""
+
 
 def collate_skip_none(batch: list[Any]) -> Any:
     """``default_collate`` of the items that are not ``None``; :data:`EMPTY_BATCH` (``None``) if none
-    are left, which the training loop skips."""
+    are left, which the training loop skips. A :class:`Collated` batch (a dataset's batched fetch) is
+    returned as it is."""
+    if isinstance(batch, Collated):
+        return tuple(batch) if len(batch[2]) else EMPTY_BATCH
     items = [b for b in batch if b is not None]
     if not items:
         return EMPTY_BATCH
