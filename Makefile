@@ -61,7 +61,7 @@ data:
 	fi
 
 test: install
-	$(BIN)/pytest -q -m "not slow" tests
+	$(BIN)/pytest -q -m "not slow" --durations=15 tests
 
 test-all: install
 	$(BIN)/pytest -q tests

@@ -90,6 +90,9 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
     write_json(out_stem.with_suffix(".json"), doc)
     plt = pyplot()
     done = [r for r in rows if r.get("status") == "done"]
+    if any(r.get("variant") for r in rows):
+        _variant_figure(plt, study_dir, done, doc["teachers"], out_stem)
+        return doc
     methods = list(dict.fromkeys(_method(r) for r in done))
     levels = sorted({_condition(r)[1] for r in done})
     what = _condition(done[0])[0] if done else "label noise"
@@ -117,6 +120,35 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
     ax.legend(fontsize=8, loc="lower left")
     save_figure(fig, out_stem.with_suffix(".png"))
     return doc
+
+
+def _variant_figure(plt, study_dir: Path, done: list[dict], teachers: list[dict], out_stem: Path) -> None:
+    """A ``variants:`` study (one factor at a time, e.g. the loop's ingredients): one horizontal bar per
+    variant (mean test accuracy; dots: seeds; the mean validation accuracy, on which rows are decided, written
+    beside it), the teacher dashed."""
+    from bench.harness import save_figure
+
+    names = list(dict.fromkeys(r["variant"] for r in done))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.6))
+    for i, name in enumerate(names):
+        rs = [r for r in done if r["variant"] == name]
+        accs = [100 * r["test_acc"] for r in rs]
+        vals = [100 * r["val_acc"] for r in rs if r.get("val_acc") is not None]
+        ax.barh(i, sum(accs) / len(accs), 0.7, color="C0" if name == "base" else "C1", alpha=0.8)
+        ax.plot(accs, [i] * len(accs), "k.", ms=5)
+        if vals:
+            ax.text(max(accs) + 0.1, i, f"val {sum(vals) / len(vals):.1f}", va="center", fontsize=7)
+    allv = [100 * r["test_acc"] for r in done] + [100 * t["test_acc"] for t in teachers if t.get("test_acc")]
+    if teachers and teachers[0].get("test_acc"):
+        ax.axvline(100 * teachers[0]["test_acc"], color="gray", ls="--", label="generation-0 teacher")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(min(allv) - 1.5, max(allv) + 1.5)
+    ax.set_xlabel("test accuracy % after one generation (bars: mean; dots: seeds)")
+    ax.set_title(f"{study_dir.name}: one ingredient changed per row", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, out_stem.with_suffix(".png"))
 
 
 def main(argv=None) -> None:

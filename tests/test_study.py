@@ -381,3 +381,22 @@ def test_study_variants_are_rows_crossed_with_the_grid(tmp_path, require_fmnist)
     with pytest.raises(ConfigError, match="study.variants"):
         path.write_text(LOOP_STUDY.format(root=require_fmnist) + "variants: {a: 1}\n")
         load_study(path)
+
+
+def test_variant_study_summary_is_decided_on_validation_and_drawn(tmp_path):
+    """A ``variants:`` loop study: the summary carries validation accuracy (rows are decided on it, test is
+    reported), and bench.study draws one bar per variant into the figure and JSON."""
+    from bench.study import write_docs
+    from pipelines.study import format_summary, summary
+
+    rows = [{"trial": f"{v}-{s}", "variant": v, "seed": s, "status": "done", "val_acc": val + 0.01 * s,
+             "test_acc": acc + 0.002 * s, "fidelity": 0.9, "teacher_test_acc": 0.79, "seconds": 1.0, "error": None}
+            for v, val, acc in [("base", 0.84, 0.82), ("ratio=1", 0.83, 0.815)] for s in (0, 1)]
+    table = summary(rows)
+    assert list(table["variant"]) == ["base", "ratio=1"]
+    assert table["val_acc_mean"].tolist() == pytest.approx([0.845, 0.835])
+    text = format_summary(table)
+    assert text.splitlines()[0].split()[:3] == ["variant", "val_acc", "test_acc"] and "0.8450 ± 0.0071" in text
+    doc = write_docs(tmp_path, rows, 12.0, tmp_path / "loop-study")
+    assert (tmp_path / "loop-study.png").stat().st_size > 1000
+    assert [r["variant"] for r in doc["summary"]] == ["base", "ratio=1"]

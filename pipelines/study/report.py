@@ -6,7 +6,8 @@ from pathlib import Path
 
 from .results import summary
 
-_SUMMARY_COLUMNS = ("test_acc_mean", "test_acc_std", "fidelity_mean", "fidelity_std", "seeds")
+_SUMMARY_COLUMNS = ("val_acc_mean", "val_acc_std", "test_acc_mean", "test_acc_std", "fidelity_mean", "fidelity_std",
+                    "seeds")
 
 
 def _heatmap(table, keys: list[str], path: Path) -> None:
@@ -53,12 +54,13 @@ def write_report(study_dir: str | Path, rows: list[dict]) -> Path:
              "</style></head><body><h1>Study</h1>"]
     if not table.empty:
         keys = [c for c in table.columns if c not in _SUMMARY_COLUMNS]
-        best = {c: table[f"{c}_mean"].max() for c in ("test_acc", "fidelity")}
+        stats = (["val_acc"] if "val_acc_mean" in table.columns else []) + ["test_acc", "fidelity"]
+        best = {c: table[f"{c}_mean"].max() for c in stats}
         parts.append("<h2>Mean ± std over seeds</h2><table><tr>" + "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-                     + "<th>test_acc</th><th>fidelity</th><th>seeds</th></tr>")
+                     + "".join(f"<th>{c}</th>" for c in stats) + "<th>seeds</th></tr>")
         for _, r in table.iterrows():
             cells = [html.escape(str(r[k])) for k in keys]
-            for c in ("test_acc", "fidelity"):
+            for c in stats:
                 m, s = r[f"{c}_mean"], r[f"{c}_std"]
                 txt = "-" if m != m else (f"{m:.4f} ± {s:.4f}" if s == s else f"{m:.4f}")
                 cells.append(f"<b>{txt}</b>" if m == best[c] else txt)

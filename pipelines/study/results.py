@@ -81,8 +81,12 @@ def summary(rows: list[dict], seed_fields: Optional[list[str]] = None):
     for col in keys:
         df[col] = df[col].astype(str)
     agg = {"test_acc": ["mean", "std"], "fidelity": ["mean", "std"], "trial": "count"}
+    cols = ["test_acc_mean", "test_acc_std", "fidelity_mean", "fidelity_std", "seeds"]
+    if "val_acc" in df.columns and df["val_acc"].notna().all():  # loop trials: rows are decided on validation
+        agg = {"val_acc": ["mean", "std"], **agg}
+        cols = ["val_acc_mean", "val_acc_std"] + cols
     g = df.groupby(keys, dropna=False).agg(agg) if keys else df.assign(_all="all").groupby("_all").agg(agg)
-    g.columns = ["test_acc_mean", "test_acc_std", "fidelity_mean", "fidelity_std", "seeds"]
+    g.columns = cols
     return g.reset_index()
 
 
@@ -95,10 +99,13 @@ def format_summary(table) -> str:
             return "-"
         return f"{m:.4f} ± {s:.4f}" if s == s else f"{m:.4f}"
 
-    keys = [c for c in table.columns if c not in ("test_acc_mean", "test_acc_std", "fidelity_mean", "fidelity_std", "seeds")]
-    head = keys + ["test_acc", "fidelity", "seeds"]
-    body = [[str(r[k]) for k in keys] + [pm(r["test_acc_mean"], r["test_acc_std"]), pm(r["fidelity_mean"], r["fidelity_std"]),
-                                         str(r["seeds"])] for _, r in table.iterrows()]
+    stats = ("val_acc_mean", "val_acc_std", "test_acc_mean", "test_acc_std", "fidelity_mean", "fidelity_std", "seeds")
+    keys = [c for c in table.columns if c not in stats]
+    val = "val_acc_mean" in table.columns
+    head = keys + (["val_acc"] if val else []) + ["test_acc", "fidelity", "seeds"]
+    body = [[str(r[k]) for k in keys] + ([pm(r["val_acc_mean"], r["val_acc_std"])] if val else [])
+            + [pm(r["test_acc_mean"], r["test_acc_std"]), pm(r["fidelity_mean"], r["fidelity_std"]), str(r["seeds"])]
+            for _, r in table.iterrows()]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head] + body)
 
