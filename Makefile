@@ -61,7 +61,10 @@ data:
 	fi
 
 test: install
-	$(BIN)/pytest -q -m "not slow" --durations=15 tests
+# 2 pytest-xdist workers, a file to a worker (its module fixtures built once); each worker has its own session
+# Ray instance. Most of a test's time is waiting on Ray processes, so two at once fill 2 cores better than one
+# (tests/conftest.py orders the files with the longest Ray jobs first).
+	$(BIN)/pytest -q -m "not slow" -n 2 --dist loadfile --durations=15 tests
 
 test-all: install
 	$(BIN)/pytest -q tests

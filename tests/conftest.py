@@ -22,6 +22,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long or browser tests (deselect with -m 'not slow')")
 
 
+# `make test` runs the files on 2 pytest-xdist workers (`-n 2 --dist loadfile`: a file's tests stay together,
+# so its module fixtures are built once). A worker takes files in collection order, so the files with the
+# longest real-Ray jobs (`--durations`, 2026-12-07) go first and the many quick files fill in around them;
+# in name order the 78 s two-worker Ray Train fixture started last and ran alone at the end.
+FIRST = ("test_distributed.py", "test_study.py", "test_distill.py", "test_labeling.py", "test_cli.py",
+         "test_report.py", "test_scale.py", "test_security.py", "test_anomaly.py", "test_pipeline.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: test order inside a file kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """One intra-op torch thread for the in-process training and inference of the whole session: on 2 busy
