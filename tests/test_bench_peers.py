@@ -66,3 +66,24 @@ def test_cpu_meter_counts_a_grandchild(tmp_path):
     rc, wall, cpu = run_measured(cmd, log=tmp_path / "log", interval=0.1)
     assert rc == 0
     assert 1.2 <= cpu <= wall + 0.5
+
+
+def test_table_and_figure_show_usb_last_weights_beside_its_ema_model(tmp_path):
+    """USB reports its EMA model; after a CPU-sized budget that model can be far below its last weights
+    (0.999^832 keeps 43 % of the initial weights), so both are in the table and the figure plots the last
+    weights as the arm's point, with the EMA model named in the legend when it is off the axis."""
+    from bench.peers.table import figure, format_table, summarize
+
+    res = [{"arm": "ours", "seed": s, "test_acc": 0.83 + 0.01 * s, "teacher_acc": 0.79, "cpu_s": 700, "wall_s": 400,
+            "generations": [0.81, 0.83], "promoted": ["student", "student"], "student_steps": 832} for s in (0, 1)]
+    res += [{"arm": "fixmatch", "seed": s, "test_acc": 0.19, "test_acc_no_ema": 0.81 + 0.002 * s, "cpu_s": 1070,
+             "wall_s": 630, "steps": 832} for s in (0, 1)]
+    rows = summarize(res)
+    fm = next(r for r in rows if r["arm"] == "fixmatch")
+    assert fm["test_acc_no_ema_mean"] == pytest.approx(0.811) and fm["test_acc_mean"] == pytest.approx(0.19)
+    proto = {"config": "c.yaml", "overrides": {}, "sizes": {"labeled": 900, "val": 100, "unlabeled": 59000, "test": 10000},
+             "model": {"name": "resnet14"}, "steps": 832, "batch_size": 64, "uratio": 3, "labels_per_class": 100}
+    text = format_table(rows, proto, {"load_avg_end": [1.0], "cpu_count": 2})
+    assert "0.1900 ± 0.0000" in text and "0.8110 ± 0.0014" in text and "USB: last weights, no EMA" in text
+    png = figure(rows, proto, tmp_path / "peers.png")
+    assert png.stat().st_size > 1000
