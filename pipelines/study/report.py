@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .results import summary
-
-_SUMMARY_COLUMNS = ("val_acc_mean", "val_acc_std", "test_acc_mean", "test_acc_std", "fidelity_mean", "fidelity_std",
-                    "seeds")
-
+from .results import group_keys, mean_std, stats_of, summary
 
 def _heatmap(table, keys: list[str], path: Path) -> None:
     """Mean test accuracy over the first two grid fields (``keys[0]`` down, ``keys[1]`` across), as a PNG."""
@@ -53,17 +49,15 @@ def write_report(study_dir: str | Path, rows: list[dict]) -> Path:
     parts = ["<html><head><meta charset='utf-8'><title>study</title><style>td,th{padding:2px 8px;text-align:left}"
              "</style></head><body><h1>Study</h1>"]
     if not table.empty:
-        keys = [c for c in table.columns if c not in _SUMMARY_COLUMNS]
-        stats = (["val_acc"] if "val_acc_mean" in table.columns else []) + ["test_acc", "fidelity"]
+        keys, stats = group_keys(table), stats_of(table)
         best = {c: table[f"{c}_mean"].max() for c in stats}
         parts.append("<h2>Mean ± std over seeds</h2><table><tr>" + "".join(f"<th>{html.escape(k)}</th>" for k in keys)
                      + "".join(f"<th>{c}</th>" for c in stats) + "<th>seeds</th></tr>")
         for _, r in table.iterrows():
             cells = [html.escape(str(r[k])) for k in keys]
             for c in stats:
-                m, s = r[f"{c}_mean"], r[f"{c}_std"]
-                txt = "-" if m != m else (f"{m:.4f} ± {s:.4f}" if s == s else f"{m:.4f}")
-                cells.append(f"<b>{txt}</b>" if m == best[c] else txt)
+                txt = mean_std(r[f"{c}_mean"], r[f"{c}_std"])
+                cells.append(f"<b>{txt}</b>" if r[f"{c}_mean"] == best[c] else txt)
             cells.append(str(r["seeds"]))
             parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         parts.append("</table>")

@@ -63,9 +63,28 @@ def collect(study_dir: str | Path) -> list[dict]:
     return rows
 
 
+def stats_of(table) -> list[str]:
+    """The statistics a summary table carries, in column order: ``val_acc`` (loop trials), ``test_acc``,
+    ``fidelity``; each as ``<name>_mean`` and ``<name>_std``, beside ``seeds``."""
+    return (["val_acc"] if "val_acc_mean" in table.columns else []) + ["test_acc", "fidelity"]
+
+
+def group_keys(table) -> list[str]:
+    """A summary table's grouping columns: everything but its statistics and ``seeds``."""
+    stats = {f"{c}_{k}" for c in stats_of(table) for k in ("mean", "std")} | {"seeds"}
+    return [c for c in table.columns if c not in stats]
+
+
+def mean_std(m, s) -> str:
+    """``0.8124 ± 0.0001``; the mean alone with one seed; ``-`` when there is none."""
+    if m is None or m != m:
+        return "-"
+    return f"{m:.4f} ± {s:.4f}" if s == s else f"{m:.4f}"
+
+
 def summary(rows: list[dict], seed_fields: Optional[list[str]] = None):
-    """Finished trials aggregated over seeds: mean and std of test accuracy and fidelity per combination of
-    the other grid fields (a pandas DataFrame)."""
+    """Finished trials aggregated over seeds: mean and std of test accuracy and fidelity (and of validation
+    accuracy when every trial has it: loop trials) per combination of the other grid fields (a pandas DataFrame)."""
     import pandas as pd
 
     df = pd.DataFrame([r for r in rows if r.get("status") == "done"])
@@ -80,31 +99,21 @@ def summary(rows: list[dict], seed_fields: Optional[list[str]] = None):
         keys = ["variant"] + [c for c in keys if c != "variant" and df[c].notna().all()]
     for col in keys:
         df[col] = df[col].astype(str)
-    agg = {"test_acc": ["mean", "std"], "fidelity": ["mean", "std"], "trial": "count"}
-    cols = ["test_acc_mean", "test_acc_std", "fidelity_mean", "fidelity_std", "seeds"]
+    stats = ["test_acc", "fidelity"]
     if "val_acc" in df.columns and df["val_acc"].notna().all():  # loop trials: rows are decided on validation
-        agg = {"val_acc": ["mean", "std"], **agg}
-        cols = ["val_acc_mean", "val_acc_std"] + cols
+        stats = ["val_acc"] + stats
+    agg = {**{c: ["mean", "std"] for c in stats}, "trial": "count"}
     g = df.groupby(keys, dropna=False).agg(agg) if keys else df.assign(_all="all").groupby("_all").agg(agg)
-    g.columns = cols
+    g.columns = [f"{c}_{k}" for c in stats for k in ("mean", "std")] + ["seeds"]
     return g.reset_index()
 
 
 def format_summary(table) -> str:
     if table.empty:
         return "no finished trials"
-
-    def pm(m, s):
-        if m is None or m != m:
-            return "-"
-        return f"{m:.4f} ± {s:.4f}" if s == s else f"{m:.4f}"
-
-    stats = ("val_acc_mean", "val_acc_std", "test_acc_mean", "test_acc_std", "fidelity_mean", "fidelity_std", "seeds")
-    keys = [c for c in table.columns if c not in stats]
-    val = "val_acc_mean" in table.columns
-    head = keys + (["val_acc"] if val else []) + ["test_acc", "fidelity", "seeds"]
-    body = [[str(r[k]) for k in keys] + ([pm(r["val_acc_mean"], r["val_acc_std"])] if val else [])
-            + [pm(r["test_acc_mean"], r["test_acc_std"]), pm(r["fidelity_mean"], r["fidelity_std"]), str(r["seeds"])]
+    keys, stats = group_keys(table), stats_of(table)
+    head = keys + stats + ["seeds"]
+    body = [[str(r[k]) for k in keys] + [mean_std(r[f"{c}_mean"], r[f"{c}_std"]) for c in stats] + [str(r["seeds"])]
             for _, r in table.iterrows()]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head] + body)
