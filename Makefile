@@ -9,20 +9,23 @@ CONFIG ?= configs/fashion_mnist.yaml
 export RAY_AUTH_MODE ?= token
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 
-.PHONY: install data test test-all run run-full bench bench-accuracy bench-small bench-kd bench-kd-online bench-patience bench-anomaly bench-crossmodal bench-peers report clean clean-runs help
+.PHONY: install data test test-all run run-full bench bench-accuracy bench-small bench-kd bench-kd-online bench-kd-ensemble bench-patience bench-anomaly bench-crossmodal bench-peers report clean clean-runs help
 
 help:
 	@echo "make run             the full Noisy Student loop on Fashion-MNIST (CPU-sized default)"
 	@echo "make test            the test suite (installs first)"
 	@echo "make run-full        the longer benchmark config"
 	@echo "make bench           throughput benchmarks against a bare PyTorch loop"
-	@echo "make bench-accuracy  teacher / 3 generations / oracles accuracy table (42+ min on 2 cores; the first run"
-	@echo "                     also trains the 30-epoch converged oracle, ~75 min more, cached in runs/cache)"
+	@echo "make bench-accuracy  teacher / 3 generations / oracles accuracy table over 3 seeds, mean +- std (~20 min a"
+	@echo "                     seed on 2 cores; the first run also trains the 30-epoch converged oracle, ~25 min,"
+	@echo "                     cached in runs/cache)"
 	@echo "make bench-small     the example image-folder config, paths only changed, on 10 Fashion-MNIST PNGs a class:"
 	@echo "                     2 generations, promotion decisions, wall time (~15 min on 2 cores)"
 	@echo "make bench-kd        distillation methods (supervised, hinton, fitnet, at, fsp, sp, rkd) on ResNet-8 from a"
 	@echo "                     cached ResNet-26 teacher, 3 seeds (~1 h on 2 idle cores; python -m bench.kd --quick: minutes)"
 	@echo "make bench-kd-online dml, one, bss and hinton under the four teaching settings, same protocol (~1 h)"
+	@echo "make bench-kd-ensemble a ResNet-8 student of an ensemble of 2 or 3 ResNet-26 teachers vs of the best single"
+	@echo "                     one (chosen on validation): accuracy and fidelity, 2 seeds (~20 min on 2 cores)"
 	@echo "make bench-patience  accuracy vs steps for fixed / consistent / function_matching teaching (~1 h)"
 	@echo "make bench-anomaly   STPM anomaly detection per Fashion-MNIST class: synthetic defects with masks and the other"
 	@echo "                     classes, image and pixel AUROC (39 min on 2 cores; python -m bench.anomaly --quick: minutes)"
@@ -83,7 +86,7 @@ bench: install
 	$(BIN)/python -m bench
 
 bench-accuracy: install
-	$(BIN)/python -m bench.accuracy
+	$(BIN)/python -m bench.accuracy --seeds 0,1,2
 
 bench-small: install
 	$(BIN)/python -m bench.small --fresh
@@ -93,6 +96,9 @@ bench-kd: install
 
 bench-kd-online: install
 	$(BIN)/python -m bench.kd --part online
+
+bench-kd-ensemble: install
+	$(BIN)/python -m bench.kd_ensemble
 
 bench-patience: install
 	$(BIN)/python -m bench.patience

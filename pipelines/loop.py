@@ -157,7 +157,7 @@ def converged_oracle_config(cfg: ExperimentConfig) -> ExperimentConfig:
     from noisystudent.config import TrainConfig, to_dict
     from pipelines.config import StudentConfig, config_from_dict
 
-    model = cfg.student.ladder[-1]
+    model = dataclasses.replace(cfg.student.ladder[-1], init=None)  # from scratch, whatever the rung's init
     epochs = cfg.oracle_converged_epochs
     data = dataclasses.replace(cfg.data, unlabeled_limit=None,
                                labels_per_class=ALL_LABELS_PER_CLASS.get(cfg.data.kind, cfg.data.labels_per_class))

@@ -164,3 +164,37 @@ def test_a_loop_rung_learns_from_its_teachers_list(tmp_path, ray_session, requir
     run_all(config_from_dict(raw), tmp_path / "run", progress=False, tracking=None)
     s = pd.read_json(tmp_path / "run" / "gen-1" / "student" / "metrics.json", typ="series")
     assert s["method"] == "hinton" and 0.0 <= s["test_fidelity"] <= 1.0
+
+
+# -- the bench-kd-ensemble table -------------------------------------------------------------------
+
+
+def test_bench_kd_ensemble_configs_and_table(tmp_path):
+    """The ensemble benchmark's members differ from bench-kd's teacher only by seed (their own cache
+    folders); its student config is a valid `distill.teachers` list; the table gives mean ± std, the gain
+    over supervised and names the best single teacher; the figure is a PNG."""
+    from bench.kd import FULL, base_config, teacher_cache_dir
+    from bench.kd_ensemble import ensemble_config, format_table, member_config, plot, summarise
+
+    cfg = base_config(FULL)
+    m1 = member_config(cfg, 1)
+    assert m1.seed == 1 and m1.teacher == cfg.teacher and m1.teacher_train == cfg.teacher_train and m1.data == cfg.data
+    assert teacher_cache_dir(m1, "c") != teacher_cache_dir(cfg, "c")
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    e = ensemble_config(cfg, "resnet8", 1, [(a, 0.5), (b, 0.5)])
+    assert e.seed == 1 and e.distill.teacher is None and e.distill.method["name"] == "hinton"
+    assert [(t.path, t.weight) for t in e.distill.teachers] == [(str(a), 0.5), (str(b), 0.5)]
+    assert e.student.ladder[0].name == "resnet8"
+    runs = [{"row": "supervised", "seed": s, "test_acc": 0.80 + s / 100, "test_fidelity": None, "teacher_test_acc": None,
+             "train_seconds": 10.0} for s in (0, 1)]
+    runs += [{"row": "ensemble of 2", "seed": s, "test_acc": 0.84 + s / 100, "test_fidelity": 0.9, "teacher_test_acc": 0.89,
+              "train_seconds": 20.0, "members": [0, 1]} for s in (0, 1)]
+    rows = summarise(runs)
+    assert [r["row"] for r in rows] == ["supervised", "ensemble of 2"]
+    assert rows[1]["gain"] == pytest.approx(0.04) and rows[0]["gain"] is None
+    assert rows[1]["test_acc_std"] == pytest.approx(0.01 * 2 ** 0.5 / 2) and rows[1]["members"] == [0, 1]
+    text = format_table(rows, [{"seed": 0, "model": "resnet26", "val_acc": 0.9, "test_acc": 0.88, "best": True},
+                               {"seed": 1, "model": "resnet26", "val_acc": 0.89, "test_acc": 0.885}])
+    assert "84.50 ± 0.71" in text and "+4.00" in text and "89.00" in text
+    assert "teacher seed 0: resnet26, val 90.00%, test 88.00%  <- best single (validation)" in text
+    assert plot(rows, tmp_path / "f.png", "t").read_bytes()[:4] == b"\x89PNG"

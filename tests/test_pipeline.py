@@ -19,7 +19,8 @@ from noisystudent.cli import main
 from noisystudent.errors import UserError
 from pipelines import steps
 from pipelines.config import config_from_dict
-from pipelines.loop import converged_oracle, converged_oracle_dir, run_all, train_converged_oracle
+from pipelines.loop import (converged_oracle, converged_oracle_config, converged_oracle_dir, run_all,
+                            train_converged_oracle)
 from pipelines.state import RunDir
 from pipelines.steps import step_name
 from pseudo_labels import read_labels
@@ -242,6 +243,9 @@ def test_converged_oracle_cache_key():
                   tiny(student={"ladder": ladder[:1] + [{**ladder[1], "drop_rate": 0.1}]}),
                   tiny(student={"ladder": ladder[:1]})):
         assert converged_oracle_dir(config_from_dict({"oracle_converged_epochs": 30, **other}), "cache") != base, other
+    # a rung that starts from its teacher's weights: the oracle (and every baseline) still starts from scratch
+    same_size = tiny(student={"ladder": [{**ladder[0], "init": "teacher"}, {**ladder[1], "name": "resnet8", "init": "teacher"}]})
+    assert converged_oracle_config(config_from_dict(same_size)).teacher.init is None
 
 
 def test_converged_oracle_is_trained_once_into_the_cache(tmp_path, require_fmnist):
@@ -326,3 +330,42 @@ def test_ray_train_worker_applies_torch_threads(monkeypatch):
         assert seen["threads"] == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_accuracy_benchmark_over_seeds(finished_run, tmp_path):
+    """`bench.accuracy --table-only` over seed-<S> folders: mean ± std per generation, each seed's accuracy,
+    the minutes spent so far, whether every generation beat the one before in the mean; JSON and figure."""
+    import shutil
+
+    from bench.accuracy import aggregate, main as bench_main, monotone_in_mean, seeds_found, table
+
+    bench = tmp_path / "bench"
+    for s in (0, 3):
+        shutil.copytree(finished_run[0], bench / f"seed-{s}", ignore=shutil.ignore_patterns("report", "tensorboard"))
+    (bench / "seed-x").mkdir()  # not a seed: ignored
+    assert seeds_found(bench) == [0, 3]
+    m3 = bench / "seed-3" / "gen-1" / "student" / "metrics.json"
+    m = json.loads(m3.read_text())
+    m["test_acc"] = m["test_acc"] + 0.1
+    m3.write_text(json.dumps(m))
+    one, three = table(bench / "seed-0"), table(bench / "seed-3")
+    rows = {r["generation"]: r for r in aggregate({0: one, 3: three})}
+    g1 = rows[1]
+    assert g1["test_acc"] == pytest.approx(one[1]["test_acc"] + 0.05)
+    assert g1["test_acc_std"] == pytest.approx(0.1 / 2 ** 0.5) and g1["seeds"] == [0, 3]
+    assert g1["test_acc_by_seed"] == {"0": one[1]["test_acc"], "3": three[1]["test_acc"]}
+    assert rows[0]["test_acc_std"] == 0.0 and rows[0]["gain_vs_teacher"] == 0.0
+    spent = sum(r["seconds"] for r in one if isinstance(r["generation"], int) and r["generation"] <= 1) / 60
+    assert rows[1]["minutes_so_far"] == pytest.approx(spent) and rows[2]["minutes_so_far"] > rows[1]["minutes_so_far"]
+    assert monotone_in_mean(list(rows.values())) == (rows[2]["test_acc"] >= rows[1]["test_acc"] >= rows[0]["test_acc"])
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump(tiny_run_config()))
+    out = bench_main(["--run-dir", str(bench), "--table-only", "--config", str(cfg_file), "--cache-dir",
+                      str(tmp_path / "cache"), "--out", str(tmp_path / "acc.json"), "--figure", str(tmp_path / "acc.png")])
+    assert out["seeds"] == [0, 3] and "2 seeds" in out["table"] and f"{g1['test_acc']:.4f} ± " in out["table"]
+    assert json.loads((tmp_path / "acc.json").read_text())["rows"][1]["test_acc"] == pytest.approx(g1["test_acc"])
+    assert (tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="no seed-<S> run"):
+        bench_main(["--run-dir", str(tmp_path / "empty"), "--table-only", "--config", str(cfg_file)])
+    with pytest.raises(SystemExit, match="--seeds"):
+        bench_main(["--seeds", "a,b", "--config", str(cfg_file)])

@@ -135,7 +135,7 @@ def _baseline(ctx: StepContext) -> Outcome:
     role = opts["role"]
     data_cfg = replace(cfg.data, labels_per_class=opts.get("labels_per_class") or cfg.data.labels_per_class)
     data = create_data(data_cfg)
-    model_cfg = cfg.student.ladder[-1]
+    model_cfg = replace(cfg.student.ladder[-1], init=None)  # a baseline starts from scratch, whatever the rung's init
     train_cfg = replace(cfg.teacher_train, epochs=opts.get("epochs") or cfg.teacher_train.epochs)
     if opts.get("loader_workers") is not None:
         train_cfg = replace(train_cfg, num_workers=opts["loader_workers"])
