@@ -13,8 +13,9 @@ A ResNet-8 student is distilled online with ``hinton`` (consistent teaching, ben
 
 Prints, per row, the teacher's own test accuracy (an ensemble's is its mixture's), the student's test
 accuracy and its fidelity (top-1 agreement on the test set with the teacher it learned from: the mixture
-for an ensemble), mean ± std over seeds, and writes ``docs/bench-kd-ensemble.json`` and ``.png`` (``supervised``'s fidelity is to the best single teacher). Every
-run is a resumable ``noisystudent distill`` run folder under ``runs/bench_kd/<student>/``.
+for an ensemble; ``supervised``'s is to the best single teacher), mean ± std over seeds, and writes
+``docs/bench-kd-ensemble.json`` and ``.png``. Every run is a resumable ``noisystudent distill`` run folder
+under ``runs/bench_kd/<student>/``.
 """
 
 from __future__ import annotations
