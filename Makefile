@@ -17,7 +17,7 @@ help:
 	@echo "make run-full        the longer benchmark config"
 	@echo "make bench           throughput benchmarks against a bare PyTorch loop"
 	@echo "make bench-accuracy  teacher / 3 generations / oracles accuracy table over 3 seeds, mean +- std (~20 min a"
-	@echo "                     seed on 2 cores; the first run also trains the 30-epoch converged oracle, ~25 min,"
+	@echo "                     seed on 2 cores; the first run also trains the 30-epoch converged oracle, ~26 min,"
 	@echo "                     cached in runs/cache)"
 	@echo "make bench-small     the example image-folder config, paths only changed, on 10 Fashion-MNIST PNGs a class:"
 	@echo "                     2 generations, promotion decisions, wall time (~15 min on 2 cores)"
