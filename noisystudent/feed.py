@@ -36,6 +36,19 @@ from .errors import ImageDecodeError
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
+def check_stats(in_chans: int, mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``mean`` and ``std`` as float tuples, one value a channel (1 or 3 channels), every std > 0; ValueError otherwise."""
+    if in_chans not in (1, 3):
+        raise ValueError(f"in_chans must be 1 or 3, got {in_chans!r}")
+    mean_t = tuple(float(v) for v in mean)
+    std_t = tuple(float(v) for v in std)
+    if len(mean_t) != in_chans or len(std_t) != in_chans:
+        raise ValueError(f"mean and std need {in_chans} value(s) each, got {len(mean_t)} and {len(std_t)}")
+    if any(s <= 0 for s in std_t):
+        raise ValueError(f"std values must be > 0, got {std_t}")
+    return mean_t, std_t
+
+
 class EvalInput:
     """A model's clean input: ``image_size`` x ``image_size``, ``in_chans`` channels, normalised by ``mean``/``std``.
 
@@ -45,16 +58,21 @@ class EvalInput:
     """
 
     def __init__(self, image_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        import albumentations as A
-        import cv2
-
-        from .transforms import _check_stats
-
         self.image_size, self.in_chans = int(image_size), int(in_chans)
-        self.mean, self.std = _check_stats(in_chans, mean, std)
-        self._resize = A.Resize(self.image_size, self.image_size, interpolation=cv2.INTER_LINEAR,
-                                area_for_downscale="image", p=1.0)
+        self.mean, self.std = check_stats(in_chans, mean, std)
+        self._resize: Any = None  # albumentations' Resize, made (and albumentations imported) on the first image that needs it
         self._stats: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _resizer(self) -> Any:
+        """The eval transform's resize. Built on first use: a source already at the model's side (arrays,
+        Fashion-MNIST) never needs it, and importing albumentations costs a fresh labeling actor ~0.5 s."""
+        if self._resize is None:
+            import albumentations as A
+            import cv2
+
+            self._resize = A.Resize(self.image_size, self.image_size, interpolation=cv2.INTER_LINEAR,
+                                    area_for_downscale="image", p=1.0)
+        return self._resize
 
     @property
     def key(self) -> tuple:
@@ -68,7 +86,7 @@ class EvalInput:
             raise ValueError(f"expected an (H, W, {self.in_chans}) uint8 image, got shape {image.shape} dtype {image.dtype}")
         if image.shape[0] == self.image_size and image.shape[1] == self.image_size:
             return image
-        out = self._resize(image=np.ascontiguousarray(image))["image"]
+        out = self._resizer()(image=np.ascontiguousarray(image))["image"]
         return out if out.ndim == 3 else out[:, :, None]
 
     def fit_batch(self, images: np.ndarray) -> np.ndarray:

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .config import NoiseConfig
+from .feed import check_stats
 from .randaugment import MAX_MAGNITUDE, RANDAUGMENT_OPS, parse_randaugment, rand_augment
 
 __all__ = [
@@ -51,18 +52,6 @@ __all__ = [
     "parse_randaugment",
     "rand_augment",
 ]
-
-
-def _check_stats(in_chans: int, mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if in_chans not in (1, 3):
-        raise ValueError(f"in_chans must be 1 or 3, got {in_chans!r}")
-    mean_t = tuple(float(v) for v in mean)
-    std_t = tuple(float(v) for v in std)
-    if len(mean_t) != in_chans or len(std_t) != in_chans:
-        raise ValueError(f"mean and std need {in_chans} value(s) each, got {len(mean_t)} and {len(std_t)}")
-    if any(s <= 0 for s in std_t):
-        raise ValueError(f"std values must be > 0, got {std_t}")
-    return mean_t, std_t
 
 
 def _default_seed() -> int:
@@ -146,7 +135,7 @@ def create_transform(
         return signal_transform(image_size, in_chans, mean, std, noise)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-    mean_t, std_t = _check_stats(in_chans, mean, std)
+    mean_t, std_t = check_stats(in_chans, mean, std)
     ops: list = [
         A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR, area_for_downscale="image", p=1.0)
     ]

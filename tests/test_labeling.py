@@ -199,3 +199,22 @@ def test_ensemble_needs_the_same_classes(world, tmp_path):
         label_images(world["source"], [world["t1"], other], tmp_path / "out", **RUN)
     with pytest.raises(UserError, match="temperature"):
         label_images(world["source"], [world["t1"]], tmp_path / "out", temperature=0.0, **RUN)
+
+
+def test_a_labeling_actor_imports_neither_torchvision_nor_albumentations(tmp_path):
+    """A fresh labeling actor (what Ray Data starts for every job) builds its teacher and input without
+    torchvision or albumentations: about 2 s of each job's fixed cost on a 2-core CPU (docs/accelerator.md)."""
+    import subprocess
+    import sys
+
+    ckpt = tmp_path / "t.pt"
+    _make_teacher(ckpt, 0)
+    code = ("import sys; import numpy as np; from noisystudent.data.array import ArraySource; "
+            "from pseudo_labels.labeling import Labeler, load_teachers; from pseudo_labels.sharded import reader_for; "
+            "r = reader_for(ArraySource(np.zeros((2, 16, 16), np.uint8), prefix='u'), 2); "
+            f"lab = Labeler(r, load_teachers([{str(ckpt)!r}])); "
+            "t = lab.process(*next(iter(r.read_partition(0, 2))))[0]; "
+            "print(t.num_rows, sorted(k for k in ('torchvision', 'albumentations', 'torch._dynamo') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "2 []", out.stdout

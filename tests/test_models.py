@@ -429,3 +429,43 @@ def test_channels_last_changes_the_layout_not_the_numbers(name: str, tmp_path) -
     assert all(t.is_contiguous() for t in ckpt.state_dict.values())
     back = ckpt.build_model(channels_last=True)
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in back.parameters() if p.dim() == 4)
+
+
+# -- what building a model imports ------------------------------------------------------------------
+
+
+def test_torchvision_families_are_registered_by_name_and_imported_on_first_build() -> None:
+    """`TORCHVISION_MODELS` is exactly what torchvision_models registers; its stand-ins build the real model."""
+    import noisystudent.models as models
+    import noisystudent.models.torchvision_models as tv
+    from noisystudent.models import _registry
+
+    registered = {n for n, fn in _registry._model_entrypoints.items() if fn.__module__ == tv.__name__}
+    assert registered == set(models.TORCHVISION_MODELS)
+    assert isinstance(create_model("resnet18", NUM_CLASSES, in_chans=1), TorchvisionNet)
+
+
+def test_a_model_without_drop_path_needs_no_torchvision_and_loads_a_noised_checkpoint() -> None:
+    """A labeling actor builds its teacher with drop path off: nn.Identity there, and neither torchvision nor
+    albumentations imported (about 2 s of a fresh process); the weights of a model trained with drop path load
+    into it unchanged (strict), since StochasticDepth holds no state."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from noisystudent.models import create_model; from noisystudent.feed import EvalInput; "
+            "m = create_model('resnet14', 10, in_chans=1, drop_path_rate=0.0); EvalInput(28, 1, [0.5], [0.5]); "
+            "create_model('wrn_16_2', 10, in_chans=1); "
+            "print(sorted(k for k in ('torchvision', 'albumentations', 'torch._dynamo') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+    for name in ("resnet14", "wrn_16_2"):
+        noised = create_model(name, NUM_CLASSES, in_chans=1, drop_path_rate=0.2)
+        assert any(isinstance(m, StochasticDepth) and m.p > 0 for m in noised.modules())
+        clean = create_model(name, NUM_CLASSES, in_chans=1, drop_path_rate=0.0)
+        assert not any(isinstance(m, StochasticDepth) for m in clean.modules())
+        clean.load_state_dict(noised.state_dict(), strict=True)
+        x = torch.randn(2, 1, 28, 28)
+        noised.eval(), clean.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(clean(x), noised(x))

@@ -5,7 +5,8 @@ pooling and a linear classifier. They are the CPU-scale ladder of this project (
 a student can be the same size as its teacher or larger; resnet32/44/56/110 are the deeper ones of the
 ResNet paper's CIFAR table (and the usual teachers of the CIFAR distillation literature). Projection shortcuts (1x1 conv + BN, "option B")
 are used where the shape changes. Every residual branch ends in a
-:class:`torchvision.ops.StochasticDepth` (drop path), its rate rising linearly over the blocks.
+:class:`torchvision.ops.StochasticDepth` (drop path), its rate rising linearly over the blocks (``nn.Identity``
+when the model has no drop path: :func:`~noisystudent.models.layers.drop_path_layer`).
 
 Stage features (``feature_info`` / ``forward_intermediates``): the outputs of the three block groups,
 16/32/64 channels at reductions 1/2/4 (``stages.0`` ... ``stages.2``), after each group's last ReLU; the
@@ -16,11 +17,10 @@ CIFAR ResNets give FitNet/AT/FSP.
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.ops import StochasticDepth
 
 from noisystudent.errors import UserError
 from noisystudent.models._registry import register_model
-from noisystudent.models.layers import Classifier, ClassifierHead, drop_path_rates, make_feature_info
+from noisystudent.models.layers import Classifier, ClassifierHead, block_drop_paths, drop_path_layer, make_feature_info
 
 __all__ = ["BasicBlock", "CifarResNet", "resnet8", "resnet14", "resnet20", "resnet26", "resnet32", "resnet44", "resnet56",
            "resnet110"]
@@ -32,14 +32,14 @@ STAGE_REDUCTIONS = (1, 2, 4)
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN on the branch, drop path on it, then add the shortcut and ReLU."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, drop_path: float = 0.0):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, drop_path: float | None = None):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.drop_path = StochasticDepth(drop_path, mode="row")
+        self.drop_path = drop_path_layer(drop_path)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
@@ -67,7 +67,7 @@ class CifarResNet(Classifier):
         if depth < 8 or (depth - 2) % 6:
             raise UserError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
         blocks_per_stage = (depth - 2) // 6
-        rates = iter(drop_path_rates(3 * blocks_per_stage, drop_path_rate))
+        rates = iter(block_drop_paths(3 * blocks_per_stage, drop_path_rate))
         self.depth = depth
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, STAGE_WIDTHS[0], 3, padding=1, bias=False),

@@ -10,7 +10,9 @@ residual branch is dropped with probability ``p`` and kept ones are scaled by ``
 shortcut always passes. timm calls it "drop path" because whole paths through the network vanish for a
 sample. We use torchvision's :class:`torchvision.ops.StochasticDepth` with ``mode="row"`` (per sample)
 rather than writing our own, so the small models and torchvision's EfficientNet/ConvNeXt share one module
-type, and tests or callers can find every drop-path site with ``isinstance(m, StochasticDepth)``.
+type, and tests or callers can find every drop-path site with ``isinstance(m, StochasticDepth)``. A model
+built without drop path (``drop_path_rate`` 0, as every teacher is for labeling) gets ``nn.Identity`` there
+instead and never imports torchvision (:func:`drop_path_layer`).
 """
 
 from __future__ import annotations
@@ -26,12 +28,36 @@ __all__ = [
     "Classifier",
     "ClassifierHead",
     "adapt_input_conv",
+    "block_drop_paths",
+    "drop_path_layer",
     "drop_path_rates",
     "feature_take_indices",
     "make_feature_info",
 ]
 
 StageIndices = int | Sequence[int] | None
+
+
+def drop_path_layer(rate: float | None) -> nn.Module:
+    """The drop-path layer of one residual branch: torchvision's ``StochasticDepth(rate, mode="row")``, or
+    ``nn.Identity`` when the model has no drop path at all (``rate`` None).
+
+    Why not always StochasticDepth: importing torchvision costs a fresh process 1.5-3.5 s on a 2-core CPU (its
+    ``ops`` import ``torch._dynamo``), and every labeling actor is such a process, building its teacher with
+    drop path off (inference). A layer that does nothing there should not cost each actor that import, which
+    was about a third of a labeling job's fixed cost (docs/accelerator.md). StochasticDepth holds no
+    parameters or buffers, so a checkpoint loads into either form."""
+    if rate is None:
+        return nn.Identity()
+    from torchvision.ops import StochasticDepth
+
+    return StochasticDepth(float(rate), mode="row")
+
+
+def block_drop_paths(num_blocks: int, drop_path_rate: float) -> list[float | None]:
+    """What each block's :func:`drop_path_layer` gets: :func:`drop_path_rates` when the model has drop path,
+    else None for every block (no drop path anywhere: ``nn.Identity``, no torchvision import)."""
+    return drop_path_rates(num_blocks, drop_path_rate) if drop_path_rate > 0 else [None] * num_blocks
 
 
 def drop_path_rates(num_blocks: int, drop_path_rate: float) -> list[float]:

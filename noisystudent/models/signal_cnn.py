@@ -15,10 +15,9 @@ block a stage (~0.1M parameters), ``signal_cnn_m`` two.
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.ops import StochasticDepth
 
 from noisystudent.models._registry import register_model
-from noisystudent.models.layers import Classifier, ClassifierHead, drop_path_rates, make_feature_info
+from noisystudent.models.layers import Classifier, ClassifierHead, block_drop_paths, drop_path_layer, make_feature_info
 
 __all__ = ["SignalCNN", "signal_cnn_s", "signal_cnn_m"]
 
@@ -34,11 +33,11 @@ def conv1d(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
 class Block1d(nn.Module):
     """conv(k=5)-BN-ReLU-conv(k=5)-BN on the branch, drop path on it, then the shortcut and ReLU."""
 
-    def __init__(self, cin: int, cout: int, stride: int, drop_path: float):
+    def __init__(self, cin: int, cout: int, stride: int, drop_path: float | None):
         super().__init__()
         self.branch = nn.Sequential(conv1d(cin, cout, 5, stride), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
                                     conv1d(cout, cout, 5), nn.BatchNorm2d(cout))
-        self.drop_path = StochasticDepth(drop_path, mode="row")
+        self.drop_path = drop_path_layer(drop_path)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(conv1d(cin, cout, 1, stride), nn.BatchNorm2d(cout))
@@ -54,7 +53,7 @@ class SignalCNN(Classifier):
     def __init__(self, blocks: int, num_classes: int, in_chans: int = 1, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0):
         super().__init__()
-        rates = iter(drop_path_rates(3 * blocks, drop_path_rate))
+        rates = iter(block_drop_paths(3 * blocks, drop_path_rate))
         self.stem = nn.Sequential(conv1d(in_chans, STAGE_WIDTHS[0], 7), nn.BatchNorm2d(STAGE_WIDTHS[0]),
                                   nn.ReLU(inplace=True))
         stages, cin = [], STAGE_WIDTHS[0]

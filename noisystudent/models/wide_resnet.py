@@ -22,11 +22,10 @@ import functools
 import re
 
 from torch import Tensor, nn
-from torchvision.ops import StochasticDepth
 
 from noisystudent.errors import UserError
 from noisystudent.models._registry import EntryPoint, register_family, register_model
-from noisystudent.models.layers import Classifier, ClassifierHead, drop_path_rates, make_feature_info
+from noisystudent.models.layers import Classifier, ClassifierHead, block_drop_paths, drop_path_layer, make_feature_info
 
 __all__ = ["PreActBlock", "WideResNet", "wrn_16_2", "wrn_16_4", "wrn_28_2", "wrn_28_10", "wrn_40_2"]
 
@@ -34,14 +33,14 @@ __all__ = ["PreActBlock", "WideResNet", "wrn_16_2", "wrn_16_4", "wrn_28_2", "wrn
 class PreActBlock(nn.Module):
     """BN-ReLU-conv3x3-BN-ReLU-conv3x3 on the branch, drop path on it, added to the shortcut (no final ReLU)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, drop_path: float = 0.0):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, drop_path: float | None = None):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.relu = nn.ReLU(inplace=True)
-        self.drop_path = StochasticDepth(drop_path, mode="row")
+        self.drop_path = drop_path_layer(drop_path)
         self.shortcut: nn.Module | None = None
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
@@ -76,7 +75,7 @@ class WideResNet(Classifier):
         if widen_factor < 1:
             raise UserError(f"Wide ResNet widen factor must be >= 1, got {widen_factor}")
         blocks_per_stage = (depth - 4) // 6
-        rates = iter(drop_path_rates(3 * blocks_per_stage, drop_path_rate))
+        rates = iter(block_drop_paths(3 * blocks_per_stage, drop_path_rate))
         self.depth = depth
         self.widen_factor = widen_factor
         self.stem = nn.Conv2d(in_chans, 16, 3, padding=1, bias=False)
