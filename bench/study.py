@@ -108,16 +108,18 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
         t = [100 * t["test_acc"] for t in doc["teachers"] if float(t["label_noise"]) == lv and t["test_acc"]]
         if t:
             ax.hlines(t[0], j - 0.45, j + 0.45, colors="gray", linestyles="--",
-                      label="teacher (same noisy labels)" if j == 0 else None)
-    ax.set_xticks(range(len(levels)), [f"{what} {lv:g}" for lv in levels])
+                      label=("teacher (same noisy labels)" if what == "label noise" else "teacher") if j == 0 else None)
+    ax.set_xticks(range(len(levels)), [f"{what} {lv:g}" if what != "no data condition" else "clean labels, balanced classes"
+                                       for lv in levels])
     lo = min([100 * r["test_acc"] for r in done] + [100 * t["test_acc"] for t in doc["teachers"]]) - 2
     hi = max([100 * r["test_acc"] for r in done] + [100 * t["test_acc"] for t in doc["teachers"]]) + 1
     ax.set_ylim(lo, hi)
     ax.set_ylabel("test accuracy % (bars: mean; dots: seeds)")
     ax.set_title("bench-study: ResNet-8 students on Fashion-MNIST (5,000 labels) under symmetric label noise"
-                 if what == "label noise" else f"{study_dir.name}: test accuracy by method and {what}")
+                 if what == "label noise" else f"{study_dir.name}: test accuracy by method"
+                 + (f" and {what}" if what != "no data condition" else ""))
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     save_figure(fig, out_stem.with_suffix(".png"))
     return doc
 
