@@ -400,3 +400,17 @@ def test_variant_study_summary_is_decided_on_validation_and_drawn(tmp_path):
     doc = write_docs(tmp_path, rows, 12.0, tmp_path / "loop-study")
     assert (tmp_path / "loop-study.png").stat().st_size > 1000
     assert [r["variant"] for r in doc["summary"]] == ["base", "ratio=1"]
+
+
+def test_method_study_without_a_data_condition_is_drawn(tmp_path):
+    """A distill study with no label noise or imbalance (Sarfraz's RKD rows): the JSON and figure are written
+    and the summary keeps one row per method."""
+    from bench.study import _condition, write_docs
+
+    rows = [{"trial": f"{m}-{s}", "distill.method": {"name": m}, "seed": s, "status": "done", "test_acc": acc + 0.01 * s,
+             "fidelity": 0.9, "teacher_test_acc": 0.86, "seconds": 1.0, "error": None}
+            for m, acc in [("supervised", 0.82), ("rkd", 0.84)] for s in (0, 1)]
+    assert _condition(rows[0]) == ("no data condition", 0.0)
+    doc = write_docs(tmp_path, rows, 7.0, tmp_path / "rkd")
+    assert (tmp_path / "rkd.png").read_bytes()[:4] == b"\x89PNG" and doc["wall_seconds"] == 7.0
+    assert len(doc["summary"]) == 2 and len(doc["trials"]) == 4
