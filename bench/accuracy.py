@@ -22,12 +22,11 @@ The converged oracle is trained once, with the config's own seed, and is the ref
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 from typing import Optional
 
-from bench.harness import load_average, parse_sets, pyplot, save_figure, text_table, write_results
+from bench.harness import load_average, mean_std, parse_sets, pyplot, save_figure, text_table, write_results
 
 CONVERGED = "oracle-converged"
 
@@ -133,13 +132,6 @@ def seeds_found(run_dir: str | Path) -> list[int]:
     return sorted(found)
 
 
-def _mean_std(values: list) -> tuple[Optional[float], Optional[float]]:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def aggregate(per_seed: dict[int, list[dict]]) -> list[dict]:
     """One row per generation and baseline over the seeds' :func:`table` rows: test accuracy, gain over the
     teacher and gap closed (converged and budget) as mean and std, each seed's accuracy, and for the
@@ -161,13 +153,13 @@ def aggregate(per_seed: dict[int, list[dict]]) -> list[dict]:
                "test_acc_by_seed": {str(s): r["test_acc"] for s, r in sorted(got.items())}}
         for key in ("test_acc", "val_acc", "gain_vs_teacher", "gap_closed", "gap_closed_budget", "gap_closed_converged",
                     "pseudo_label_acc", "pseudo_label_acc_selected", "seconds"):
-            row[key], row[f"{key}_std"] = _mean_std([r.get(key) for r in got.values()])
+            row[key], row[f"{key}_std"] = mean_std([r.get(key) for r in got.values()])
         if isinstance(g, int):
             spent = []
             for s in got:
                 gens = [r for r in per_seed[s] if isinstance(r["generation"], int) and r["generation"] <= g]
                 spent.append(sum(r["seconds"] or 0.0 for r in gens) / 60)
-            row["minutes_so_far"], row["minutes_so_far_std"] = _mean_std(spent)
+            row["minutes_so_far"], row["minutes_so_far_std"] = mean_std(spent)
             row["promoted"] = [r.get("promoted") for r in got.values()]
         if g == CONVERGED:
             row["epochs"], row["cache_dir"] = first.get("epochs"), first.get("cache_dir")

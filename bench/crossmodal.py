@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import textwrap
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 
-from bench.harness import beats_baseline, load_average, pyplot, save_figure
+from bench.harness import beats_baseline, load_average, mean_std, pyplot, save_figure
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 ARMS = ("profile alone", "distill", "loop")
@@ -156,8 +155,7 @@ def run_seed(pairs: dict[str, str], sizes: Sizes, seed: int, root: Path, device:
 
 def summarise(runs: list[dict]) -> list[dict]:
     def ms(key):
-        vals = [r[key] for r in runs]
-        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        return mean_std(r[key] for r in runs)
 
     rows = [{"arm": "teacher (image)", "reads": "image", "acc": ms("teacher")[0], "std": ms("teacher")[1]}]
     base, base_sd = ms("profile alone")

@@ -68,6 +68,15 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
+def mean_std(values: Iterable[Optional[float]]) -> tuple[Optional[float], Optional[float]]:
+    """Mean and sample standard deviation over seeds of the values that are not None (std 0 for one value);
+    ``(None, None)`` when there are none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
 def medians(got: dict[str, list[float]]) -> dict[str, float]:
     """Each name's median of an :func:`interleave` result."""
     return {k: median(v) for k, v in got.items()}

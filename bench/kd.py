@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Optional
 
 from bench.cache import teacher_dir, trained_teacher
 from noisystudent.config import non_default
-from bench.harness import beats_baseline, pyplot, save_figure, text_table
+from bench.harness import beats_baseline, mean_std, pyplot, save_figure, text_table
 
 CONFIG = "configs/distill_fashion_mnist.yaml"
 METHODS = ("supervised", "hinton", "fitnet", "at", "fsp", "sp", "rkd")
@@ -99,9 +98,11 @@ def train_teacher(cfg, cache_root: str | Path, progress: bool = True) -> tuple[P
     return trained_teacher(cfg, teacher_cache_dir(cfg, cache_root), progress=progress)
 
 
-def student_config(cfg, student: str, method: str, seed: int, teacher_ckpt: Path):
+def student_config(cfg, student: str, method: str, seed: int, teacher_ckpt: Path,
+                   teachers: Optional[list[tuple[Path, float]]] = None):
     """``cfg`` for one student run: its model, method (``name`` or ``name@teaching``) and seed; the teacher
-    always given (fidelity)."""
+    always given (fidelity), or with ``teachers`` (``[(checkpoint, weight)]``) an online ensemble in its place
+    (``distill.teachers``: the student learns, and fidelity compares with, the weighted mixture)."""
     from noisystudent.config import to_dict
     from pipelines.config import config_from_dict
 
@@ -113,30 +114,27 @@ def student_config(cfg, student: str, method: str, seed: int, teacher_ckpt: Path
     d["distill"] = {"teacher": str(teacher_ckpt), "method": {"name": name}}
     if mode:
         d["distill"]["teaching"] = {"mode": mode}
+    if teachers:
+        d["distill"].update(teacher=None, teachers=[{"path": str(p), "weight": w} for p, w in teachers])
     return config_from_dict(d)
 
 
 def run_student(cfg, root: Path, student: str, method: str, seed: int, teacher_ckpt: Path,
-                progress: bool = True) -> dict:
-    """One ``noisystudent distill`` run in ``root/<student>/<method>/seed<k>`` (resumable); its metrics."""
+                progress: bool = True, teachers: Optional[list[tuple[Path, float]]] = None,
+                folder: Optional[str] = None) -> dict:
+    """One ``noisystudent distill`` run in ``root/<student>/<folder>/seed<k>`` (resumable; ``folder``
+    defaults to the method's name); its metrics. ``teachers``: see :func:`student_config`."""
     from pipelines import steps
     from pipelines.state import RunDir
 
     name, mode = split_variant(method)
-    run = RunDir(root / student / (f"{name}@{mode}" if mode else name) / f"seed{seed}")
-    scfg = run.freeze_config(student_config(cfg, student, method, seed, teacher_ckpt))
+    run = RunDir(root / student / (folder or (f"{name}@{mode}" if mode else name)) / f"seed{seed}")
+    scfg = run.freeze_config(student_config(cfg, student, method, seed, teacher_ckpt, teachers))
     m = steps.distill(run, scfg, progress=progress)
     return {"student": student, "method": method, "seed": seed, "test_acc": m.get("test_acc"),
             "test_fidelity": m.get("test_fidelity"), "teacher_test_acc": m.get("teacher_test_acc"),
             "train_seconds": m.get("train_seconds"), "images_per_s": m.get("images_per_s"),
             "method_params": m.get("method_params"), "dir": str(run.root)}
-
-
-def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -147,9 +145,9 @@ def summarise(runs: list[dict]) -> list[dict]:
         groups.setdefault((r["student"], r["method"]), []).append(r)
     rows = []
     for (student, method), rs in groups.items():
-        acc, acc_sd = _mean_std([r["test_acc"] for r in rs])
-        fid, fid_sd = _mean_std([r["test_fidelity"] for r in rs])
-        secs, _ = _mean_std([r["train_seconds"] for r in rs])
+        acc, acc_sd = mean_std([r["test_acc"] for r in rs])
+        fid, fid_sd = mean_std([r["test_fidelity"] for r in rs])
+        secs, _ = mean_std([r["train_seconds"] for r in rs])
         rows.append({"student": student, "method": method, "seeds": len(rs), "test_acc": acc, "test_acc_std": acc_sd,
                      "test_fidelity": fid, "test_fidelity_std": fid_sd, "train_seconds": secs})
     base = {r["student"]: r for r in rows if r["method"] == BASELINE}

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from bench.harness import load_average, pyplot, save_figure, text_table, write_results
-from bench.kd import FULL, QUICK, _mean_std, base_config, run_student, train_teacher
+from bench.harness import load_average, mean_std, pyplot, save_figure, text_table, write_results
+from bench.kd import FULL, QUICK, base_config, run_student, train_teacher
 
 TEACHER_SEEDS = (0, 1, 2)
 
@@ -40,33 +40,6 @@ def member_config(cfg, seed: int):
     return config_from_dict({**to_dict(cfg), "seed": seed})
 
 
-def ensemble_config(cfg, student: str, seed: int, members: list[tuple[Path, float]], method: str = "hinton"):
-    """``cfg`` for a student of the online ensemble ``members`` (``[(checkpoint, weight)]``)."""
-    from noisystudent.config import to_dict
-    from pipelines.config import config_from_dict
-
-    d = to_dict(cfg)
-    d["student"]["ladder"] = [dict(d["student"]["ladder"][0], name=student)]
-    d["seed"] = seed
-    d["distill"] = {"teacher": None, "method": {"name": method},
-                    "teachers": [{"path": str(p), "weight": w} for p, w in members]}
-    return config_from_dict(d)
-
-
-def run_ensemble_student(cfg, root: Path, student: str, row: str, seed: int, members: list[tuple[Path, float]],
-                         progress: bool = True) -> dict:
-    """One ``noisystudent distill`` run of an ensemble student in ``root/<student>/<row>/seed<k>``; its metrics."""
-    from pipelines import steps
-    from pipelines.state import RunDir
-
-    run = RunDir(root / student / row / f"seed{seed}")
-    scfg = run.freeze_config(ensemble_config(cfg, student, seed, members))
-    m = steps.distill(run, scfg, progress=progress)
-    return {"student": student, "row": row, "seed": seed, "test_acc": m.get("test_acc"),
-            "test_fidelity": m.get("test_fidelity"), "teacher_test_acc": m.get("teacher_test_acc"),
-            "train_seconds": m.get("train_seconds"), "dir": str(run.root)}
-
-
 def summarise(runs: list[dict]) -> list[dict]:
     """One row per ``row`` label, in the order first seen: mean ± std of accuracy, fidelity, the teacher's
     accuracy and seconds, and the gain over ``supervised``."""
@@ -76,7 +49,7 @@ def summarise(runs: list[dict]) -> list[dict]:
         rs = [r for r in runs if r["row"] == name]
         row = {"row": name, "seeds": len(rs), "members": rs[0].get("members")}
         for key in ("test_acc", "test_fidelity", "teacher_test_acc", "train_seconds"):
-            row[key], row[f"{key}_std"] = _mean_std([r.get(key) for r in rs])
+            row[key], row[f"{key}_std"] = mean_std([r.get(key) for r in rs])
         rows.append(row)
     base = next((r for r in rows if r["row"] == "supervised"), None)
     for r in rows:
@@ -171,7 +144,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
             runs.append({**r, "row": f"best single (seed {best['seed']})", "members": [best["seed"]]})
             for k in range(2, args.members + 1):
                 members = [(Path(t["ckpt"]), 1.0 / k) for t in teachers[:k]]
-                r = run_ensemble_student(cfg, root, args.student, f"hinton-ensemble{k}", seed, members, progress=progress)
+                r = run_student(cfg, root, args.student, "hinton", seed, members[0][0], progress=progress,
+                                teachers=members, folder=f"hinton-ensemble{k}")
                 runs.append({**r, "row": f"ensemble of {k}", "members": [t["seed"] for t in teachers[:k]]})
     except UserError as exc:
         raise SystemExit(f"error: {exc}") from None

@@ -173,15 +173,15 @@ def test_bench_kd_ensemble_configs_and_table(tmp_path):
     """The ensemble benchmark's members differ from bench-kd's teacher only by seed (their own cache
     folders); its student config is a valid `distill.teachers` list; the table gives mean ± std, the gain
     over supervised and names the best single teacher; the figure is a PNG."""
-    from bench.kd import FULL, base_config, teacher_cache_dir
-    from bench.kd_ensemble import ensemble_config, format_table, member_config, plot, summarise
+    from bench.kd import FULL, base_config, student_config, teacher_cache_dir
+    from bench.kd_ensemble import format_table, member_config, plot, summarise
 
     cfg = base_config(FULL)
     m1 = member_config(cfg, 1)
     assert m1.seed == 1 and m1.teacher == cfg.teacher and m1.teacher_train == cfg.teacher_train and m1.data == cfg.data
     assert teacher_cache_dir(m1, "c") != teacher_cache_dir(cfg, "c")
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
-    e = ensemble_config(cfg, "resnet8", 1, [(a, 0.5), (b, 0.5)])
+    e = student_config(cfg, "resnet8", "hinton", 1, a, teachers=[(a, 0.5), (b, 0.5)])
     assert e.seed == 1 and e.distill.teacher is None and e.distill.method["name"] == "hinton"
     assert [(t.path, t.weight) for t in e.distill.teachers] == [(str(a), 0.5), (str(b), 0.5)]
     assert e.student.ladder[0].name == "resnet8"

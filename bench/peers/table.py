@@ -5,14 +5,10 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from bench.harness import pyplot, save_figure, text_table
+from bench.harness import mean_std, pyplot, save_figure, text_table
 
 LABELS = {"ours": "ours: Noisy Student loop (teacher + students)", "fixmatch": "USB FixMatch",
           "pseudolabel": "USB Pseudo-Label"}
-
-
-def _stats(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def summarize(results: list[dict]) -> list[dict]:
@@ -21,16 +17,16 @@ def summarize(results: list[dict]) -> list[dict]:
     arms = list(dict.fromkeys(r["arm"] for r in results))
     for arm in arms:
         rs = [r for r in results if r["arm"] == arm]
-        mean, std = _stats([r["test_acc"] for r in rs])
+        mean, std = mean_std([r["test_acc"] for r in rs])
         row = {"arm": arm, "label": LABELS.get(arm, arm), "seeds": [r["seed"] for r in rs], "test_acc_mean": mean,
                "test_acc_std": std, "test_acc": [r["test_acc"] for r in rs],
                "cpu_min_mean": statistics.fmean(r["cpu_s"] for r in rs) / 60,
                "wall_min_mean": statistics.fmean(r["wall_s"] for r in rs) / 60,
                "steps": [r.get("student_steps", r.get("steps")) for r in rs]}
         if all("test_acc_no_ema" in r for r in rs):  # USB reports its EMA model; its last weights too
-            row["test_acc_no_ema_mean"], row["test_acc_no_ema_std"] = _stats([r["test_acc_no_ema"] for r in rs])
+            row["test_acc_no_ema_mean"], row["test_acc_no_ema_std"] = mean_std([r["test_acc_no_ema"] for r in rs])
         if arm == "ours":
-            t_mean, t_std = _stats([r["teacher_acc"] for r in rs])
+            t_mean, t_std = mean_std([r["teacher_acc"] for r in rs])
             row.update({"teacher_acc_mean": t_mean, "teacher_acc_std": t_std,
                         "generations": [r["generations"] for r in rs], "promoted": [r["promoted"] for r in rs]})
         rows.append(row)

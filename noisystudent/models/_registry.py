@@ -26,7 +26,7 @@ _families: dict[str, Resolver] = {}
 def register_model(fn: F) -> F:
     """Register ``fn`` under its own ``__name__``; a second model of the same name is a programming error."""
     name = fn.__name__
-    if name in _model_entrypoints and not getattr(_model_entrypoints[name], "lazy_module", None) == fn.__module__:
+    if name in _model_entrypoints and getattr(_model_entrypoints[name], "lazy_module", None) != fn.__module__:
         raise ValueError(f"model '{name}' is registered twice")
     _model_entrypoints[name] = fn  # (replacing the stand-in of register_lazy when its module is imported)
     return fn
