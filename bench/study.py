@@ -29,35 +29,50 @@ QUICK_SET = {"data.labels_per_class": 20, "data.test_limit": 500, "teacher.name"
 
 
 def teachers(study_dir: Path) -> list[dict]:
-    """One row per data condition's teacher: its label-noise rate and test accuracy."""
+    """One row per data condition's teacher: its label-noise rate, imbalance ratio and test accuracy."""
     out = []
     for d in sorted((study_dir / "teachers").glob("*")):
         mfile, cond = d / "gen-0" / "teacher" / "metrics.json", d / "data_conditions.json"
         if mfile.is_file():
             m = read_json(mfile)
-            noise = read_json(cond).get("label_noise", {}) if cond.is_file() else {}
+            summary = read_json(cond) if cond.is_file() else {}
+            noise, imbalance = summary.get("label_noise") or {}, summary.get("imbalance") or {}
             out.append({"key": d.name, "label_noise": noise.get("rate", 0.0), "flipped": noise.get("flipped", 0),
+                        "imbalance_ratio": imbalance.get("ratio"), "train_images": summary.get("train_images"),
                         "model": m.get("model"), "test_acc": m.get("test_acc")})
     return out
 
 
-def gains(table) -> list[dict]:
-    """Each method's mean gain over ``supervised`` at the same label noise, and whether it beats it
-    (:func:`bench.harness.beats_baseline`, bench-kd's verdict)."""
-    noise, method = "data.label_noise.rate", "distill.method.name"
+def teacher_condition(t: dict) -> tuple[str, float]:
+    """A teacher row's data condition, in :func:`_condition`'s terms (so trials find their teacher)."""
+    if t.get("imbalance_ratio") is not None:
+        return "imbalance ratio", float(t["imbalance_ratio"])
+    if float(t.get("label_noise") or 0.0) > 0:
+        return "label noise", float(t["label_noise"])
+    return "no data condition", 0.0
+
+
+def gains(rows: list[dict]) -> list[dict]:
+    """Each method's mean gain over ``supervised`` in the same data condition (label noise, imbalance ratio or
+    none), and whether it beats it (:func:`bench.harness.beats_baseline`, bench-kd's verdict). Methods are named
+    as in the figure (:func:`_method`: ``rkd-distance`` for a method mapping with a mode)."""
+    from bench.harness import mean_std
+
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r.get("status") == "done" and r.get("test_acc") is not None:
+            groups.setdefault((_condition(r), _method(r)), []).append(float(r["test_acc"]))
     out = []
-    if table.empty or method not in table.columns or noise not in table.columns:
-        return out
-    for _, r in table.iterrows():
-        base = table[(table[noise] == r[noise]) & (table[method] == "supervised")]
-        if r[method] == "supervised" or base.empty:
+    for (cond, method), accs in groups.items():
+        base = groups.get((cond, "supervised"))
+        if method == "supervised" or not base:
             continue
-        b = base.iloc[0]
-        gain = float(r["test_acc_mean"] - b["test_acc_mean"])
-        out.append({"label_noise": float(r[noise]), "method": r[method], "gain": gain,
-                    "beyond_spread": beats_baseline(gain, r["test_acc_std"], r["seeds"], b["test_acc_std"],
-                                                    b["seeds"])})
-    return out
+        (m, sd), (bm, bsd) = mean_std(accs), mean_std(base)
+        gain = m - bm
+        out.append({"condition": cond[0], "level": cond[1], "label_noise": cond[1] if cond[0] == "label noise" else 0.0,
+                    "method": method, "gain": gain,
+                    "beyond_spread": beats_baseline(gain, sd, len(accs), bsd, len(base))})
+    return sorted(out, key=lambda g: (g["condition"], g["level"], g["method"]))
 
 
 def _method(r: dict) -> str:
@@ -76,6 +91,11 @@ def _condition(r: dict) -> tuple[str, float]:
     return "no data condition", 0.0
 
 
+def condition_text(what: str, level: float) -> str:
+    """``label noise 0.2``, ``imbalance ratio 10``, or ``clean labels, balanced classes``."""
+    return "clean labels, balanced classes" if what == "no data condition" else f"{what} {level:g}"
+
+
 def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_stem: Path) -> dict:
     """``<out_stem>.json`` (trials, the summary over seeds, gains over supervised, teachers) and
     ``<out_stem>.png`` (test accuracy per method and label noise, seeds as points, teachers dashed)."""
@@ -85,7 +105,7 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
 
     table = summary(rows)
     doc = {"study": str(study_dir), "wall_seconds": wall_s, "environment": environment(),
-           "teachers": teachers(study_dir), "summary": table.to_dict(orient="records"), "gains": gains(table),
+           "teachers": teachers(study_dir), "summary": table.to_dict(orient="records"), "gains": gains(rows),
            "trials": [{k: v for k, v in r.items() if k != "error" or v} for r in rows]}
     write_json(out_stem.with_suffix(".json"), doc)
     plt = pyplot()
@@ -105,12 +125,13 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
             ax.bar(x, sum(accs) / len(accs), width * 0.9, color=f"C{i}", label=m if j == 0 else None, alpha=0.8)
             ax.plot([x] * len(accs), accs, "k.", ms=4)
     for j, lv in enumerate(levels):
-        t = [100 * t["test_acc"] for t in doc["teachers"] if float(t["label_noise"]) == lv and t["test_acc"]]
+        # a clean-label teacher is the teacher of noise level 0
+        t = [100 * t["test_acc"] for t in doc["teachers"] if t["test_acc"] and
+             teacher_condition(t) in ((what, lv), ("no data condition", 0.0) if lv == 0 else None)]
         if t:
             ax.hlines(t[0], j - 0.45, j + 0.45, colors="gray", linestyles="--",
                       label=("teacher (same noisy labels)" if what == "label noise" else "teacher") if j == 0 else None)
-    ax.set_xticks(range(len(levels)), [f"{what} {lv:g}" if what != "no data condition" else "clean labels, balanced classes"
-                                       for lv in levels])
+    ax.set_xticks(range(len(levels)), [condition_text(what, lv) for lv in levels])
     lo = min([100 * r["test_acc"] for r in done] + [100 * t["test_acc"] for t in doc["teachers"]]) - 2
     hi = max([100 * r["test_acc"] for r in done] + [100 * t["test_acc"] for t in doc["teachers"]]) + 1
     ax.set_ylim(lo, hi)
@@ -191,9 +212,10 @@ def main(argv=None) -> None:
     table = summary(rows)
     print(format_summary(table))
     for t in teachers(study_dir):
-        print(f"teacher ({t['model']}, label noise {t['label_noise']:g}): test_acc {t['test_acc']:.4f}")
-    for g in gains(table):
-        print(f"{g['method']} at label noise {g['label_noise']}: {100 * g['gain']:+.2f} points over supervised"
+        what, level = teacher_condition(t)
+        print(f"teacher ({t['model']}, {condition_text(what, level)}): test_acc {t['test_acc']:.4f}")
+    for g in gains(rows):
+        print(f"{g['method']} at {condition_text(g['condition'], g['level'])}: {100 * g['gain']:+.2f} points over supervised"
               f"{' (beyond both seed spreads)' if g['beyond_spread'] else ''}")
     for tid, err in errors.items():
         print(f"failed: {tid}: {err}")

@@ -272,18 +272,42 @@ def test_bench_study_gains_over_supervised():
     """bench-study's verdict per method and noise level: the gain over supervised, and "beyond spread" only
     when it is positive and larger than both seed spreads."""
     from bench.study import gains
-    from pipelines.study import summary
 
     rows = [{"trial": f"{m}-{n}-{s}", "status": "done", "distill.method.name": m, "data.label_noise.rate": n,
              "seed": s, "test_acc": acc + 0.001 * s, "fidelity": 0.9, "teacher_test_acc": 0.8, "seconds": 1.0,
              "error": None}
             for m, n, acc in [("supervised", 0.0, 0.80), ("hinton", 0.0, 0.79), ("supervised", 0.4, 0.70),
                               ("hinton", 0.4, 0.72), ("fitnet", 0.4, 0.7005)] for s in (0, 1)]
-    g = {(r["method"], float(r["label_noise"])): r for r in gains(summary(rows))}
+    g = {(r["method"], float(r["label_noise"])): r for r in gains(rows)}
     assert set(g) == {("hinton", 0.0), ("hinton", 0.4), ("fitnet", 0.4)}
     assert abs(g[("hinton", 0.4)]["gain"] - 0.02) < 1e-9 and g[("hinton", 0.4)]["beyond_spread"]
     assert not g[("hinton", 0.0)]["beyond_spread"]  # a loss is never "beyond spread"
     assert not g[("fitnet", 0.4)]["beyond_spread"]  # +0.0005 against a spread of 0.0007
+
+
+
+def test_bench_study_gains_for_method_modes_and_imbalance(tmp_path):
+    """Sarfraz's tables: RKD's modes are methods of their own, an imbalance ratio is a condition, and each
+    condition's teacher (from its data_conditions.json) is matched to it."""
+    from bench.study import gains, teacher_condition, teachers
+    from noisystudent.io import write_json
+
+    rows = [{"trial": f"{m}{mode}-{r}-{s}", "status": "done", "distill.method": {"name": m, **({"mode": mode} if mode else {})},
+             "data.imbalance.ratio": r, "seed": s, "test_acc": acc + 0.002 * s}
+            for m, mode, r, acc in [("supervised", None, 10, 0.70), ("rkd", "distance", 10, 0.75), ("rkd", "angle", 10, 0.69),
+                                    ("supervised", None, 100, 0.50), ("rkd", "distance", 100, 0.52)] for s in (0, 1)]
+    g = {(x["method"], x["condition"], x["level"]): x for x in gains(rows)}
+    assert set(g) == {("rkd-distance", "imbalance ratio", 10.0), ("rkd-angle", "imbalance ratio", 10.0),
+                      ("rkd-distance", "imbalance ratio", 100.0)}
+    assert abs(g[("rkd-distance", "imbalance ratio", 10.0)]["gain"] - 0.05) < 1e-9
+    assert g[("rkd-distance", "imbalance ratio", 10.0)]["beyond_spread"]
+    assert not g[("rkd-angle", "imbalance ratio", 10.0)]["beyond_spread"]
+    for key, cond in (("a", {"imbalance": {"ratio": 10}, "train_images": 2250}), ("b", {"label_noise": {"rate": 0.2}}),
+                      ("c", {})):
+        write_json(tmp_path / "teachers" / key / "data_conditions.json", cond)
+        write_json(tmp_path / "teachers" / key / "gen-0" / "teacher" / "metrics.json", {"model": "wrn_28_2", "test_acc": 0.8})
+    conds = [teacher_condition(t) for t in teachers(tmp_path)]
+    assert conds == [("imbalance ratio", 10.0), ("label noise", 0.2), ("no data condition", 0.0)]
 
 
 LOOP_STUDY = """
