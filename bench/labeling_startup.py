@@ -49,7 +49,8 @@ def timed_worker_class(stamps: Path):
 
 def bare_actors(rounds: int = 2) -> dict[str, list[float]]:
     """Seconds from ``.remote()`` to the first answer of an empty actor, one importing torch, one importing
-    the labeling module (each a fresh process)."""
+    Ray Data and torch (the least a Ray Data labeling actor imports: the floor of a job's fixed cost while every
+    job starts its own pool), one importing the labeling module (each a fresh process)."""
     import ray
 
     @ray.remote(num_cpus=1)
@@ -66,6 +67,15 @@ def bare_actors(rounds: int = 2) -> dict[str, list[float]]:
             return 1
 
     @ray.remote(num_cpus=1)
+    class RayDataTorch:
+        def __init__(self) -> None:
+            import ray.data  # noqa: F401 - what every Ray Data map worker imports
+            import torch  # noqa: F401
+
+        def ready(self) -> int:
+            return 1
+
+    @ray.remote(num_cpus=1)
     class Labeling:
         def __init__(self) -> None:
             import pseudo_labels.labeling  # noqa: F401
@@ -73,9 +83,10 @@ def bare_actors(rounds: int = 2) -> dict[str, list[float]]:
         def ready(self) -> int:
             return 1
 
-    out: dict[str, list[float]] = {"empty": [], "torch": [], "labeling module": []}
+    out: dict[str, list[float]] = {"empty": [], "torch": [], "ray.data + torch": [], "labeling module": []}
     for _ in range(rounds):
-        for name, cls in (("empty", Empty), ("torch", Torch), ("labeling module", Labeling)):
+        for name, cls in (("empty", Empty), ("torch", Torch), ("ray.data + torch", RayDataTorch),
+                          ("labeling module", Labeling)):
             with harness.Stopwatch() as sw:
                 actor = cls.remote()
                 ray.get(actor.ready.remote())

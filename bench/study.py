@@ -180,13 +180,16 @@ def main(argv=None) -> None:
     ap.add_argument("--study", default=str(STUDY), help="the study file (default: %(default)s); the Sarfraz et al. "
                                                          "rows are configs/study_sarfraz_*.yaml")
     ap.add_argument("--max-trials", type=int, default=None, help="run at most this many unfinished trials now")
+    ap.add_argument("--only", action="append", default=[], metavar="FIELD=VALUE",
+                    help="run only the trials with this grid value (repeatable), e.g. one noise level first")
     ap.add_argument("--ray-address", default=None)
     ap.add_argument("--report-only", action="store_true",
                     help="write the JSON, figure and table from the study folder's finished trials; run nothing")
     ap.add_argument("--out", default=None, help="JSON and figure stem (default: docs/bench-study, "
                                                 "bench/results/bench-study-quick with --quick)")
     args = ap.parse_args(argv)
-    from pipelines.study import collect, format_summary, run_study, summary
+    from noisystudent.errors import UserError
+    from pipelines.study import collect, format_summary, parse_only, run_study, summary
 
     study = Path(args.study)
     name = "" if study == STUDY else "-" + study.stem
@@ -207,7 +210,11 @@ def main(argv=None) -> None:
         wall = json.loads(prev.read_text()).get("wall_seconds") if prev.is_file() else None
     else:
         t0 = time.perf_counter()
-        out = run_study(study_file, study_dir, ray_address=args.ray_address, max_trials=args.max_trials)
+        try:
+            out = run_study(study_file, study_dir, ray_address=args.ray_address, max_trials=args.max_trials,
+                            only=parse_only(args.only))
+        except UserError as exc:
+            ap.exit(2, f"error: {exc}\n")
         rows, errors, wall = out["rows"], out["errors"], time.perf_counter() - t0
     table = summary(rows)
     print(format_summary(table))

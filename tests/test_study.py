@@ -162,6 +162,36 @@ def test_study_cli_status(tmp_path, require_fmnist):
     assert r.exit_code == 2 and "not a study folder" in r.output
 
 
+def test_only_selects_one_column_of_a_study(tmp_path, require_fmnist):
+    """``--only`` runs a column of a large study first: the trials (and ids) of one grid value, a field inside a
+    method mapping too; an unknown field or a value no trial has fails in one line naming it, before anything
+    is written (exit 2 from the CLI)."""
+    from click.testing import CliRunner
+
+    from noisystudent.cli import main
+    from noisystudent.errors import UserError
+    from pipelines.study import load_study, parse_only, select_trials
+
+    study = load_study("configs/study_sarfraz_noise.yaml")
+    assert len(study.trials) == 48
+    col = select_trials(study, parse_only(["data.label_noise.rate=0.2"]))
+    assert len(col) == 24 and all(t.cfg["data"]["label_noise"]["rate"] == 0.2 for t in col)
+    assert {t.id for t in col} < {t.id for t in study.trials}
+    angle = select_trials(study, {"distill.method.mode": "angle", "seed": 1})
+    assert [t.cfg["distill"]["method"]["mode"] for t in angle] == ["angle", "angle"]  # both noise levels
+    assert select_trials(study, {}) == study.trials
+    with pytest.raises(UserError, match="--only data.imbalance.ratio: not a grid field"):
+        select_trials(study, {"data.imbalance.ratio": 10})
+    with pytest.raises(UserError, match=r"--only data.label_noise.rate=0.3: no trial has this value \(values: 0.2, 0.6\)"):
+        select_trials(study, {"data.label_noise.rate": 0.3})
+    with pytest.raises(UserError, match="expected FIELD=VALUE"):
+        parse_only(["seed"])
+    r = CliRunner().invoke(main, ["study", "run", "configs/study_sarfraz_noise.yaml", "--study-dir", str(tmp_path / "s"),
+                                  "--only", "student.name=x"])
+    assert r.exit_code == 2 and "--only student.name: not a grid field" in r.output
+    assert not (tmp_path / "s" / "study.json").exists()  # the folder's lock is all that was made
+
+
 def test_study_teacher_flag(tmp_path, require_fmnist, ray_session):
     """``study --teacher CKPT``: no teacher stage, every trial distills from CKPT (its fidelity is measured
     against it); a path without a checkpoint exits 2 naming the flag before Ray is touched."""

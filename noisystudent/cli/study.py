@@ -32,16 +32,19 @@ def study() -> None:
 @click.option("--max-trials", type=click.IntRange(1), default=None, help="Run at most this many unfinished trials now.")
 @click.option("--teacher", default=None, type=click.Path(),
               help="Teacher checkpoint every trial distills from (overrides the study's teacher:; no teacher stage).")
+@click.option("--only", "only", multiple=True, metavar="FIELD=VALUE",
+              help="Run only the trials with this grid value (repeatable; e.g. data.label_noise.rate=0.2 for one "
+                   "column of a large study first); the others stay pending for a later run.")
 @address_option
 @quiet_option
 @user_errors
 @writes_run("study_dir")
-def study_run(study_file, study_dir, max_trials, teacher, ray_address, quiet):
+def study_run(study_file, study_dir, max_trials, teacher, only, ray_address, quiet):
     """Run (or resume) the study STUDY_FILE in DIR and print its summary over seeds."""
-    from pipelines.study import format_summary, run_study, summary
+    from pipelines.study import format_summary, parse_only, run_study, summary
 
     out = run_study(study_file, study_dir, ray_address=ray_address, max_trials=max_trials, quiet=quiet,
-                    teacher=teacher)
+                    teacher=teacher, only=parse_only(only))
     click.echo(format_summary(summary(out["rows"])))
     for tid, err in out["errors"].items():
         click.echo(f"failed: {tid}: {err}", err=True)

@@ -65,8 +65,8 @@ from .report import write_report
 from .results import collect, format_summary, status, summary
 from .runner import run_study
 from .spec import (DATA_PATH_FIELDS, LABEL_FIELDS, LOOP_STEP, STUDY_KEYS, TEACHER_STEP, TRIAL_STEP, Study, Trial,
-                   load_study, set_dotted, teacher_key)
+                   load_study, parse_only, select_trials, set_dotted, teacher_key)
 
 __all__ = ["DATA_PATH_FIELDS", "LABEL_FIELDS", "LOOP_STEP", "STUDY_KEYS", "TEACHER_STEP", "TRIAL_STEP", "Study", "Trial",
-           "collect", "format_summary", "label_once", "load_study", "loop_result", "run_study", "seed_loop_trial",
-           "set_dotted", "status", "summary", "teacher_key", "trial_done", "write_report"]
+           "collect", "format_summary", "label_once", "load_study", "loop_result", "parse_only", "run_study",
+           "seed_loop_trial", "select_trials", "set_dotted", "status", "summary", "teacher_key", "trial_done", "write_report"]

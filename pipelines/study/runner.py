@@ -19,7 +19,7 @@ from ..state import RunDir
 from .loop_trials import label_once, loop_result, seed_loop_trial, trial_done
 from .report import write_report
 from .results import collect
-from .spec import TEACHER_STEP, Study, Trial, load_study
+from .spec import TEACHER_STEP, Study, Trial, load_study, select_trials
 
 
 def _teacher_cfg(study: Study, trial: Trial) -> dict:
@@ -144,20 +144,24 @@ def _trial_jobs(study: Study, study_dir: Path, errors: dict[str, str], teacher_o
 
 
 def run_study(study_file: str | Path, study_dir: str | Path, ray_address: Optional[str] = None,
-              max_trials: Optional[int] = None, quiet: bool = True, teacher: Optional[str | Path] = None) -> dict:
+              max_trials: Optional[int] = None, quiet: bool = True, teacher: Optional[str | Path] = None,
+              only: Optional[dict] = None) -> dict:
     """Run (or resume) a study; return ``{"rows": [...], "errors": {...}}``.
 
     ``max_trials`` runs at most that many of the unfinished trials this time (a partial study, resumed by
-    the next call). ``teacher`` (a checkpoint or a run's model folder) overrides the study file's
+    the next call). ``only`` (``{grid field: value}``) runs only the trials with those grid values, and only
+    their teachers (:func:`~pipelines.study.spec.select_trials`): a column of a large study first. ``teacher`` (a checkpoint or a run's model folder) overrides the study file's
     ``teacher:``: every trial distills from it and no teacher stage runs."""
     from ..ray_runtime import init_ray
 
     study = load_study(study_file)
     if teacher is not None:
         study.teacher = _given_teacher(teacher)
+    chosen = select_trials(study, only)  # a bad --only fails before anything is written
     study_dir = Path(study_dir).resolve()
     study_dir.mkdir(parents=True, exist_ok=True)
-    _write_study_json(study, study_dir)
+    _write_study_json(study, study_dir)  # the whole study, whatever runs now
+    study.trials = chosen
     init_ray(ray_address, quiet=quiet)
     errors: dict[str, str] = {}
     teacher_of = _run_teachers(study, study_dir, errors)

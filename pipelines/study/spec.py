@@ -62,6 +62,60 @@ class Study:
         return list(dict.fromkeys(k for t in self.trials for k in t.overrides))
 
 
+def _grid_value(overrides: dict, key: str) -> tuple[bool, Any]:
+    """``(found, value)`` of ``key`` in a trial's overrides: a grid field itself, or a field inside a mapping
+    value of one (``distill.method.mode`` inside ``distill.method: {name: rkd, mode: distance}``)."""
+    if key in overrides:
+        return True, overrides[key]
+    for field_, value in overrides.items():
+        if key.startswith(field_ + ".") and isinstance(value, dict):
+            node: Any = value
+            for part in key[len(field_) + 1:].split("."):
+                if not isinstance(node, dict) or part not in node:
+                    return True, None
+                node = node[part]
+            return True, node
+    return False, None
+
+
+def parse_only(items) -> dict[str, Any]:
+    """``--only FIELD=VALUE`` items as ``{field: value}`` (values read as YAML: ``0.2`` is a number); a
+    malformed item is a :class:`UserError` naming it."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--only: expected FIELD=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else raw
+    return out
+
+
+def select_trials(study: "Study", only: Optional[dict[str, Any]]) -> list[Trial]:
+    """The trials whose grid values match every ``{field: value}`` of ``only`` (all when empty): one column
+    of a large study run first, the rest left pending for a later run (trial ids do not change). A field that
+    is not one of the study's grid fields, or a value that no trial has, is a :class:`UserError` naming it."""
+    if not only:
+        return list(study.trials)
+    chosen = list(study.trials)
+    for key, want in only.items():
+        if not any(_grid_value(t.overrides, key)[0] for t in study.trials):
+            raise UserError(f"--only {key}: not a grid field of study {study.name!r} (its fields: "
+                            f"{', '.join(study.fields) or 'none'})")
+        values = [_grid_value(t.overrides, key)[1] for t in study.trials]
+        if not any(_same(v, want) for v in values):
+            seen = ", ".join(dict.fromkeys(str(v) for v in values))
+            raise UserError(f"--only {key}={want}: no trial has this value (values: {seen})")
+        chosen = [t for t in chosen if _same(_grid_value(t.overrides, key)[1], want)]
+    return chosen
+
+
+def _same(value: Any, want: Any) -> bool:
+    """A grid value equals a ``--only`` value: numbers by value (``10`` = ``10.0``), the rest as written."""
+    if isinstance(value, (int, float)) and isinstance(want, (int, float)) and not isinstance(value, bool):
+        return float(value) == float(want)
+    return value == want or str(value) == str(want)
+
+
 def set_dotted(data: dict, dotted: str, value: Any) -> None:
     """Set a dotted field in a nested mapping; integer parts index lists; ``method.name`` resets params."""
     parts = dotted.split(".")
