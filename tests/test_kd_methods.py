@@ -80,9 +80,28 @@ def test_gradient_reaches_the_student_features_and_not_the_teacher(name):
     assert all(f.grad is None for f in t_feats)
 
 
+@pytest.mark.parametrize("scale", [0.1, 2.5, 40.0])
+def test_fsp_normalized_term_does_not_depend_on_the_feature_scale(scale):
+    """FSP matrices are products of two maps, so the plain term grows with the fourth power of the feature
+    scale (a WRN's pre-activation stages against a ResNet's post-ReLU ones: NaN at lr 0.1 with beta 1); the
+    default term, relative to the teacher's matrices, is the same at every scale."""
+    g = torch.Generator().manual_seed(0)
+    plain, rel = make("fsp", teacher="resnet8", normalize=False), make("fsp", teacher="resnet8")
+    s_feats = features(rel, rel.student_info, rel.student_stages, 6, 28, g)
+    t_feats = [(f + 0.5 * torch.randn(f.shape, generator=g)).relu() for f in s_feats]
+    batch = Batch(x_labeled=torch.zeros(6, 1, 28, 28), y=torch.randint(0, 10, (6,), generator=g))
+
+    def term(method, k):
+        out = lambda fs: Outputs(logits=torch.zeros(6, 10), features=[k * f for f in fs], n_labeled=6)  # noqa: E731
+        return float(method.loss(out(s_feats), out(t_feats), batch)[1]["loss_fsp"])
+
+    assert term(rel, scale) == pytest.approx(term(rel, 1.0), rel=1e-4)
+    assert term(plain, scale) == pytest.approx(term(plain, 1.0) * scale ** 4, rel=1e-3)
+
+
 def test_paper_defaults():
     assert method_defaults("at") == {"student_stages": [0, 1, 2], "teacher_stages": [0, 1, 2], "p": 2.0, "beta": 1000.0}
-    assert method_defaults("fsp") == {"pairs": [[0, 1], [1, 2]], "beta": 1.0, "init_epochs": 0}
+    assert method_defaults("fsp") == {"pairs": [[0, 1], [1, 2]], "beta": 1.0, "init_epochs": 0, "normalize": True}
     assert method_defaults("sp") == {"student_stages": [-1], "teacher_stages": [-1], "gamma": 3000.0}
     assert method_defaults("rkd") == {"mode": "both", "distance_weight": 25.0, "angle_weight": 50.0,
                                       "student_stage": -1, "teacher_stage": -1}

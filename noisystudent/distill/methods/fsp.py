@@ -4,7 +4,17 @@ The FSP matrix of two feature maps F1 (N, C1, H, W) and F2 (N, C2, H, W) of one 
 product over positions, G[c1, c2] = sum_(h, w) F1[c1, h, w] F2[c2, h, w] / (H W): how the solution flows
 from one layer to the other. The student matches the teacher's matrices, one per stage pair:
 
-loss = CE(s, y) + ``beta`` * sum_pairs mean (G_s - G_t)^2
+loss = CE(s, y) + ``beta`` * sum_pairs mean (G_s - G_t)^2 / mean G_t^2      (``normalize: true``, the default)
+loss = CE(s, y) + ``beta`` * sum_pairs mean (G_s - G_t)^2                  (``normalize: false``, Yim et al.'s)
+
+Why normalised by default: G is a product of two feature maps, so the plain term grows with the fourth
+power of the teacher's feature scale, and a ``beta`` that suits one family is wrong by orders of magnitude
+for another. Measured (2026-12-07): a trained ResNet-26's stage outputs (after BN and ReLU) give a plain term
+near 6 against a fresh ResNet-8, while a trained WRN-28-2's pre-activation stage outputs (mean |F| 2.5, FSP
+entries 3-4) give 57.8 against a fresh WRN-16-2, and that student's loss is NaN within 5 SGD steps at lr 0.1
+(the WRN-16-2 column of Sarfraz et al.'s table failed this way with ``beta`` 1). Divided by the teacher's
+mean squared entry, the term is a relative error, about 2 at the start for either pair, and the WRN student
+trains. ``normalize: false`` is the paper's plain term (bench-kd's ResNet-8 row was measured with it).
 
 Yim et al. take both maps of a pair inside one section of equal resolution (its first and last layer).
 Here a pair ``[i, j]`` names two stage outputs; consecutive stages are the input and output of the
@@ -65,6 +75,7 @@ class FSP(DistillMethod):
         pairs: list[list[int]] = field(default_factory=lambda: [[0, 1], [1, 2]])
         beta: float = field(default=1.0, metadata=validate.range(0, 1e7))
         init_epochs: int = field(default=0, metadata=validate.range(0, 100000))
+        normalize: bool = True
 
     @classmethod
     def check_params(cls, params, field: str) -> None:
@@ -111,9 +122,17 @@ class FSP(DistillMethod):
                               f"got {self.params.init_epochs}: the classifier would never train")
         super().set_epoch(epoch, total)
 
+    def _pair_loss(self, gs: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """Mean squared difference of two batches of FSP matrices; relative to the teacher's mean squared entry
+        when ``normalize`` (the teacher is frozen: its scale is a constant, detached; eps for an all-zero map)."""
+        err = (gs - gt).pow(2).mean()
+        if self.params.normalize:
+            err = err / gt.detach().pow(2).mean().clamp_min(1e-12)
+        return err
+
     def loss(self, student, teacher, batch):
         fs, ft = student.features, teacher.features
-        fsp = sum((fsp_matrix(fs[i], fs[j]) - fsp_matrix(ft[i], ft[j])).pow(2).mean() for i, j in self._pairs)
+        fsp = sum(self._pair_loss(fsp_matrix(fs[i], fs[j]), fsp_matrix(ft[i], ft[j])) for i, j in self._pairs)
         ce = self.labeled_ce(student, batch)
         init = self.params.init_epochs
         if init and self.epoch < init:  # first stage: FSP alone (ce * 0 keeps every parameter in DDP's graph)
