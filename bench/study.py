@@ -96,7 +96,28 @@ def condition_text(what: str, level: float) -> str:
     return "clean labels, balanced classes" if what == "no data condition" else f"{what} {level:g}"
 
 
-def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_stem: Path) -> dict:
+def merge(rows: list[dict], study_dir: Path, previous: list[Path]) -> tuple[list[dict], list[dict], list[dict]]:
+    """Rows and teachers with an earlier run's JSON (``--merge``): its finished trials stand where this study
+    folder has no finished trial of the same id, and its teachers where this folder has none of the same key.
+    Why: a study's folder stays on the machine that ran it; a column run elsewhere (or after the folder was
+    lost) still completes the documented table without rerunning the finished columns. Returns the rows, the
+    teachers and one ``{file, wall_seconds, trials}`` record per merged file (kept in the JSON)."""
+    rows, ts = list(rows), teachers(study_dir)
+    records = []
+    for path in previous:
+        doc = json.loads(Path(path).read_text())
+        done_here = {r["trial"] for r in rows if r.get("status") == "done"}
+        taken = [t for t in doc.get("trials", []) if t.get("status") == "done" and t["trial"] not in done_here]
+        ids = {t["trial"] for t in taken}
+        rows = [r for r in rows if r["trial"] not in ids] + taken
+        keys = {t["key"] for t in ts}
+        ts += [t for t in doc.get("teachers", []) if t["key"] not in keys]
+        records.append({"file": str(path), "wall_seconds": doc.get("wall_seconds"), "trials": len(taken)})
+    return rows, ts, records
+
+
+def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_stem: Path,
+               teacher_rows: Optional[list[dict]] = None, merged: Optional[list[dict]] = None) -> dict:
     """``<out_stem>.json`` (trials, the summary over seeds, gains over supervised, teachers) and
     ``<out_stem>.png`` (test accuracy per method and label noise, seeds as points, teachers dashed)."""
     from bench.harness import environment, pyplot, save_figure
@@ -105,8 +126,11 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
 
     table = summary(rows)
     doc = {"study": str(study_dir), "wall_seconds": wall_s, "environment": environment(),
-           "teachers": teachers(study_dir), "summary": table.to_dict(orient="records"), "gains": gains(rows),
+           "teachers": teacher_rows if teacher_rows is not None else teachers(study_dir),
+           "summary": table.to_dict(orient="records"), "gains": gains(rows),
            "trials": [{k: v for k, v in r.items() if k != "error" or v} for r in rows]}
+    if merged:
+        doc["merged"] = merged
     write_json(out_stem.with_suffix(".json"), doc)
     plt = pyplot()
     done = [r for r in rows if r.get("status") == "done"]
@@ -185,9 +209,15 @@ def main(argv=None) -> None:
     ap.add_argument("--ray-address", default=None)
     ap.add_argument("--report-only", action="store_true",
                     help="write the JSON, figure and table from the study folder's finished trials; run nothing")
+    ap.add_argument("--merge", action="append", default=[], metavar="JSON",
+                    help="an earlier run's JSON (repeatable): its finished trials and teachers complete the table "
+                         "where this study folder has none of the same id (a column run on another machine)")
     ap.add_argument("--out", default=None, help="JSON and figure stem (default: docs/bench-study, "
                                                 "bench/results/bench-study-quick with --quick)")
     args = ap.parse_args(argv)
+    missing = [m for m in args.merge if not Path(m).is_file()]
+    if missing:
+        ap.exit(2, f"error: --merge {missing[0]}: no such file\n")
     from noisystudent.errors import UserError
     from pipelines.study import collect, format_summary, parse_only, run_study, summary
 
@@ -216,9 +246,10 @@ def main(argv=None) -> None:
         except UserError as exc:
             ap.exit(2, f"error: {exc}\n")
         rows, errors, wall = out["rows"], out["errors"], time.perf_counter() - t0
+    rows, teacher_rows, merged = merge(rows, study_dir, [Path(m) for m in args.merge])
     table = summary(rows)
     print(format_summary(table))
-    for t in teachers(study_dir):
+    for t in teacher_rows:
         what, level = teacher_condition(t)
         print(f"teacher ({t['model']}, {condition_text(what, level)}): test_acc {t['test_acc']:.4f}")
     for g in gains(rows):
@@ -226,7 +257,7 @@ def main(argv=None) -> None:
               f"{' (beyond both seed spreads)' if g['beyond_spread'] else ''}")
     for tid, err in errors.items():
         print(f"failed: {tid}: {err}")
-    write_docs(study_dir, rows, wall, out_stem)
+    write_docs(study_dir, rows, wall, out_stem, teacher_rows, merged)
     wall_txt = f" in {wall:,.0f} s" if wall is not None else ""
     print(f"{len(rows)} trials{wall_txt} -> {study_dir / 'results.parquet'}, {out_stem}.json, {out_stem}.png")
 

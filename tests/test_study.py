@@ -340,6 +340,30 @@ def test_bench_study_gains_for_method_modes_and_imbalance(tmp_path):
     assert conds == [("imbalance ratio", 10.0), ("label noise", 0.2), ("no data condition", 0.0)]
 
 
+
+def test_bench_study_merge_completes_a_table_from_an_earlier_json(tmp_path):
+    """--merge: an earlier run's finished trials fill the trials this folder has not finished (a column run
+    elsewhere), never replace a finished one, and its teachers join those of this folder."""
+    from bench.study import merge
+    from noisystudent.io import write_json
+
+    here = [{"trial": "a", "status": "done", "test_acc": 0.7}, {"trial": "b", "status": "pending"},
+            {"trial": "c", "status": "pending"}]
+    write_json(tmp_path / "teachers" / "k1" / "data_conditions.json", {"imbalance": {"ratio": 50}})
+    write_json(tmp_path / "teachers" / "k1" / "gen-0" / "teacher" / "metrics.json", {"model": "m", "test_acc": 0.6})
+    earlier = tmp_path / "earlier.json"
+    write_json(earlier, {"wall_seconds": 12.0,
+                         "trials": [{"trial": "a", "status": "done", "test_acc": 0.1},
+                                    {"trial": "b", "status": "done", "test_acc": 0.8},
+                                    {"trial": "c", "status": "failed"}, {"trial": "d", "status": "done", "test_acc": 0.9}],
+                         "teachers": [{"key": "k1", "test_acc": 0.0}, {"key": "k2", "test_acc": 0.5}]})
+    rows, ts, records = merge(here, tmp_path, [earlier])
+    by_id = {r["trial"]: r for r in rows}
+    assert sorted(by_id) == ["a", "b", "c", "d"] and len(rows) == 4
+    assert by_id["a"]["test_acc"] == 0.7 and by_id["b"]["test_acc"] == 0.8 and by_id["c"]["status"] == "pending"
+    assert {t["key"]: t["test_acc"] for t in ts} == {"k1": 0.6, "k2": 0.5}
+    assert records == [{"file": str(earlier), "wall_seconds": 12.0, "trials": 2}]
+
 LOOP_STUDY = """
 name: tiny-loop
 kind: loop
