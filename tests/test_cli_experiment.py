@@ -26,6 +26,18 @@ def test_flags_become_overrides_and_win_over_sets():
         overrides(num_gpus=1)
 
 
+
+def test_sets_below_a_mapping_flag_refine_it():
+    """``--method hinton --set distill.method.alpha=0.5`` trains hinton at alpha 0.5: the flag sets the whole
+    method mapping, and the --set item below it used to be wiped out by it (silently ignored)."""
+    from pipelines.config import load_config
+
+    got = overrides(("distill.method.alpha=0.5", "distill.method.name=fsp", "seed=3"), {"distill.method": {"name": "hinton"}})
+    assert list(got) == ["seed", "distill.method", "distill.method.alpha"]
+    assert got["distill.method"] == {"name": "hinton"} and got["distill.method.alpha"] == 0.5  # the flag's name wins
+    cfg = load_config("configs/distill_fashion_mnist.yaml", got)
+    assert cfg.distill.method == {"name": "hinton", "temperature": 4.0, "alpha": 0.5, "source": "online"}
+
 def test_run_folder_flags_are_validated(run_folder):
     cfg = run_experiment(run_folder, ray_address="ray://head:10001", workers=0)
     assert cfg.ray.address == "ray://head:10001" and cfg.ray.workers == 0

@@ -41,11 +41,25 @@ def overrides(sets: tuple[str, ...] = (), fields: Optional[dict[str, Any]] = Non
     unknown = set(ray_flags) - set(RAY_FLAGS)
     if unknown:
         raise TypeError(f"not a Ray flag: {sorted(unknown)}")
-    out = parse_sets(sets)
+    sets_ = parse_sets(sets)
     given = {RAY_FLAGS[k]: v for k, v in ray_flags.items()}
     given.update(fields or {})
-    out.update({k: v for k, v in given.items() if v is not None})
+    flags = {k: v for k, v in given.items() if v is not None}
+    out = {k: v for k, v in sets_.items() if _below(k, flags) is None}
+    out.update(flags)
+    # a flag that sets a whole mapping (``--method hinton`` is ``distill.method: {name: hinton}``) is refined by
+    # --set items below it (``--set distill.method.alpha=0.5``), applied after it so they are not wiped out;
+    # a key the flag itself gives still wins
+    for k, v in sets_.items():
+        parent = _below(k, flags)
+        if parent is not None and isinstance(flags[parent], dict) and k[len(parent) + 1:].split(".")[0] not in flags[parent]:
+            out[k] = v
     return out
+
+
+def _below(key: str, flags: dict[str, Any]) -> Optional[str]:
+    """The flag's dotted key that ``key`` lies below (``distill.method`` for ``distill.method.alpha``), if any."""
+    return next((f for f in flags if key.startswith(f + ".")), None)
 
 
 def load_experiment(config: str, sets: tuple[str, ...] = (), fields: Optional[dict[str, Any]] = None,
