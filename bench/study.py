@@ -140,13 +140,17 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
     methods = list(dict.fromkeys(_method(r) for r in done))
     levels = sorted({_condition(r)[1] for r in done})
     what = _condition(done[0])[0] if done else "label noise"
-    fig, ax = plt.subplots(figsize=(7, 4))
+    many = len(methods) > 10  # Sarfraz's 12 methods: a colour each (tab20), the legend beside the axes
+    fig, ax = plt.subplots(figsize=(9.5 if many else 7, 4))
     width = 0.8 / max(len(methods), 1)
     for i, m in enumerate(methods):
         for j, lv in enumerate(levels):
             accs = [100 * r["test_acc"] for r in done if _method(r) == m and _condition(r)[1] == lv]
+            if not accs:
+                continue
             x = j + (i - (len(methods) - 1) / 2) * width
-            ax.bar(x, sum(accs) / len(accs), width * 0.9, color=f"C{i}", label=m if j == 0 else None, alpha=0.8)
+            ax.bar(x, sum(accs) / len(accs), width * 0.9, color=plt.cm.tab20(i) if many else f"C{i}",
+                   label=m if j == 0 else None, alpha=0.8)
             ax.plot([x] * len(accs), accs, "k.", ms=4)
     for j, lv in enumerate(levels):
         # a clean-label teacher is the teacher of noise level 0
@@ -155,7 +159,7 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
         if t:
             ax.hlines(t[0], j - 0.45, j + 0.45, colors="gray", linestyles="--",
                       label=("teacher (same noisy labels)" if what == "label noise" else "teacher") if j == 0 else None)
-    ax.set_xticks(range(len(levels)), [condition_text(what, lv) for lv in levels])
+    ax.set_xticks(range(len(levels)), [condition_text(what, lv) for lv in levels], fontsize=8)
     lo = min([100 * r["test_acc"] for r in done] + [100 * t["test_acc"] for t in doc["teachers"]]) - 2
     hi = max([100 * r["test_acc"] for r in done] + [100 * t["test_acc"] for t in doc["teachers"]]) + 1
     ax.set_ylim(lo, hi)
@@ -164,7 +168,11 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
                  if what == "label noise" else f"{study_dir.name}: test accuracy by method"
                  + (f" and {what}" if what != "no data condition" else ""))
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=8, loc="best")
+    if many:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.tight_layout()
+    else:
+        ax.legend(fontsize=8, loc="best")
     save_figure(fig, out_stem.with_suffix(".png"))
     return doc
 
@@ -235,7 +243,9 @@ def main(argv=None) -> None:
         study_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     wall = None
     if args.report_only:
-        rows, errors = collect(study_dir), {}
+        # with --merge, the earlier JSONs alone redraw the table when this machine has no study folder
+        rows = collect(study_dir) if (study_dir / "study.json").is_file() or not args.merge else []
+        errors = {}
         prev = out_stem.with_suffix(".json")
         wall = json.loads(prev.read_text()).get("wall_seconds") if prev.is_file() else None
     else:
