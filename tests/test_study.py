@@ -364,6 +364,25 @@ def test_bench_study_merge_completes_a_table_from_an_earlier_json(tmp_path):
     assert {t["key"]: t["test_acc"] for t in ts} == {"k1": 0.6, "k2": 0.5}
     assert records == [{"file": str(earlier), "wall_seconds": 12.0, "trials": 2}]
 
+
+def test_bench_study_draws_a_twelve_method_table_from_merged_rows(tmp_path):
+    """Sarfraz's 12 methods at two imbalance ratios, from rows alone (no study folder): the JSON summarises each
+    method and ratio over seeds, keeps the teachers it was given, and the figure is written."""
+    from bench.study import write_docs
+
+    methods = [{"name": m} for m in ("supervised", "hinton", "bss", "fitnet", "fsp", "at", "sp", "one", "dml")] + \
+        [{"name": "rkd", "mode": m} for m in ("distance", "angle", "both")]
+    rows = [{"trial": f"{i}-{r}-{s}", "status": "done", "distill.method": m, "data.imbalance.ratio": r, "seed": s,
+             "test_acc": 0.5 + 0.01 * i + 0.001 * s, "fidelity": 0.8, "teacher_test_acc": 0.6, "seconds": 1.0}
+            for i, m in enumerate(methods) for r in (10, 100) for s in (0, 1)]
+    teachers = [{"key": "k10", "imbalance_ratio": 10.0, "label_noise": 0.0, "test_acc": 0.7},
+                {"key": "k100", "imbalance_ratio": 100.0, "label_noise": 0.0, "test_acc": 0.4}]
+    doc = write_docs(tmp_path / "absent", rows, None, tmp_path / "imb", teacher_rows=teachers,
+                     merged=[{"file": "x.json", "trials": 48, "wall_seconds": 5.0}])
+    assert len(doc["summary"]) == 24 and all(r["seeds"] == 2 for r in doc["summary"])
+    assert doc["teachers"] == teachers and doc["merged"][0]["trials"] == 48
+    assert len(doc["gains"]) == 22 and (tmp_path / "imb.png").stat().st_size > 10_000
+
 LOOP_STUDY = """
 name: tiny-loop
 kind: loop
