@@ -165,7 +165,7 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
     ax.set_ylim(lo, hi)
     ax.set_ylabel("test accuracy % (bars: mean; dots: seeds)")
     ax.set_title("bench-study: ResNet-8 students on Fashion-MNIST (5,000 labels) under symmetric label noise"
-                 if what == "label noise" else f"{study_dir.name}: test accuracy by method"
+                 if what == "label noise" and study_dir.name == "bench_study" else f"{study_dir.name}: test accuracy by method"
                  + (f" and {what}" if what != "no data condition" else ""))
     ax.title.set_fontsize(9)
     if many:
