@@ -41,19 +41,21 @@ def overrides(sets: tuple[str, ...] = (), fields: Optional[dict[str, Any]] = Non
     unknown = set(ray_flags) - set(RAY_FLAGS)
     if unknown:
         raise TypeError(f"not a Ray flag: {sorted(unknown)}")
-    sets_ = parse_sets(sets)
     given = {RAY_FLAGS[k]: v for k, v in ray_flags.items()}
     given.update(fields or {})
     flags = {k: v for k, v in given.items() if v is not None}
-    out = {k: v for k, v in sets_.items() if _below(k, flags) is None}
-    out.update(flags)
     # a flag that sets a whole mapping (``--method hinton`` is ``distill.method: {name: hinton}``) is refined by
     # --set items below it (``--set distill.method.alpha=0.5``), applied after it so they are not wiped out;
     # a key the flag itself gives still wins
-    for k, v in sets_.items():
+    out, refine = {}, {}
+    for k, v in parse_sets(sets).items():
         parent = _below(k, flags)
-        if parent is not None and isinstance(flags[parent], dict) and k[len(parent) + 1:].split(".")[0] not in flags[parent]:
+        if parent is None:
             out[k] = v
+        elif isinstance(flags[parent], dict) and k[len(parent) + 1:].split(".")[0] not in flags[parent]:
+            refine[k] = v
+    out.update(flags)
+    out.update(refine)
     return out
 
 
