@@ -206,6 +206,20 @@ def _variant_figure(plt, study_dir: Path, done: list[dict], teachers: list[dict]
     save_figure(fig, out_stem.with_suffix(".png"))
 
 
+def default_stem(study: Path, quick: bool = False) -> str:
+    """The JSON and figure stem when ``--out`` is not given: ``docs/bench-study`` for the default study, else
+    the study file's name without its ``study_`` / ``sarfraz_`` prefixes, dashed
+    (``configs/study_sarfraz_noise.yaml`` -> ``docs/bench-study-noise``, the name its documented figure has);
+    ``--quick`` writes under ``bench/results/`` so a smoke never replaces a documented figure."""
+    name = ""
+    if Path(study) != STUDY:
+        short = Path(study).stem
+        for prefix in ("study_", "sarfraz_"):
+            short = short.removeprefix(prefix)
+        name = "-" + short.replace("_", "-")
+    return f"bench/results/bench-study{name}-quick" if quick else f"docs/bench-study{name}"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
@@ -232,7 +246,7 @@ def main(argv=None) -> None:
     study = Path(args.study)
     name = "" if study == STUDY else "-" + study.stem
     study_file, study_dir = study, Path(f"runs/bench_study{name.replace('-', '_')}")
-    out_stem = Path(args.out or (f"bench/results/bench-study{name}-quick" if args.quick else f"docs/bench-study{name}"))
+    out_stem = Path(args.out or default_stem(study, args.quick))
     if args.quick:
         spec = yaml.safe_load(study.read_text())
         spec["base"] = str(study.parent.resolve() / spec["base"])
