@@ -85,37 +85,6 @@ def _label(r: dict) -> str:
     return str(g)
 
 
-def print_table(rows: list[dict]) -> str:
-    def f(v):
-        return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
-
-    def pct(v):
-        return "-" if v is None else f"{100 * v:.0f}%"
-
-    budget = next((r for r in rows if r["generation"] == "oracle"), {})
-    conv = next((r for r in rows if r["generation"] == CONVERGED), {})
-    head = ["generation", "model", "test_acc", "vs teacher", f"gap closed (converged oracle, {conv.get('epochs', '-')} ep)",
-            f"gap closed (budget oracle, {budget.get('epochs', '-')} ep)", "pseudo-label acc (all / selected)", "seconds"]
-    body = [[_label(r), str(r["model"]), f(r["test_acc"]),
-             "-" if r["gain_vs_teacher"] is None else f"{100 * r['gain_vs_teacher']:+.2f} pts",
-             pct(r.get("gap_closed_converged")), pct(r.get("gap_closed_budget")),
-             f"{f(r['pseudo_label_acc'])} / {f(r['pseudo_label_acc_selected'])}",
-             "-" if r["seconds"] is None else f"{r['seconds']:,.0f}"] for r in rows]
-    lines = text_table(head, body)
-    which = headline_oracle(rows)
-    if which == "converged":
-        lines.append(f"\nheadline: gap closed against the converged oracle ({f(conv['test_acc'])}, {conv.get('epochs')} epochs, "
-                     f"cached in {conv.get('cache_dir')})")
-    elif which == "budget":
-        lines.append(f"\nheadline: gap closed against the budget oracle ({f(budget['test_acc'])}, {budget.get('epochs')} epochs); "
-                     "no converged oracle yet (python -m bench.accuracy --oracle-only)")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------
-# several seeds: one run folder each, one table of means
-
-
 def seed_dir(run_dir: str | Path, seed: int) -> Path:
     """Where seed ``seed``'s run of the benchmark lives: ``run_dir/seed-<seed>``."""
     return Path(run_dir) / f"seed-{seed}"

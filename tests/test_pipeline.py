@@ -193,7 +193,7 @@ def test_baseline_roles_from_the_same_config(run_copy, tmp_path):
     rows = json.loads(CliRunner().invoke(main, ["status", str(run_dir), "--json"]).output)
     assert rows[-1]["generation"] == "oracle" and rows[-1]["test_acc"] == m["test_acc"]
     # the accuracy benchmark's table: gain over the teacher and share of the teacher-to-oracle gap closed
-    from bench.accuracy import headline_oracle, print_table, table
+    from bench.accuracy import aggregate, headline_oracle, print_seeds_table, table
 
     bench_rows = {r["generation"]: r for r in table(run_dir)}
     teacher, oracle = bench_rows[0]["test_acc"], bench_rows["oracle"]["test_acc"]
@@ -202,7 +202,7 @@ def test_baseline_roles_from_the_same_config(run_copy, tmp_path):
     assert g2["gap_closed"] == (pytest.approx((g2["test_acc"] - teacher) / (oracle - teacher)) if oracle > teacher else None)
     assert bench_rows["oracle"]["gap_closed"] is None
     assert g2["gap_closed_budget"] == g2["gap_closed"] and g2["gap_closed_converged"] is None
-    text = print_table(list(bench_rows.values()))
+    text = print_seeds_table(aggregate({0: list(bench_rows.values())}))
     assert "oracle" in text and f"{g2['test_acc']:.4f}" in text
     assert "headline: gap closed against the budget oracle" in text and "--oracle-only" in text
     # with a converged oracle (cached outside the run): both gaps, the headline against the converged one
@@ -215,14 +215,14 @@ def test_baseline_roles_from_the_same_config(run_copy, tmp_path):
     assert g2["gap_closed_budget"] == (pytest.approx((g2["test_acc"] - teacher) / (oracle - teacher)) if oracle > teacher else None)
     assert by["oracle-converged"]["test_acc"] == conv["test_acc"] and by["oracle-converged"]["gap_closed"] is None
     assert headline_oracle(rows) == "converged"
-    text = print_table(rows)
+    text = print_seeds_table(aggregate({0: rows}))
     head = text.splitlines()[0]
     budget_epochs = RunDir(run_dir).load_config().oracle_epochs
     assert "gap closed (converged oracle, 30 ep)" in head and f"gap closed (budget oracle, {budget_epochs} ep)" in head
-    assert "oracle, 30 ep (converged)" in text and f"oracle, {budget_epochs} ep (budget)" in text and "4,322" in text
+    assert "oracle, 30 ep (converged)" in text and f"oracle, {budget_epochs} ep (budget)" in text and "72.0" in text   # its 4,321.6 s as minutes
     assert f"headline: gap closed against the converged oracle ({conv['test_acc']:.4f}, 30 epochs" in text
     gen2 = next(line for line in text.splitlines() if line.startswith("2 "))
-    assert f"{100 * g2['gap_closed_converged']:.0f}%" in gen2
+    assert f"{100 * g2['gap_closed_converged']:.0f} ± 0 %" in gen2
     res = CliRunner().invoke(main, ["teacher", str(cfg_file), "--run-dir", str(run_dir), "--labels-per-class", "5"])
     assert res.exit_code == 2 and "--labels-per-class" in res.output
 
