@@ -19,7 +19,14 @@ class ConfigError(UserError):
 
     def __init__(self, field: str, message: str):
         self.field = field
+        self.detail = message
         super().__init__(f"config field '{field}': {message}")
+
+    def __reduce__(self):
+        # An exception unpickles as ``cls(*args)``, and args here is the one formatted message: rebuilt from
+        # the fields instead, a config error raised on a Ray worker (a Ray Train job, a labeling actor)
+        # reaches the driver as itself, and the CLI prints its one line.
+        return type(self), (self.field, self.detail)
 
 
 class ImageDecodeError(Exception):
@@ -29,6 +36,9 @@ class ImageDecodeError(Exception):
         self.image_id = image_id
         self.reason = reason
         super().__init__(f"{image_id}: {reason}")
+
+    def __reduce__(self):
+        return type(self), (self.image_id, self.reason)   # crosses a Ray worker's boundary (see ConfigError)
 
 
 class NoisyStudentWarning(UserWarning):

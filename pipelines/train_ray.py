@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from noisystudent.errors import UserError
 from noisystudent.io import read_json
 from noisystudent.engine import TrainHooks, TrainJob, run_training, warn_budget
 from pipelines.config import RayConfig
@@ -139,9 +138,11 @@ def train(job: TrainJob, ray_cfg: RayConfig, fail_at_epoch: Optional[int] = None
     )
     try:
         trainer.fit()
-    except Exception as exc:  # TrainingFailedError wraps the worker's exception
-        cause = exc.__cause__ or exc
-        if isinstance(cause, UserError):
+    except Exception as exc:  # a worker's UserError comes back inside Ray's wrappers: raise it as itself
+        from noisystudent.diskspace import find_user_error
+
+        cause = find_user_error(exc)
+        if cause is not None:
             raise cause from None
         raise
     if not (out / "metrics.json").is_file():

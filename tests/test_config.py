@@ -167,3 +167,17 @@ def test_shipped_study_files_load(path):
 
     study = load_study(path)
     assert len(study.trials) >= 2 and study.grid
+
+
+def test_errors_with_fields_survive_pickling():
+    """A config error raised on a Ray worker is pickled back to the driver: it must come back as itself, with
+    its field and its one-line message (an exception unpickles as ``cls(*args)``)."""
+    import pickle
+
+    from noisystudent.errors import ImageDecodeError
+
+    err = pickle.loads(pickle.dumps(ConfigError("student.method.tap", "name the one it taps")))
+    assert type(err) is ConfigError and err.field == "student.method.tap"
+    assert str(err) == "config field 'student.method.tap': name the one it taps"
+    bad = pickle.loads(pickle.dumps(ImageDecodeError("a/b.png", "truncated")))
+    assert (bad.image_id, bad.reason, str(bad)) == ("a/b.png", "truncated", "a/b.png: truncated")

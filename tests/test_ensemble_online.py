@@ -128,6 +128,20 @@ def test_two_ray_train_workers_load_every_teacher_and_resume(distill_world, seco
     assert list(hist["epoch"]) == [1, 2] and metrics["method"] == "hinton" and hist["loss_kd"].iloc[0] > 0
 
 
+def test_a_config_error_on_a_ray_train_worker_reaches_the_caller_as_itself(distill_world, second, tmp_path,
+                                                                         ray_session):
+    """The tap error is raised where the method is built, on the Ray Train worker: the driver gets the
+    ConfigError itself (the CLI's one line naming the field), not Ray's wrapper."""
+    from pipelines.config import RayConfig
+    from pipelines.train_ray import train
+
+    _cfg, _data, t1, _pl = distill_world
+    with pytest.raises(ConfigError, match=r"'student\.method\.tap'.*name the one it taps") as err:
+        train(_job(distill_world, tmp_path, {"name": "fitnet"}, [(t1, 0.5), (second, 0.5)]),
+              RayConfig(workers=1, max_failures=0))
+    assert err.value.field == "student.method.tap"
+
+
 def test_teachers_lists_are_validated_naming_the_field(distill_world):
     from noisystudent.config import TeacherRef
     from pipelines.config import config_from_dict
