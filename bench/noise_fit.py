@@ -82,8 +82,15 @@ def _method(overrides: dict) -> str:
     return m["name"] + (f"-{m['mode']}" if "mode" in m else "")
 
 
-def measure(study_dir: Path, progress: bool = True) -> list[dict]:
-    """One row per finished trial and per teacher of ``study_dir`` whose labels were flipped."""
+def _stamp(model: Path) -> str:
+    st = model.stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def measure(study_dir: Path, progress: bool = True, previous: Optional[list[dict]] = None) -> list[dict]:
+    """One row per finished trial and per teacher of ``study_dir`` whose labels were flipped. ``previous``:
+    rows of an earlier call (its JSON's ``models``), kept for every model file unchanged since, so a study
+    still running is scored again in the time its new models take."""
     import yaml
     from tqdm.auto import tqdm
 
@@ -98,14 +105,19 @@ def measure(study_dir: Path, progress: bool = True) -> list[dict]:
         if model is not None:
             seed = yaml.safe_load((run / "config.yaml").read_text()).get("seed")
             todo.append(("teacher", "teacher", seed, model, run))
+    known = {(r["model"], r["stamp"]): r for r in previous or () if "stamp" in r}
     cache: dict = {}
     out = []
     for role, method, seed, model, run in tqdm(todo, desc="noise fit", disable=not progress):
+        if (str(model), _stamp(model)) in known:
+            out.append(known[(str(model), _stamp(model))])
+            continue
         fit = fit_of(model, run, cache)
         if fit is None:
             continue
         rate = read_json(run / "data_conditions.json")["label_noise"]["rate"]
-        out.append({"role": role, "method": method, "seed": seed, "label_noise": rate, "run": str(run), **fit})
+        out.append({"role": role, "method": method, "seed": seed, "label_noise": rate, "run": str(run),
+                    "model": str(model), "stamp": _stamp(model), **fit})
     return out
 
 
@@ -146,16 +158,17 @@ def main(argv=None) -> None:
     from noisystudent.io import write_json
 
     t0 = time.perf_counter()
-    rows = measure(study_dir)
+    out = Path(args.out).with_suffix(".json")
+    previous = json.loads(out.read_text()).get("models") if out.is_file() else None
+    rows = measure(study_dir, previous=previous)
     if not rows:
         ap.exit(2, f"error: {study_dir}: no finished model was trained on flipped labels\n")
     table = summarise(rows)
     text = format_table(table)
     print(text)
-    write_json(Path(args.out).with_suffix(".json"), {"study": str(study_dir), "seconds": time.perf_counter() - t0,
-                                                      "environment": environment(), "summary": table, "models": rows,
-                                                      "table": text})
-    print(f"{len(rows)} models in {time.perf_counter() - t0:.0f} s -> {Path(args.out).with_suffix('.json')}")
+    write_json(out, {"study": str(study_dir), "seconds": time.perf_counter() - t0, "environment": environment(),
+                     "summary": table, "models": rows, "table": text})
+    print(f"{len(rows)} models in {time.perf_counter() - t0:.0f} s -> {out}")
 
 
 if __name__ == "__main__":
