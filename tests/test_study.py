@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -296,6 +297,20 @@ def test_summary_and_report_from_rows(tmp_path):
     assert "0.8550 ± 0.0071" in format_summary(table)
     page = write_report(tmp_path, rows).read_text()
     assert "<b>0.8550 ± 0.0071</b>" in page and "boom" in page and (tmp_path / "report" / "heatmap.png").is_file()
+
+
+def test_bench_study_default_stem_is_the_documented_name():
+    """Without --out, a study's JSON and figure land where the docs link them, and a smoke never there."""
+    from bench.study import STUDY, default_stem
+
+    assert default_stem(STUDY) == "docs/bench-study"
+    assert default_stem(Path("configs/study_sarfraz_noise.yaml")) == "docs/bench-study-noise"
+    assert default_stem(Path("configs/study_sarfraz_imbalance_steps.yaml")) == "docs/bench-study-imbalance-steps"
+    assert default_stem(Path("configs/study_loop_fashion_mnist.yaml"), quick=True) == \
+        "bench/results/bench-study-loop-fashion-mnist-quick"
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "configs").glob("study_sarfraz_*.yaml")):   # every Sarfraz study's JSON is in docs/
+        assert (root / (default_stem(path.relative_to(root)) + ".json")).is_file(), path.name
 
 
 def test_bench_study_gains_over_supervised():
