@@ -143,6 +143,7 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
     many = len(methods) > 10  # Sarfraz's 12 methods: a colour each (tab20), the legend beside the axes
     fig, ax = plt.subplots(figsize=(9.5 if many else 7, 4))
     width = 0.8 / max(len(methods), 1)
+    labelled: set[str] = set()  # each method in the legend once, from the first condition it has trials in
     for i, m in enumerate(methods):
         for j, lv in enumerate(levels):
             accs = [100 * r["test_acc"] for r in done if _method(r) == m and _condition(r)[1] == lv]
@@ -150,7 +151,8 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
                 continue
             x = j + (i - (len(methods) - 1) / 2) * width
             ax.bar(x, sum(accs) / len(accs), width * 0.9, color=plt.cm.tab20(i) if many else f"C{i}",
-                   label=m if j == 0 else None, alpha=0.8)
+                   label=None if m in labelled else m, alpha=0.8)
+            labelled.add(m)
             ax.plot([x] * len(accs), accs, "k.", ms=4)
     for j, lv in enumerate(levels):
         # a clean-label teacher is the teacher of noise level 0
@@ -158,7 +160,9 @@ def write_docs(study_dir: Path, rows: list[dict], wall_s: Optional[float], out_s
              teacher_condition(t) in ((what, lv), ("no data condition", 0.0) if lv == 0 else None)]
         if t:
             ax.hlines(t[0], j - 0.45, j + 0.45, colors="gray", linestyles="--",
-                      label=("teacher (same noisy labels)" if what == "label noise" else "teacher") if j == 0 else None)
+                      label=None if "teacher" in labelled else
+                      ("teacher (same noisy labels)" if what == "label noise" else "teacher"))
+            labelled.add("teacher")
     ax.set_xticks(range(len(levels)), [condition_text(what, lv) for lv in levels], fontsize=8)
     lo = min([100 * r["test_acc"] for r in done] + [100 * t["test_acc"] for t in doc["teachers"]]) - 2
     hi = max([100 * r["test_acc"] for r in done] + [100 * t["test_acc"] for t in doc["teachers"]]) + 1
