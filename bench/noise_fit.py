@@ -76,12 +76,6 @@ def fit_of(model_path: Path, run_dir: Path, cache: Optional[dict] = None) -> Opt
             "clean_fit": float((pred[~flipped] == label[~flipped]).mean())}
 
 
-def _method(overrides: dict) -> str:
-    m = overrides.get("distill.method", {})
-    m = m if isinstance(m, dict) else {"name": str(m)}
-    return m["name"] + (f"-{m['mode']}" if "mode" in m else "")
-
-
 def _stamp(model: Path) -> str:
     st = model.stat()
     return f"{st.st_size}-{st.st_mtime_ns}"
@@ -93,6 +87,8 @@ def measure(study_dir: Path, progress: bool = True, previous: Optional[list[dict
     still running is scored again in the time its new models take."""
     import yaml
     from tqdm.auto import tqdm
+
+    from bench.study import _method
 
     meta = read_json(study_dir / "study.json")
     todo = []
@@ -109,20 +105,23 @@ def measure(study_dir: Path, progress: bool = True, previous: Optional[list[dict
     cache: dict = {}
     out = []
     for role, method, seed, model, run in tqdm(todo, desc="noise fit", disable=not progress):
-        if (str(model), _stamp(model)) in known:
-            out.append(known[(str(model), _stamp(model))])
+        stamp = _stamp(model)
+        if (str(model), stamp) in known:
+            out.append(known[(str(model), stamp)])
             continue
         fit = fit_of(model, run, cache)
         if fit is None:
             continue
         rate = read_json(run / "data_conditions.json")["label_noise"]["rate"]
         out.append({"role": role, "method": method, "seed": seed, "label_noise": rate, "run": str(run),
-                    "model": str(model), "stamp": _stamp(model), **fit})
+                    "model": str(model), "stamp": stamp, **fit})
     return out
 
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean and std over seeds per (method, noise level)."""
+    from bench.harness import mean_std
+
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["label_noise"], r["method"]), []).append(r)
@@ -130,8 +129,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     for (rate, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "teacher", kv[0][1])):
         row = {"label_noise": rate, "method": method, "n": len(rs), "flipped": rs[0]["flipped"]}
         for k in ("memorised", "corrected", "clean_fit"):
-            v = np.array([r[k] for r in rs])
-            row[f"{k}_mean"], row[f"{k}_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+            row[f"{k}_mean"], row[f"{k}_std"] = mean_std(r[k] for r in rs)
         out.append(row)
     return out
 
